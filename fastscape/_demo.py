@@ -1,0 +1,97 @@
+"""The main job: the error surface of source article 000, trained and drawn headless.
+
+A one-hidden-neuron tanh net without biases (two weights, w1 and w2) is fitted
+with SGD to a noisy piecewise function; its MSE surface is computed over the raw
+weights on a fine grid and drawn with the SGD path: an interactive HTML page
+and a static PNG contour.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["piecewise_data", "TwoWeightNet", "run_demo"]
+
+
+def piecewise_data(n: int = 10_000, seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x ~ N(1, 4.5)``; ``y = 2x+5`` for x < -2, ``7.3 sin x`` on [-2, 2), ``-0.03x^3+2``
+    above, plus N(0, 1) noise. Returns float32 tensors of shape (n, 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 4.5, n)
+    y = np.piecewise(x, [x < -2, (x >= -2) & (x < 2), x >= 2],
+                     [lambda v: 2 * v + 5, lambda v: 7.3 * np.sin(v), lambda v: -0.03 * v**3 + 2])
+    y = y + rng.normal(0.0, 1.0, n)
+    as_t = lambda a: torch.tensor(a, dtype=torch.float32).reshape(-1, 1)  # noqa: E731
+    return as_t(x), as_t(y)
+
+
+class TwoWeightNet(nn.Module):
+    """x -> w2 * tanh(w1 * x): one hidden tanh neuron, no biases, two weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Tanh(), nn.Linear(1, 1, bias=False))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr: float = 1e-2,
+             seed: int = 0, log=print) -> dict:
+    """Train, compute the surface over (w1, w2) in [-2, 2]^2, write HTML and PNG.
+
+    Returns a dict of what was written and measured.
+    """
+    from ._directions import axis_directions, axis_origin
+    from ._plotting import plot_contour, plot_surface3d, save_figure
+    from ._surface import loss_surface
+    from ._trajectory import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    x, y = piecewise_data()
+    x_train, y_train, x_test, y_test = x[:8000], y[:8000], x[8000:], y[8000:]
+    model = TwoWeightNet()
+    with torch.no_grad():  # the article's starting point
+        model.net[0].weight.fill_(-1.0)
+        model.net[2].weight.fill_(-1.0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train),
+                                         batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    loss_fn = nn.functional.mse_loss
+    t0 = time.perf_counter()
+    traj = train(model, loader, loss_fn=loss_fn, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+                 epochs=epochs, eval_data=(x_test, y_test))
+    t_train = time.perf_counter() - t0
+
+    names = ["net.0.weight", "net.2.weight"]
+    path = traj.matrix().numpy()  # the two raw weights per epoch: already plane coordinates
+    span = max(2.0, float(np.ceil(np.abs(path).max() * 4 + 1) / 4))  # [-2, 2], widened to hold the path
+    surface = loss_surface(model, (x_test, y_test), axis_directions(model, names),
+                           origin=axis_origin(model, names, at="zero"), loss_fn=loss_fn,
+                           grid=(-span, span, resolution), device="cpu", progress=False)
+    labels = ("w1 (hidden weight)", "w2 (output weight)")
+    fig3d = plot_surface3d(surface, path=path, path_loss=np.array(traj.losses), axis_labels=labels,
+                           title="MSE over the raw weights, with the SGD path")
+    html = save_figure(fig3d, out / "surface3d.html")
+    ax = plot_contour(surface, path=path, axis_labels=labels, title="MSE contours and SGD path (per epoch)")
+    png = save_figure(ax.figure, out / "contour.png")
+    h5 = surface.save(out / "surface.h5")
+    n = surface.loss.size
+    secs = surface.meta["seconds"]
+    log(f"trained {epochs} epochs of SGD in {t_train:.1f} s; final test MSE {traj.losses[-1]:.4f}")
+    log(f"grid {resolution}x{resolution} = {n} points over {surface.meta['n_samples']} samples: "
+        f"{secs:.2f} s, {n / secs:,.0f} points/s ({surface.meta['strategy']}, chunk "
+        f"{surface.meta['chunk_size']}, {surface.meta['device']})")
+    w1, w2 = surface.argmin()
+    log(f"lowest grid point: w1={w1:.3f}, w2={w2:.3f}, MSE {np.nanmin(surface.loss):.4f}")
+    for p in (html, png, h5):
+        log(f"wrote {p}")
+    return {"html": html, "png": png, "h5": h5, "surface": surface, "trajectory": traj,
+            "seconds": secs, "points": n}

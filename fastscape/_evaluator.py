@@ -1,0 +1,393 @@
+"""The one evaluator: the loss (and metrics) of a model at many points of weight space.
+
+Every point of a chunk is evaluated at once: the moving tensors are stacked
+along a leading grid dimension and ``torch.func.vmap`` maps
+``torch.func.functional_call`` over them, with buffers, fixed tensors and the
+data batch shared by all points. Chunks bound the memory; the data is walked in
+batches, and each point's loss is the exact sample-weighted mean over the whole
+dataset: ``sum_b n_b * loss_fn(out_b, y_b) / sum_b n_b``.
+
+Models whose operations have no vmap batching rule (``nn.LSTM``, ``nn.GRU``)
+fall back to a per-point path with one warning. The user's model is never
+written: only its ``training`` flags are switched to eval for the call and
+restored after.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ._data import Batches, as_args
+from ._params import ParamDict, model_state_guard
+
+__all__ = ["AffinePoints", "ExplicitPoints", "evaluate", "FallbackWarning", "EvalReport"]
+
+#: bytes of one intermediate tensor a chunk aims at on CPU: past a few MiB every
+#: allocation page-faults and the same grid runs several times slower.
+CPU_TARGET_BYTES = 4 << 20
+#: the same on CUDA, where larger chunks keep the GPU busy.
+CUDA_TARGET_BYTES = 256 << 20
+
+
+class FallbackWarning(UserWarning):
+    """The model could not be vectorised with vmap; points are evaluated one by one."""
+
+
+# --------------------------------------------------------------------------- points
+
+
+class AffinePoints:
+    """Points ``origin + sum_i coords[:, i] * directions[i]``.
+
+    Parameters
+    ----------
+    origin : dict name -> Tensor
+        The point the directions start from, over the moving names.
+    directions : list of k dicts name -> Tensor
+        Same keys and shapes as ``origin``.
+    coords : Tensor of shape (N, k)
+        One row of coordinates per point.
+    """
+
+    def __init__(self, origin: ParamDict, directions: list[ParamDict], coords: torch.Tensor):
+        if coords.dim() != 2 or coords.shape[1] != len(directions):
+            raise ValueError(
+                f"`coords` must have shape (N, {len(directions)}); got {tuple(coords.shape)}."
+            )
+        self.origin = origin
+        self.directions = directions
+        self.coords = coords
+        self.n = coords.shape[0]
+        # tensors that no direction moves are shared by all points, like buffers
+        self.moving = [k for k in origin if any(bool(d[k].any()) for d in directions)]
+        self.fixed = {k: origin[k] for k in origin if k not in self.moving}
+
+    def to(self, device, dtype):
+        """Move and cast; direction matrices are flattened to (k, numel) once."""
+        self._origin = {k: self.origin[k].to(device, dtype).reshape(1, -1) for k in self.moving}
+        self._dirs = {
+            k: torch.stack([d[k].to(device, dtype).reshape(-1) for d in self.directions])
+            for k in self.moving
+        }
+        self._coords = self.coords.to(device, dtype)
+        self._shapes = {k: self.origin[k].shape for k in self.moving}
+        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
+        return self
+
+    def stack(self, start: int, stop: int) -> ParamDict:
+        """Moving tensors of points ``start:stop``, each of shape (stop-start, *shape)."""
+        c = self._coords[start:stop]
+        return {
+            k: torch.addmm(self._origin[k], c, self._dirs[k]).view(c.shape[0], *self._shapes[k])
+            for k in self.moving
+        }
+
+    def moving_numel(self) -> int:
+        return sum(self.origin[k].numel() for k in self.moving)
+
+
+class ExplicitPoints:
+    """Points given one by one, as a list of parameter dicts (e.g. training snapshots)."""
+
+    def __init__(self, points: list[ParamDict]):
+        if len(points) == 0:
+            raise ValueError("`points` must hold at least one parameter dict.")
+        self.points = points
+        keys = list(points[0])
+        self.moving = [k for k in keys if any(not torch.equal(p[k], points[0][k]) for p in points)]
+        self.fixed = {k: points[0][k] for k in keys if k not in self.moving}
+        self.n = len(points)
+
+    def to(self, device, dtype):
+        self._device, self._dtype = device, dtype
+        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
+        return self
+
+    def stack(self, start: int, stop: int) -> ParamDict:
+        return {
+            k: torch.stack([p[k] for p in self.points[start:stop]]).to(self._device, self._dtype)
+            for k in self.moving
+        }
+
+    def moving_numel(self) -> int:
+        return sum(self.points[0][k].numel() for k in self.moving)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class EvalReport:
+    """What the evaluator did: the plan and the time it took."""
+
+    strategy: str
+    chunk_size: int
+    batch_size: int
+    n_points: int
+    n_samples: int
+    device: str
+    dtype: str
+    seconds: float = 0.0
+    fallback: bool = False
+    oom_backoffs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def points_per_second(self) -> float:
+        return self.n_points / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _per_sample_elements(model, params, args, n) -> int:
+    """Largest number of activation elements per sample over the model's submodules.
+
+    Measured with forward hooks on one un-vectorised forward pass.
+    """
+    largest = [0]
+
+    def hook(_m, _inp, out):
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                largest[0] = max(largest[0], t.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            functional_call(model, params, args)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(1, math.ceil(largest[0] / max(n, 1)))
+
+
+def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: int,
+               target_bytes: int, moving_numel: int) -> tuple[int, int]:
+    """Choose ``(chunk_size, batch_size)`` so that one intermediate tensor of a chunk,
+    ``chunk * batch * per_sample_elems * itemsize`` bytes, stays near ``target_bytes``,
+    and the stacked parameters of a chunk stay within the same budget.
+    """
+    per_sample = per_sample_elems * itemsize
+    batch = max(1, min(n_samples, target_bytes // per_sample))
+    chunk = max(1, target_bytes // (per_sample * batch))
+    chunk = min(chunk, max(1, target_bytes // max(1, moving_numel * itemsize)))
+    return int(min(chunk, n_points)), int(batch)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _scalar(value, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{what}` must return a scalar tensor; got {type(value).__name__}.")
+    if value.numel() != 1 or value.dim() != 0:
+        raise ValueError(
+            f"`{what}` must return a scalar tensor (the mean over the batch); got shape "
+            f"{tuple(value.shape)}. Use reduction='mean'."
+        )
+    return value
+
+
+def _is_oom(err: BaseException) -> bool:
+    msg = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in msg \
+        or "can't allocate memory" in msg or "not enough memory" in msg
+
+
+class _Runner:
+    """Closes over the model, shared tensors and functions; evaluates one chunk on one batch."""
+
+    def __init__(self, model, shared, loss_fn, metrics):
+        self.model = model
+        self.shared = shared
+        self.loss_fn = loss_fn
+        self.metrics = metrics
+
+        def one_point(moving, args, y):
+            out = functional_call(model, {**shared, **moving}, args)
+            vals = [loss_fn(out, y)] + [m(out, y) for m in metrics.values()]
+            return torch.stack([v.to(vals[0].dtype) for v in vals])
+
+        self.one_point = one_point
+        self.vectorised = vmap(one_point, in_dims=(0, None, None))
+
+    def vmap(self, moving, args, y):
+        """(values, chunk) for a whole chunk at once."""
+        return self.vectorised(moving, args, y)
+
+    def loop(self, moving, args, y):
+        """(values, chunk), one point after another."""
+        c = next(iter(moving.values())).shape[0] if moving else 1
+        return torch.stack([self.one_point({k: v[i] for k, v in moving.items()}, args, y)
+                            for i in range(c)])
+
+
+def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
+             metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
+             strategy: str = "auto", buffers: ParamDict | None = None,
+             progress: Callable[[int], None] | None = None,
+             ) -> tuple[dict[str, np.ndarray], EvalReport]:
+    """Loss and metrics at every point of ``points``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode through ``functional_call``; never written.
+    batches : Batches
+        The data, already on the evaluation device and dtype.
+    points : AffinePoints or ExplicitPoints
+        The points; ``points.n`` of them.
+    loss_fn : callable ``(output, target) -> scalar tensor``
+        The batch mean; batches are weighted by their sample counts.
+    metrics : dict name -> callable, optional
+        Extra batch-mean metrics computed in the same pass (e.g. accuracy).
+    chunk_size : int or "auto"
+        Points evaluated at once. "auto" plans from the model's measured
+        activation size (a few MiB per intermediate on CPU).
+    strategy : {"auto", "vmap", "loop"}
+        "vmap" vectorises each chunk; "loop" walks points one by one; "auto"
+        uses vmap and falls back to the loop (with a FallbackWarning) when
+        the model has no batching rule.
+    buffers : dict, optional
+        Values for the model's buffers (default: the model's own).
+
+    Returns
+    -------
+    values : dict name -> ndarray of shape (N,)
+        ``"loss"`` and one entry per metric, float64.
+    report : EvalReport
+    """
+    metrics = dict(metrics or {})
+    if strategy not in ("auto", "vmap", "loop"):
+        raise ValueError(f"`strategy` must be one of 'auto', 'vmap', 'loop'; got {strategy!r}.")
+    device, dtype = batches.device, batches.dtype
+    points.to(device, dtype)
+
+    own = {n: b.detach() for n, b in model.named_buffers()}
+    own.update({n: p.detach() for n, p in model.named_parameters()})
+    if buffers:
+        own.update(buffers)
+    shared = {
+        k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+        for k, v in own.items() if k not in points.moving
+    }
+    shared.update(points.fixed)
+
+    with model_state_guard(model):
+        # probe: validate loss/metrics on the first point and measure activations
+        x0, y0, n0 = batches.first()
+        args0 = as_args(x0)
+        first = points.stack(0, 1)
+        p0 = {**shared, **{k: v[0] for k, v in first.items()}}
+        with torch.no_grad():
+            out0 = functional_call(model, p0, args0)
+            _scalar(loss_fn(out0, y0), "loss_fn")
+            for name, m in metrics.items():
+                _scalar(m(out0, y0), f"metrics[{name!r}]")
+        per_sample = _per_sample_elements(model, p0, args0, n0)
+        target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        auto_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), points.n,
+                                            itemsize, target, points.moving_numel())
+        if chunk_size == "auto":
+            chunk = auto_chunk
+            if max(batches.batch_sizes) > auto_batch:
+                batches = batches.resplit(auto_batch)
+        else:
+            if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+                raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
+            chunk = int(chunk_size)
+
+        runner = _Runner(model, shared, loss_fn, metrics)
+        use = "loop" if strategy == "loop" else "vmap"
+        report = EvalReport(strategy=use, chunk_size=chunk, batch_size=max(batches.batch_sizes),
+                            n_points=points.n, n_samples=batches.n_samples, device=str(device),
+                            dtype=str(dtype).replace("torch.", ""))
+        sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
+        t0 = time.perf_counter()
+        start = 0
+        with torch.no_grad():
+            while start < points.n:
+                stop = min(start + chunk, points.n)
+                try:
+                    moving = points.stack(start, stop)
+                    acc = torch.zeros(stop - start, 1 + len(metrics), dtype=torch.float64, device=device)
+                    for x, y, n in batches:
+                        vals = _run(runner, use, strategy, moving, as_args(x), y, report)
+                        if report.fallback and use == "vmap":
+                            use = "loop"
+                        acc += vals.to(torch.float64) * n
+                except RuntimeError as err:
+                    if not _is_oom(err) or chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    report.oom_backoffs += 1
+                    report.notes.append(f"out of memory at chunk {stop - start}; halved to {chunk}")
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                sums[start:stop] = acc
+                if progress is not None:
+                    progress(stop - start)
+                start = stop
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        report.seconds = time.perf_counter() - t0
+        report.strategy = use
+        report.chunk_size = chunk
+    means = (sums / batches.n_samples).cpu().numpy()
+    values = {"loss": means[:, 0]}
+    for j, name in enumerate(metrics, start=1):
+        values[name] = means[:, j]
+    return values, report
+
+
+def _math_attention():
+    """Scaled-dot-product attention through its composite (math) kernel, which
+    vmap batches; the fused CPU/CUDA kernels have no batching rule."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _run(runner: _Runner, use: str, strategy: str, moving, args, y, report: EvalReport):
+    if use == "loop":
+        return runner.loop(moving, args, y)
+    try:
+        with warnings.catch_warnings(record=True) as caught, _math_attention():
+            warnings.simplefilter("always")
+            vals = runner.vmap(moving, args, y)
+        for w in caught:
+            msg = str(w.message)
+            if "performance drop" in msg and "batching rule" in msg:
+                # correct but slow: PyTorch loops over points inside vmap for this op
+                if not report.fallback and not any("slow batching" in n for n in report.notes):
+                    report.notes.append(f"slow batching: {msg.split('.')[0]}")
+                    warnings.warn(f"vmap has no batching rule for an operation of this model "
+                                  f"({msg.split('.')[0].split('for ')[-1]}); PyTorch evaluates it "
+                                  "point by point inside vmap, which is slower.", FallbackWarning,
+                                  stacklevel=4)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return vals
+    except RuntimeError as err:
+        if strategy != "auto" or _is_oom(err):
+            raise
+        # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
+        # numbers; if it fails too, its error is the real one and propagates.
+        vals = runner.loop(moving, args, y)
+        warnings.warn(
+            f"the model could not be vectorised with torch.func.vmap ({str(err).splitlines()[0]}); "
+            "falling back to evaluating points one by one, which is slower.",
+            FallbackWarning, stacklevel=4,
+        )
+        report.fallback = True
+        report.notes.append(f"vmap fallback: {str(err).splitlines()[0]}")
+        return vals

@@ -1,0 +1,67 @@
+"""Grid coordinates along each direction."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def _is_spec(obj) -> bool:
+    return (isinstance(obj, (tuple, list)) and len(obj) == 3
+            and all(isinstance(v, numbers.Real) for v in obj))
+
+
+def _axis(spec, i: int) -> np.ndarray:
+    if _is_spec(spec):
+        lo, hi, num = spec
+        if not float(num).is_integer() or int(num) < 1:
+            raise ValueError(
+                f"`grid` axis {i}: the step count must be an integer >= 1; got {num!r}."
+            )
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"`grid` axis {i}: the span ({lo}, {hi}) must be finite.")
+        return np.linspace(float(lo), float(hi), int(num))
+    arr = np.asarray(spec, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"`grid` axis {i} must be a (min, max, num) triple or a 1-D array; got an array of "
+            f"shape {arr.shape}."
+        )
+    if arr.size < 1:
+        raise ValueError(f"`grid` axis {i} has no points; expected at least 1.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`grid` axis {i} has non-finite coordinates; expected finite numbers.")
+    return arr
+
+
+def make_axes(grid, k: int) -> list[np.ndarray]:
+    """Coordinates along each of ``k`` directions.
+
+    ``grid`` is one of:
+
+    - an int ``num``: ``num`` points on [-1, 1] along every direction;
+    - a triple ``(min, max, num)``: the same span and count along every direction;
+    - a list of ``k`` per-axis entries, each a triple or an explicit 1-D array
+      (non-square and non-uniform grids, e.g. cubed spacing, are fine).
+
+    Returns a list of ``k`` float64 arrays.
+    """
+    if isinstance(grid, numbers.Integral):
+        grid = (-1.0, 1.0, grid)
+    if _is_spec(grid):
+        return [_axis(grid, i) for i in range(k)]
+    if isinstance(grid, np.ndarray) and grid.ndim == 1 and k == 1:
+        return [_axis(grid, 0)]
+    if not isinstance(grid, (tuple, list)) or len(grid) != k:
+        raise ValueError(
+            f"`grid` must be an int, a (min, max, num) triple, or a list of {k} per-direction "
+            f"entries (one per direction); got {grid!r}."
+        )
+    return [_axis(g, i) for i, g in enumerate(grid)]
+
+
+def mesh(axes: list[np.ndarray]) -> np.ndarray:
+    """All grid points, shape (prod(len(a)), k), in C order of the grid (axis 0 slowest)."""
+    grids = np.meshgrid(*axes, indexing="ij")
+    return np.stack([g.reshape(-1) for g in grids], axis=1)

@@ -1,0 +1,191 @@
+"""Parameter dictionaries: reading a model's state, checking direction dicts.
+
+A *parameter dict* maps the names of ``model.named_parameters()`` (and, for
+"states" coordinate systems, of floating-point buffers) to tensors of the same
+shapes. Directions, origins and trajectory snapshots are all parameter dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+ParamDict = dict[str, torch.Tensor]
+
+
+def model_parameters(model: nn.Module) -> ParamDict:
+    """The model's named parameters, detached (no copy, no grad)."""
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def model_buffers(model: nn.Module) -> ParamDict:
+    """The model's named buffers, detached (no copy)."""
+    return {name: b.detach() for name, b in model.named_buffers()}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def as_param_dict(obj, *, name: str) -> ParamDict:
+    """Accept a module or a mapping of tensors; return a detached parameter dict."""
+    if isinstance(obj, nn.Module):
+        return model_parameters(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"`{name}[{key!r}]` must be a torch.Tensor; got {type(value).__name__}."
+                )
+            out[key] = value.detach()
+        return out
+    raise TypeError(
+        f"`{name}` must be an nn.Module or a dict of tensors; got {type(obj).__name__}."
+    )
+
+
+def perturbable_names(model: nn.Module) -> dict[str, torch.Size]:
+    """Names and shapes a coordinate system may move: parameters and floating buffers."""
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    for name, b in model.named_buffers():
+        if b.is_floating_point():
+            shapes[name] = b.shape
+    return shapes
+
+
+def check_directions(model: nn.Module, directions, *, name: str = "directions") -> list[ParamDict]:
+    """Validate a list of direction dicts against ``model``.
+
+    Every direction must hold each of the model's parameters, with the
+    parameter's shape; it may also hold floating-point buffers (BatchNorm
+    running statistics), which then move with the coordinates. All directions
+    must have the same keys.
+
+    Returns the directions as a list of detached dicts.
+    """
+    if isinstance(directions, Mapping) or isinstance(directions, torch.Tensor):
+        raise TypeError(
+            f"`{name}` must be a list of direction dicts (one per axis); got a single "
+            f"{type(directions).__name__}. Wrap it in a list: [{name}]."
+        )
+    if not isinstance(directions, Sequence) or len(directions) == 0:
+        raise ValueError(f"`{name}` must be a non-empty list of direction dicts; got {directions!r}.")
+    params = {n: p.shape for n, p in model.named_parameters()}
+    allowed = perturbable_names(model)
+    out = []
+    keys0 = None
+    for i, d in enumerate(directions):
+        d = as_param_dict(d, name=f"{name}[{i}]")
+        missing = [k for k in params if k not in d]
+        if missing:
+            raise ValueError(
+                f"`{name}[{i}]` has no entry for the model's parameter(s) {missing[:5]}; "
+                "each direction must hold every parameter (zeros where it does not move)."
+            )
+        unknown = [k for k in d if k not in allowed]
+        if unknown:
+            raise ValueError(
+                f"`{name}[{i}]` has key(s) {unknown[:5]} that are neither parameters nor "
+                f"floating-point buffers of the model; expected keys like {list(params)[:5]}."
+            )
+        for k, t in d.items():
+            if t.shape != allowed[k]:
+                raise ValueError(
+                    f"`{name}[{i}][{k!r}]` has shape {tuple(t.shape)}; the model's tensor has "
+                    f"shape {tuple(allowed[k])}."
+                )
+            if not t.is_floating_point():
+                raise TypeError(f"`{name}[{i}][{k!r}]` must be a floating-point tensor; got {t.dtype}.")
+        if keys0 is None:
+            keys0 = set(d)
+        elif set(d) != keys0:
+            raise ValueError(f"`{name}[{i}]` has different keys from `{name}[0]`.")
+        out.append(d)
+    return out
+
+
+def check_origin(model: nn.Module, origin, keys) -> ParamDict:
+    """The origin as a dict over ``keys``: model values where ``origin`` says nothing."""
+    base = {**model_parameters(model), **model_buffers(model)}
+    if origin is None:
+        return {k: base[k] for k in keys}
+    given = as_param_dict(origin, name="origin")
+    if isinstance(origin, nn.Module):
+        given.update({k: b for k, b in model_buffers(origin).items() if k in keys})
+    out = {}
+    for k in keys:
+        t = given.get(k, base[k])
+        if t.shape != base[k].shape:
+            raise ValueError(
+                f"`origin[{k!r}]` has shape {tuple(t.shape)}; the model's tensor has shape "
+                f"{tuple(base[k].shape)}."
+            )
+        out[k] = t
+    unknown = [k for k in given if k not in base]
+    if unknown:
+        raise ValueError(f"`origin` has key(s) {unknown[:5]} that the model does not have.")
+    return out
+
+
+def flatten(d: Mapping[str, torch.Tensor], keys) -> torch.Tensor:
+    """Concatenate ``d[k]`` for ``k`` in ``keys`` into one 1-D tensor."""
+    return torch.cat([d[k].reshape(-1) for k in keys])
+
+
+def unflatten(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> ParamDict:
+    """Split a 1-D tensor into a dict shaped like ``like`` (same key order)."""
+    out, i = {}, 0
+    for k, t in like.items():
+        n = t.numel()
+        out[k] = vec[i : i + n].view(t.shape)
+        i += n
+    if i != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} elements; expected {i}.")
+    return out
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-1 over names, shapes, dtypes and bytes of a tensor dict (order-independent)."""
+    h = hashlib.sha1()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class model_state_guard:
+    """Put a model in eval mode for a block, restore every submodule's flag after.
+
+    The weights are never written; only ``training`` flags change, and each
+    submodule's own flag is put back (a model may mix train and eval children).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        # nn.TransformerEncoderLayer's fused inference kernel has no vmap batching
+        # rule; the composite path computes the same thing and vectorises.
+        self.fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        torch.backends.mha.set_fastpath_enabled(self.fastpath)
+        return False

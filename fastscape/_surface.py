@@ -1,0 +1,270 @@
+"""Loss surfaces: the loss on a grid ``origin + sum_i c_i * d_i``, and their files."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._data import Batches
+from ._evaluator import AffinePoints, evaluate
+from ._grid import make_axes, mesh
+from ._params import check_directions, check_origin, fingerprint, model_device
+
+__all__ = ["Surface", "loss_surface", "load_surface", "resolve_device", "resolve_dtype"]
+
+_AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Surface:
+    """A loss landscape on a grid.
+
+    Attributes
+    ----------
+    coords : list of k ndarrays
+        ``coords[i]`` has shape (n_i,): the coordinates along direction ``i``.
+    loss : ndarray of shape (n_0, ..., n_{k-1})
+        ``loss[i, j]`` is the loss at ``origin + coords[0][i] * d_0 + coords[1][j] * d_1``:
+        axis ``i`` runs along direction ``i`` (so for a plane, rows follow the
+        first direction; transpose for ``matplotlib``'s (y, x) convention).
+        Diverging points hold inf or NaN.
+    metrics : dict name -> ndarray shaped like ``loss``
+        Extra metrics computed in the same pass (e.g. ``"accuracy"``).
+    meta : dict
+        What is needed to reproduce the surface: norm, seed, device, dtype,
+        number of samples, chunk and batch sizes, timings, cosines between
+        directions, model fingerprint.
+    """
+
+    coords: list[np.ndarray]
+    loss: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.coords)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.loss.shape
+
+    def argmin(self) -> tuple[float, ...]:
+        """Grid coordinates of the smallest finite loss."""
+        flat = np.where(np.isfinite(self.loss), self.loss, np.inf)
+        idx = np.unravel_index(int(np.argmin(flat)), self.loss.shape)
+        return tuple(float(c[i]) for c, i in zip(self.coords, idx))
+
+    def save(self, path) -> Path:
+        """Write the surface to an HDF5 file (lossless; read back with :func:`load_surface`).
+
+        The layout follows the Li et al. tools: ``xcoordinates`` (and
+        ``ycoordinates``, ``zcoordinates``), ``train_loss`` and, when an
+        ``"accuracy"`` metric exists, ``train_acc`` in percent. For a plane,
+        those tools index ``train_loss[j, i]`` = loss at (x_i, y_j), so it is
+        stored transposed; our own arrays live under ``fastscape/``.
+        """
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            for key, c in zip(_AXIS_KEYS, self.coords):
+                f.create_dataset(key, data=c)
+            f.create_dataset("train_loss", data=_li_layout(self.loss))
+            if "accuracy" in self.metrics:
+                f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics["accuracy"]))
+            g = f.create_group("fastscape")
+            g.create_dataset("loss", data=self.loss)
+            for name, arr in self.metrics.items():
+                g.create_dataset(f"metrics/{name}", data=arr)
+            f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
+        return path
+
+
+def _li_layout(arr: np.ndarray) -> np.ndarray:
+    return arr.T if arr.ndim == 2 else arr
+
+
+def load_surface(path) -> Surface:
+    """Read a surface written by :meth:`Surface.save`."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
+    with h5py.File(path, "r") as f:
+        if "fastscape" not in f:
+            raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
+        coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
+        g = f["fastscape"]
+        loss = np.asarray(g["loss"][()])
+        metrics = {k: np.asarray(v[()]) for k, v in g["metrics"].items()} if "metrics" in g else {}
+        meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
+    return Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
+
+
+def resolve_device(device, model: nn.Module) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda'; got {device!r}.") from err
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"`dtype` must be one of {list(_DTYPES)}; got {dtype!r}.")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype!r}.")
+    return dtype
+
+
+def _cosines(directions) -> list[list[float]]:
+    flat = [torch.cat([t.reshape(-1).double().cpu() for t in d.values()]) for d in directions]
+    k = len(flat)
+    cos = np.eye(k)
+    for i in range(k):
+        for j in range(i + 1, k):
+            den = float(flat[i].norm() * flat[j].norm())
+            cos[i, j] = cos[j, i] = float(flat[i] @ flat[j]) / den if den > 0 else 0.0
+    return cos.tolist()
+
+
+def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
+                 origin=None, metrics: Mapping[str, Callable] | None = None,
+                 device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
+                 strategy: str = "auto", progress: bool | Callable | None = None) -> Surface:
+    """The loss of ``model`` on ``data`` at every point of a grid in weight space.
+
+    Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
+    ``origin + sum_i c_i * directions[i]``. All points of a chunk are evaluated
+    at once (``torch.func.vmap`` over ``functional_call``), the model in eval mode;
+    the model itself is left exactly as given.
+
+    Parameters
+    ----------
+    model : nn.Module
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
+        The loss is the sample-weighted mean over all of it.
+    directions : list of 1, 2 or 3 dicts name -> Tensor
+        Keyed like ``model.named_parameters()`` (floating buffers may be
+        included to move BatchNorm statistics too), e.g. from
+        :func:`random_directions`.
+    loss_fn : callable ``(output, target) -> scalar tensor``
+        The mean loss of a batch, e.g. ``torch.nn.functional.cross_entropy``.
+    grid : int, (min, max, num), or list of per-direction (min, max, num) / 1-D arrays
+        Coordinates along each direction (see :func:`fastscape._grid.make_axes`).
+    origin : nn.Module or dict, optional
+        Where the directions start (default: the model's own parameters).
+    metrics : dict name -> callable, optional
+        Extra batch-mean metrics in the same pass, e.g. ``{"accuracy": fastscape.accuracy}``.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    dtype : torch.float32 (default) or torch.float64
+    chunk_size : int or "auto"
+        Grid points evaluated at once.
+    batch_size : int, optional
+        Largest data batch (default: planned from the model's activation size).
+    strategy : {"auto", "vmap", "loop"}
+    progress : bool or callable, optional
+        Show a progress bar (default: when stderr is a terminal), or a callable
+        receiving the number of points finished.
+
+    Returns
+    -------
+    Surface
+        ``loss`` of shape ``(len(coords[0]), ..., len(coords[k-1]))``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    info = dict(getattr(directions, "info", {}))
+    directions = check_directions(model, directions)
+    k = len(directions)
+    if k > 3:
+        raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {k}.")
+    axes = make_axes(grid, k)
+    keys = list(directions[0])
+    orig = check_origin(model, origin, keys)
+    dev = resolve_device(device, model)
+    dt = resolve_dtype(dtype)
+    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    coords = torch.from_numpy(mesh(axes))
+    points = AffinePoints(orig, directions, coords)
+    buffers = None
+    if isinstance(origin, nn.Module):
+        buffers = {n: b.detach() for n, b in origin.named_buffers()}
+    bar = _progress(progress, points.n)
+    try:
+        values, report = evaluate(model, batches, points, loss_fn=loss_fn, metrics=metrics,
+                                  chunk_size=chunk_size, strategy=strategy, buffers=buffers,
+                                  progress=bar)
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    shape = tuple(len(a) for a in axes)
+    meta = {
+        "n_directions": k,
+        "grid_shape": list(shape),
+        "n_samples": batches.n_samples,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": str(dt).replace("torch.", ""),
+        "strategy": report.strategy,
+        "chunk_size": report.chunk_size,
+        "batch_size": report.batch_size,
+        "seconds": report.seconds,
+        "points_per_second": report.points_per_second,
+        "fallback": report.fallback,
+        "notes": report.notes,
+        "cosines": _cosines(directions),
+        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
+                                          **{n: b for n, b in model.named_buffers()}}),
+        "origin_fingerprint": fingerprint(orig),
+        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
+        "torch_version": torch.__version__,
+    }
+    meta["directions"] = info
+    return Surface(
+        coords=axes,
+        loss=values.pop("loss").reshape(shape),
+        metrics={name: v.reshape(shape) for name, v in values.items()},
+        meta=meta,
+    )
+
+
+def _progress(progress, total):
+    if callable(progress) and not isinstance(progress, bool):
+        return progress
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="pt", unit_scale=True, desc="fastscape", leave=False)
+
+    class _Bar:
+        def __call__(self, n):
+            bar.update(n)
+
+        def close(self):
+            bar.close()
+
+    return _Bar()

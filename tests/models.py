@@ -1,0 +1,77 @@
+"""Small but real models for tests: an MLP, a CNN with BatchNorm, a model with
+a registered buffer, an LSTM (vmap fallback) and a transformer encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in=5, hidden=16, d_out=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, d_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Conv -> BatchNorm -> ReLU -> pool, twice, then a linear head; 1x8x8 inputs."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def trained_bn_stats(model: nn.Module, x: torch.Tensor, steps: int = 3) -> nn.Module:
+    """Give BatchNorm non-trivial running statistics, then switch to train mode off."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(x)
+    return model
+
+
+class WithBuffer(nn.Module):
+    """A linear model that standardises its input with registered buffers."""
+
+    def __init__(self, d_in=4):
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1, 1, d_in))
+        self.register_buffer("scale", torch.linspace(0.5, 2, d_in))
+        self.fc = nn.Linear(d_in, 1)
+
+    def forward(self, x):
+        return self.fc((x - self.mean) / self.scale)
+
+
+class LSTMRegressor(nn.Module):
+    def __init__(self, d_in=3, hidden=6):
+        super().__init__()
+        self.lstm = nn.LSTM(d_in, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, vocab=11, d_model=16, classes=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, nhead=2, dim_feedforward=32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
