@@ -415,9 +415,9 @@ def make_strategy(name: str, ctx, args0: tuple) -> Strategy:
 
 def auto_key(model: nn.Module, points, device, dtype, chunk: int, batch_shapes) -> tuple:
     """What an automatic choice depends on: the model's structure (class and
-    repr), the moving names, device, dtype, chunk size, grid size and batch shapes."""
+    repr), the moving names, device, dtype, chunk size and batch shapes."""
     return (type(model).__qualname__, repr(model), tuple(points.moving), str(device), str(dtype),
-            int(chunk), int(points.n), tuple(batch_shapes))
+            int(chunk), tuple(batch_shapes))
 
 
 def time_call(fn: Callable[[], torch.Tensor], device) -> tuple[float, torch.Tensor]:
