@@ -142,8 +142,8 @@ def plotly_to_matplotlib(fig, *, frame: int | None = None):
             continue
         draw(axes_for(t), t)
     for ax in axes.values():
-        if any(a.get_label() and not a.get_label().startswith("_") for a in ax.get_children()):
-            ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="upper left")
     # subplot titles are annotations in plotly
     for ann in layout.annotations or ():
         if ann.xref == "paper" and ann.yref == "paper" and ann.text:
@@ -223,7 +223,8 @@ def _surface(ax, t):
 
         finite = color[np.isfinite(color)]
         norm = Normalize(finite.min(), finite.max()) if finite.size else Normalize(0, 1)
-        faces = colormaps[cmap](norm(np.nan_to_num(color, nan=finite.min() if finite.size else 0)))
+        cm = colormaps[cmap] if isinstance(cmap, str) else cmap
+        faces = cm(norm(np.nan_to_num(color, nan=finite.min() if finite.size else 0)))
         ax.plot_surface(x, y, np.ma.masked_invalid(z), facecolors=faces, shade=False, alpha=0.9)
         return
     ax.plot_surface(x, y, np.ma.masked_invalid(z), cmap=cmap, linewidth=0, antialiased=False, alpha=0.9)
