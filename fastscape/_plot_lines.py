@@ -87,5 +87,5 @@ def plot_line(lines, *, ax=None, metric: str | None = "accuracy", log: bool = Fa
     if twin is not None:
         h2, n2 = twin.get_legend_handles_labels()
         handles, names = handles + h2, names + n2
-    ax.legend(handles, names, fontsize=8, loc="upper center")
+    ax.legend(handles, names, fontsize=8, loc="best")
     return ax

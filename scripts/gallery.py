@@ -160,10 +160,12 @@ def main(argv=None) -> int:
                                     loss_fn=F.cross_entropy, metrics={"accuracy": fastscape.accuracy},
                                     grid=(-0.25, 1.25, 41 if small else 121), progress=False)
     rand = fastscape.random_directions(model, 1, seed=0)
-    line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy,
+    # a random line placed so that coordinate 1 is the trained model, like the interpolation
+    shifted = {k: final[k] - rand[0].get(k, 0.0) for k in final}
+    line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy, origin=shifted,
                                   metrics={"accuracy": fastscape.accuracy},
                                   grid=(-0.25, 1.25, 41 if small else 121), progress=False)
-    ax = fastscape.plot_line({"initial -> trained": interp, "random direction from trained, +1": line},
+    ax = fastscape.plot_line({"initial -> trained": interp, "random direction through trained": line},
                              marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
                              title="Loss and accuracy along two lines")
     save(ax.figure, "line.png")
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     names = ["weight", "bias"]
     ax = fastscape.plot_lr_steps(lin, (xl, yl), fastscape.axis_directions(lin, names),
                                  origin=fastscape.axis_origin(lin, names), loss_fn=F.mse_loss,
-                                 lrs=(0.05, 0.2, 0.5), grid=[(-1.5, 4.0, 41 if small else 81), (-1.5, 3.5, 41 if small else 81)],
+                                 lrs=(0.05, 0.2, 0.4), grid=[(-1.5, 4.0, 41 if small else 81), (-1.5, 3.5, 41 if small else 81)],
                                  axis_labels=("weight", "bias"))
     save(ax.figure, "lr_steps.png")
     print(f"{len(written)} files in {out}")
