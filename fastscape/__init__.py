@@ -8,9 +8,16 @@ from ._data import Batches as Batches
 from ._directions import Directions as Directions
 from ._directions import axis_directions as axis_directions
 from ._directions import axis_origin as axis_origin
+from ._directions import interpolation_directions as interpolation_directions
+from ._directions import interpolation_plane as interpolation_plane
 from ._directions import normalize as normalize
+from ._directions import orthogonalize as orthogonalize
 from ._directions import random_directions as random_directions
 from ._evaluator import FallbackWarning as FallbackWarning
+from ._hessian import ConvergenceWarning as ConvergenceWarning
+from ._hessian import hessian_eigenpairs as hessian_eigenpairs
+from ._hessian import hessian_trace as hessian_trace
+from ._hessian import hessian_vector_product as hessian_vector_product
 from ._metrics import accuracy as accuracy
 from ._plotting import plot_contour as plot_contour
 from ._plotting import plot_surface3d as plot_surface3d
@@ -25,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batches",
+    "ConvergenceWarning",
     "Directions",
     "FallbackWarning",
     "Surface",
@@ -33,9 +41,15 @@ __all__ = [
     "accuracy",
     "axis_directions",
     "axis_origin",
+    "hessian_eigenpairs",
+    "hessian_trace",
+    "hessian_vector_product",
+    "interpolation_directions",
+    "interpolation_plane",
     "load_surface",
     "loss_surface",
     "normalize",
+    "orthogonalize",
     "plot_contour",
     "plot_surface3d",
     "random_directions",
