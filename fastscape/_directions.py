@@ -46,7 +46,8 @@ def _filter_norm(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     # each output filter / row d[i] rescaled to ||w[i]||; a zero filter of the
     # weights gives a zero filter of the direction, never a division by zero
     dims = tuple(range(1, d.dim()))
-    return d * _safe_ratio(w.norm(dim=dims, keepdim=True), d.norm(dim=dims, keepdim=True))
+    norm = torch.linalg.vector_norm
+    return d * _safe_ratio(norm(w, dim=dims, keepdim=True), norm(d, dim=dims, keepdim=True))
 
 
 def _layer_norm(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -474,7 +475,8 @@ def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
                          "distinct models.")
     proj = float(fv @ fu) / nu
     perp = float((fv - proj * fu / nu).norm())
-    if perp <= 1e-9 * max(nu, float(fv.norm())):
+    eps = torch.finfo(next(iter(u.values())).dtype).eps
+    if perp <= 64 * eps * max(nu, float(fv.norm())):  # collinear up to the dtype's round-off
         raise ValueError("`model_c` lies on the line through `model_a` and `model_b`; the three "
                          "models span no plane.")
     # e1 = u/nu, e2 = (v - proj e1)/perp as combinations of u and v (buffers too)
