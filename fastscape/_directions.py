@@ -75,6 +75,11 @@ class Directions(list):
         super().__init__(items)
         self.info = info
 
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # a sub-list keeps its provenance
+            return Directions(super().__getitem__(index), **self.info)
+        return super().__getitem__(index)
+
 
 def _check_choice(value, valid, name):
     if value not in valid:

@@ -45,6 +45,21 @@ class ConvergenceWarning(UserWarning):
     """An iterative estimate stopped at ``max_iter`` before reaching ``tol``."""
 
 
+def _load_jvp_decompositions() -> None:
+    """Import what ``torch.func.jvp`` imports on first use, quietly.
+
+    Recent PyTorch builds its forward-mode decompositions with the deprecated
+    ``torch.jit.script`` at that import, which emits a DeprecationWarning
+    that is PyTorch's own business, not the caller's.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - other PyTorch layouts
+            pass
+
+
 class _HVP:
     """``v -> H v`` for flat vectors over the model's parameters, on the whole dataset.
 
@@ -77,6 +92,7 @@ class _HVP:
             return _scalar(loss_fn(out, y), "loss_fn")
 
         self._grad = grad(loss_of)
+        _load_jvp_decompositions()
 
     def unflatten(self, vec: torch.Tensor) -> ParamDict:
         return {k: t.view(self.shapes[k]) for k, t in zip(self.params, torch.split(vec, self.sizes))}
@@ -207,15 +223,19 @@ def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
         theta, s = theta_all[order], s_all[:, order]
         scale = max(float(np.abs(theta_all).max()), np.finfo(np.float64).tiny)
         resid = np.abs(beta * s[-1, :])
-        if len(alphas) >= k and np.all(resid <= tol * scale):
-            converged = True
-            break
         if len(alphas) == n:
             converged = True  # the Krylov space is all of R^n: exact up to round-off
             break
-        if beta <= 1e-10 * scale:  # invariant subspace: restart, decoupled (beta = 0)
+        if beta <= 1e-10 * scale:
+            # invariant subspace: its Ritz pairs are exact, but an eigenvalue it
+            # cannot reach may still be larger; continue from a fresh vector,
+            # decoupled (beta = 0)
             betas.append(0.0)
             q = fresh(basis)
+            continue
+        if len(alphas) >= k and np.all(resid <= tol * scale):
+            converged = True
+            break
         else:
             betas.append(beta)
             q = w / beta
