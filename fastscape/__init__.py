@@ -8,9 +8,16 @@ from ._data import Batches as Batches
 from ._directions import Directions as Directions
 from ._directions import axis_directions as axis_directions
 from ._directions import axis_origin as axis_origin
+from ._directions import interpolation_directions as interpolation_directions
+from ._directions import interpolation_plane as interpolation_plane
 from ._directions import normalize as normalize
+from ._directions import orthogonalize as orthogonalize
 from ._directions import random_directions as random_directions
 from ._evaluator import FallbackWarning as FallbackWarning
+from ._hessian import ConvergenceWarning as ConvergenceWarning
+from ._hessian import hessian_eigenpairs as hessian_eigenpairs
+from ._hessian import hessian_trace as hessian_trace
+from ._hessian import hessian_vector_product as hessian_vector_product
 from ._metrics import accuracy as accuracy
 from ._plot_animate import animate_fit as animate_fit
 from ._plot_animate import animate_path as animate_path
@@ -35,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batches",
+    "ConvergenceWarning",
     "Directions",
     "FallbackWarning",
     "StaticExportWarning",
@@ -46,9 +54,15 @@ __all__ = [
     "animate_path",
     "axis_directions",
     "axis_origin",
+    "hessian_eigenpairs",
+    "hessian_trace",
+    "hessian_vector_product",
+    "interpolation_directions",
+    "interpolation_plane",
     "load_surface",
     "loss_surface",
     "normalize",
+    "orthogonalize",
     "plot_contour",
     "plot_cross_sections",
     "plot_hidden_lines",
