@@ -12,13 +12,20 @@ from ._directions import normalize as normalize
 from ._directions import random_directions as random_directions
 from ._evaluator import FallbackWarning as FallbackWarning
 from ._metrics import accuracy as accuracy
+from ._pca import path_loss as path_loss
+from ._pca import pca_directions as pca_directions
+from ._pca import project as project
 from ._plotting import plot_contour as plot_contour
 from ._plotting import plot_surface3d as plot_surface3d
 from ._plotting import save_figure as save_figure
 from ._surface import Surface as Surface
 from ._surface import load_surface as load_surface
 from ._surface import loss_surface as loss_surface
+from ._trajectory import OptimizerComparison as OptimizerComparison
+from ._trajectory import Recorder as Recorder
 from ._trajectory import Trajectory as Trajectory
+from ._trajectory import compare_optimizers as compare_optimizers
+from ._trajectory import record as record
 from ._trajectory import train as train
 
 __version__ = "0.1.0"
@@ -27,18 +34,25 @@ __all__ = [
     "Batches",
     "Directions",
     "FallbackWarning",
+    "OptimizerComparison",
+    "Recorder",
     "Surface",
     "Trajectory",
     "__version__",
     "accuracy",
     "axis_directions",
     "axis_origin",
+    "compare_optimizers",
     "load_surface",
     "loss_surface",
     "normalize",
+    "path_loss",
+    "pca_directions",
     "plot_contour",
     "plot_surface3d",
+    "project",
     "random_directions",
+    "record",
     "save_figure",
     "train",
 ]
