@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     w_ref, b_ref = float(lm.coef_[0, 0]), float(lm.intercept_[0])
 
     labels = ("weight w", "bias b")
-    ax = fastscape.plot_contour(surface, path=path, axis_labels=labels, log=False,
+    ax = fastscape.plot_contour(surface, path=path, axis_labels=labels,
                                 title=f"MSE over (w, b) and {steps} steps of gradient descent")
     ax.scatter([w_ref], [b_ref], marker="x", s=70, color="cyan", zorder=6, label="least squares")
     ax.legend(loc="upper right", fontsize=8)
