@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     labels = ("w1 (hidden weight)", "w2 (output weight)")
     ax = fastscape.plot_contour(surface, path=path, axis_labels=labels,
-                                title="Test MSE over (w1, w2) with the SGD path (one point per epoch)")
+                                title="Test MSE over (w1, w2), SGD path per epoch")
     written = [fastscape.save_figure(ax.figure, out / "error_surface_contour.png")]
     fig = fastscape.plot_surface3d(surface, path=path, path_loss=heights, axis_labels=labels,
                                    title="Error surface of the two-weight tanh net, with the SGD path")

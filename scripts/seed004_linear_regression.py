@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
     labels = ("weight w", "bias b")
     ax = fastscape.plot_contour(surface, path=path, axis_labels=labels,
-                                title=f"MSE over (w, b) and {steps} steps of gradient descent")
+                                title=f"MSE over (w, b), {steps} gradient-descent steps")
     ax.scatter([w_ref], [b_ref], marker="x", s=70, color="cyan", zorder=6, label="least squares")
     ax.legend(loc="upper right", fontsize=8)
     written = [fastscape.save_figure(ax.figure, out / "linear_regression_contour.png")]
