@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ._data import Batches, as_args
+from ._memory import LIVE_FACTOR, peak_memory, plan_chunk
 from ._params import ParamDict, model_state_guard
 
 __all__ = ["AffinePoints", "ExplicitPoints", "evaluate", "FallbackWarning", "EvalReport"]
@@ -140,6 +141,7 @@ class EvalReport:
     fallback: bool = False
     oom_backoffs: int = 0
     notes: list[str] = field(default_factory=list)
+    memory_plan: dict = field(default_factory=dict)
 
     @property
     def points_per_second(self) -> float:
@@ -291,15 +293,24 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
             _scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 _scalar(m(out0, y0), f"metrics[{name!r}]")
-        per_sample = _per_sample_elements(model, p0, args0, n0)
+        with peak_memory(device) as peak:
+            per_sample = _per_sample_elements(model, p0, args0, n0)
         target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
         itemsize = torch.empty((), dtype=dtype).element_size()
-        auto_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), points.n,
-                                            itemsize, target, points.moving_numel())
         if chunk_size == "auto":
-            chunk = auto_chunk
-            if max(batches.batch_sizes) > auto_batch:
-                batches = batches.resplit(auto_batch)
+            # the speed target for a grid of any size, then fitted into free memory
+            target_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), 1 << 62,
+                                                  itemsize, target, points.moving_numel())
+            measured = peak.bytes is not None and peak.bytes > 0
+            plan = plan_chunk(
+                device, n_points=points.n, target_chunk=target_chunk, batch=auto_batch,
+                param_bytes=points.moving_numel() * itemsize,
+                sample_bytes=(math.ceil(peak.bytes / n0) if measured
+                              else LIVE_FACTOR * per_sample * itemsize),
+                measured=measured)
+            chunk = plan.chunk
+            if max(batches.batch_sizes) > plan.batch:
+                batches = batches.resplit(plan.batch)
         else:
             if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
                 raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
@@ -309,7 +320,8 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         use = "loop" if strategy == "loop" else "vmap"
         report = EvalReport(strategy=use, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
-                            dtype=str(dtype).replace("torch.", ""))
+                            dtype=str(dtype).replace("torch.", ""),
+                            memory_plan=plan.as_dict() if chunk_size == "auto" else {})
         sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         start = 0
