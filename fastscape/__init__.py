@@ -10,6 +10,7 @@ from ._directions import axis_directions as axis_directions
 from ._directions import axis_origin as axis_origin
 from ._directions import normalize as normalize
 from ._directions import random_directions as random_directions
+from ._distributed import init_distributed as init_distributed
 from ._evaluator import FallbackWarning as FallbackWarning
 from ._metrics import accuracy as accuracy
 from ._plotting import plot_contour as plot_contour
@@ -20,6 +21,7 @@ from ._surface import load_surface as load_surface
 from ._surface import loss_surface as loss_surface
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import train as train
+from ._vtk import save_vtp as save_vtp
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,7 @@ __all__ = [
     "accuracy",
     "axis_directions",
     "axis_origin",
+    "init_distributed",
     "load_surface",
     "loss_surface",
     "normalize",
@@ -40,5 +43,6 @@ __all__ = [
     "plot_surface3d",
     "random_directions",
     "save_figure",
+    "save_vtp",
     "train",
 ]

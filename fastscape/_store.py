@@ -214,7 +214,8 @@ class SurfaceStore:
             self.parts.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
             _fsync_dir(self.parts)
-        for stale in self.parts.glob(".*.tmp-*"):  # a unit in flight when a run was killed
+        # a unit in flight, or the final file being written, when a run was killed
+        for stale in [*self.parts.glob(".*.tmp-*"), *self.path.parent.glob(f".{self.path.name}.tmp-*")]:
             stale.unlink(missing_ok=True)
         done = {}
         for f in self.parts.iterdir():
