@@ -193,7 +193,10 @@ def _directions(args, model, n: int):
         missing = [k for k in moving if k not in target]
         if missing:
             raise CLIError(f"`--to` checkpoint lacks {missing[:4]}.")
-        line = {k: (target[k].to(state[k]) - state[k].detach()) for k in moving}
+        # in float64, so that coordinate 1 lands on the checkpoint up to the evaluation's rounding
+        line = {k: target[k].double() - state[k].detach().double() for k in moving}
+        if not any(bool(t.any()) for t in line.values()):
+            raise CLIError(f"`--to` {args.to!r} holds the model's own weights; the interpolation direction is zero.")
         dirs = [line]
         info = {"kind": "interpolation", "to": str(args.to)}
         if n > 1:
@@ -277,7 +280,7 @@ def _summary(surface, out) -> str:
     lowest = (f"lowest loss {float(surface.loss[finite].min()):.6g} at "
               f"({', '.join(f'{c:.4g}' for c in surface.argmin())})" if finite.any() else "no finite loss")
     shape = "x".join(str(s) for s in surface.shape)
-    if not run:
+    if not run or run.get("reused_units") == run.get("units"):
         return f"fastscape surface: {out} is already complete: {shape} grid; {lowest}"
     return (f"fastscape surface: wrote {out}: {shape} grid in {run['units']} units "
             f"({run['reused_units']} reused from an earlier run), {meta['seconds']:.2f} s on "

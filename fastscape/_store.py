@@ -174,7 +174,11 @@ class SurfaceStore:
         if self.parts.exists():  # finished, but killed before the sidecar was removed
             shutil.rmtree(self.parts, ignore_errors=True)
         logger.info("%s is complete with these settings; nothing to compute", self.path)
-        return load_surface(self.path)
+        surface = load_surface(self.path)
+        run = surface.meta.get("run")
+        if run:  # nothing was computed this time
+            surface.meta["run"] = {**run, "reused_units": run["units"]}
+        return surface
 
     def finish(self, surface) -> Path:
         """Write ``surface`` onto ``path`` atomically, then remove the sidecar folder."""
