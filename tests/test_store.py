@@ -307,3 +307,22 @@ def test_vtp_line_log_and_errors(tmp_path):
         fastscape.save_vtp(surf, tmp_path / "l.vtk")
     with pytest.raises(ValueError, match="`log` needs a positive loss"):
         fastscape.save_vtp(fastscape.Surface(coords=[x], loss=x.copy()), tmp_path / "m.vtp", log=True)
+
+
+def test_progress_counts_every_point_once(gen, monkeypatch, tmp_path, capsys):
+    model, x, y, dirs = _case(gen)
+    kw = dict(loss_fn=F.cross_entropy, grid=AXES, device="cpu", chunk_size=4)
+    out = tmp_path / "s.h5"
+    restore = _crash_after(monkeypatch, 3)
+    seen = []
+    with pytest.raises(_Crash):
+        fastscape.loss_surface(model, (x, y), dirs, out=out, progress=seen.append, **kw)
+    restore()
+    resumed = []
+    fastscape.loss_surface(model, (x, y), dirs, out=out, progress=resumed.append, **kw)
+    assert sum(resumed) == 35 - 12  # the three finished units of 4 points are not redone
+    # the bar: points per second and a total, on stderr
+    capsys.readouterr()
+    fastscape.loss_surface(model, (x, y), dirs, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "fastscape" in err and "pt/s" in err and "/35" in err
