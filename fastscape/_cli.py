@@ -59,6 +59,17 @@ def import_object(spec: str, *, what: str):
     return obj
 
 
+def resolve_loss(name: str):
+    """A loss function from a name in :data:`LOSSES` or an import path."""
+    if name not in LOSSES and ":" not in name:
+        raise CLIError(f"`--loss` must be one of {sorted(LOSSES)} or an import path 'package.module:function'; "
+                       f"got {name!r}.")
+    loss_fn = import_object(LOSSES.get(name, name), what="--loss")
+    if not callable(loss_fn):
+        raise CLIError(f"`--loss` {name!r} is not callable; got {type(loss_fn).__name__}.")
+    return loss_fn
+
+
 def parse_axis(text: str, *, what: str) -> tuple[float, float, int]:
     """``"MIN:MAX:NUM"`` -> ``(min, max, num)``."""
     parts = text.split(":")
@@ -235,11 +246,7 @@ def _surface(args) -> int:
         raise CLIError("choose one of `--to` (interpolation) and `--pca-dir` (PCA); got both.")
     if Path(args.out).suffix.lower() not in (".h5", ".hdf5"):
         raise CLIError(f"`--out` must end in .h5 or .hdf5; got {args.out!r}.")
-    loss_fn = import_object(LOSSES.get(args.loss, args.loss), what="--loss") if (
-        args.loss in LOSSES or ":" in args.loss) else None
-    if loss_fn is None or not callable(loss_fn):
-        raise CLIError(f"`--loss` must be one of {sorted(LOSSES)} or an import path 'package.module:function'; "
-                       f"got {args.loss!r}.")
+    loss_fn = resolve_loss(args.loss)
     metrics = {name: import_object(METRICS[name], what="--metric") for name in (args.metric or [])}
 
     factory = import_object(args.model, what="--model")

@@ -50,6 +50,7 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), str(ckpt)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    print(done.stdout, done.stderr)  # shown by pytest if anything below fails
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "run-rank0.txt").read_text() == "2 gloo"
 

@@ -83,6 +83,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         _, err = proc.communicate()
         assert proc.returncode in (-signal.SIGKILL, 0), err.decode()
         landed.append((proc.returncode, _units(parts)))
+        print(f"kill at unit {target}: rc {proc.returncode}, {landed[-1][1]} units on disk")
     # at least one kill landed in the middle of the grid
     assert any(rc == -signal.SIGKILL and 0 < n < total for rc, n in landed), landed
     assert not out.exists()
