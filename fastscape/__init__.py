@@ -13,6 +13,7 @@ from ._directions import interpolation_plane as interpolation_plane
 from ._directions import normalize as normalize
 from ._directions import orthogonalize as orthogonalize
 from ._directions import random_directions as random_directions
+from ._distributed import init_distributed as init_distributed
 from ._evaluator import FallbackWarning as FallbackWarning
 from ._hessian import ConvergenceWarning as ConvergenceWarning
 from ._hessian import hessian_eigenpairs as hessian_eigenpairs
@@ -44,6 +45,7 @@ from ._trajectory import Trajectory as Trajectory
 from ._trajectory import compare_optimizers as compare_optimizers
 from ._trajectory import record as record
 from ._trajectory import train as train
+from ._vtk import save_vtp as save_vtp
 
 __version__ = "0.1.0"
 
@@ -62,6 +64,7 @@ __all__ = [
     "hessian_eigenpairs",
     "hessian_trace",
     "hessian_vector_product",
+    "init_distributed",
     "interpolation_directions",
     "interpolation_plane",
     "load_surface",
@@ -85,6 +88,7 @@ __all__ = [
     "record",
     "Recorder",
     "save_figure",
+    "save_vtp",
     "StaticExportWarning",
     "Surface",
     "train",

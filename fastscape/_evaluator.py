@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ._data import Batches, as_args
+from ._memory import LIVE_FACTOR, peak_memory, plan_chunk
 from ._params import ParamDict, model_state_guard
 from ._strategies import (
     AUTO_CHOICES,
@@ -154,6 +155,7 @@ class EvalReport:
     fallback: bool = False
     oom_backoffs: int = 0
     notes: list[str] = field(default_factory=list)
+    memory_plan: dict = field(default_factory=dict)
 
     @property
     def points_per_second(self) -> float:
@@ -221,20 +223,32 @@ COMPILE_WORTH_SECONDS = 20.0
 
 
 def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, device, dtype):
-    """The memory-planning step: ``(chunk, batches)`` with the data re-split
-    when the planned batch is smaller than the given one."""
-    per_sample = _per_sample_elements(model, p0, args0, n0)
+    """The memory-planning step: ``(chunk, batches, plan)``, the data re-split
+    when the planned batch is smaller than the given one.
+
+    "auto" takes the speed target (a few MiB per intermediate on CPU, see
+    :func:`plan_sizes`) and fits it into the free memory (:mod:`._memory`).
+    """
+    if chunk_size != "auto":
+        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
+        return int(chunk_size), batches, {}
+    with peak_memory(device) as peak:
+        per_sample = _per_sample_elements(model, p0, args0, n0)
     target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
     itemsize = torch.empty((), dtype=dtype).element_size()
-    auto_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), points.n,
-                                        itemsize, target, points.moving_numel())
-    if chunk_size == "auto":
-        if max(batches.batch_sizes) > auto_batch:
-            batches = batches.resplit(auto_batch)
-        return auto_chunk, batches
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
-    return int(chunk_size), batches
+    # the speed target for a grid of any size, then fitted into free memory
+    target_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), 1 << 62,
+                                          itemsize, target, points.moving_numel())
+    measured = peak.bytes is not None and peak.bytes > 0
+    plan = plan_chunk(
+        device, n_points=points.n, target_chunk=target_chunk, batch=auto_batch,
+        param_bytes=points.moving_numel() * itemsize,
+        sample_bytes=(math.ceil(peak.bytes / n0) if measured else LIVE_FACTOR * per_sample * itemsize),
+        measured=measured)
+    if max(batches.batch_sizes) > plan.batch:
+        batches = batches.resplit(plan.batch)
+    return plan.chunk, batches, plan.as_dict()
 
 
 def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
@@ -302,12 +316,13 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
             _scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 _scalar(m(out0, y0), f"metrics[{name!r}]")
-        chunk, batches = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
+        chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
         ctx = _Context(model, shared, points, loss_fn, metrics, chunk)
         report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
-                            dtype=str(dtype).replace("torch.", ""))
+                            dtype=str(dtype).replace("torch.", ""),
+                            memory_plan=memory_plan)
         t0 = time.perf_counter()
         with torch.no_grad():
             runner = _select(strategy, ctx, batches, args0, report)

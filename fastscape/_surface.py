@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Callable, Mapping
@@ -146,7 +147,8 @@ def _cosines(directions) -> list[list[float]]:
 def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
-                 strategy: str = "auto", progress: bool | Callable | None = None) -> Surface:
+                 strategy: str = "auto", progress: bool | Callable | None = None,
+                 out=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -172,10 +174,14 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     metrics : dict name -> callable, optional
         Extra batch-mean metrics in the same pass, e.g. ``{"accuracy": fastscape.accuracy}``.
     device : str or torch.device, optional
-        Default: CUDA when available, else CPU.
+        Default: CUDA when available (the current CUDA device, ``cuda:LOCAL_RANK``
+        under :func:`init_distributed`), else CPU.
     dtype : torch.float32 (default) or torch.float64
     chunk_size : int or "auto"
-        Grid points evaluated at once.
+        Grid points evaluated at once. "auto" plans the chunk from the device's
+        free memory and a measured footprint of one point, capped by a speed
+        target; it halves and retries on out-of-memory. The plan is in
+        ``meta["memory_plan"]``.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
     strategy : {"auto", "vmap", "loop", "affine", "vmap_compiled", "affine_compiled"}
@@ -183,18 +189,34 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         not depend on it beyond float32 rounding. "auto" picks by a short measured
         probe and remembers the pick; the chosen one is ``meta["strategy"]``.
     progress : bool or callable, optional
-        Show a progress bar (default: when stderr is a terminal), or a callable
-        receiving the number of points finished.
+        Show a progress bar with points per second and ETA (default: when
+        stderr is a terminal), or a callable receiving the number of points
+        finished.
+    out : str or Path, optional
+        An HDF5 file (``.h5``) to compute into, crash-safe and resumable:
+        finished chunks are kept in ``out + ".parts/"`` as they complete, a
+        repeated call evaluates only the missing ones (identical result), and
+        a complete file with the same settings is returned without computing.
+        A file with other settings (model, origin, directions, grid, data
+        size, loss, metrics, dtype) is refused with a ``ValueError``.
+
+    Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
+    the grid is sharded over the ranks; every rank returns the whole surface
+    and rank 0 writes ``out``.
 
     Returns
     -------
     Surface
         ``loss`` of shape ``(len(coords[0]), ..., len(coords[k-1]))``.
     """
+    from ._distributed import rank_world
+    from ._store import SurfaceStore, grid_fingerprint, on_rank0, run_grid
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    store = SurfaceStore(out) if out is not None else None
     info = dict(getattr(directions, "info", {}))
     directions = check_directions(model, directions)
     k = len(directions)
@@ -207,19 +229,48 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     dt = resolve_dtype(dtype)
     batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
     coords = torch.from_numpy(mesh(axes))
-    points = AffinePoints(orig, directions, coords)
     buffers = None
     if isinstance(origin, nn.Module):
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
-    bar = _progress(progress, points.n)
+    shape = tuple(len(a) for a in axes)
+    settings = {
+        "format": 1,
+        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
+                                          **{n: b for n, b in model.named_buffers()}}),
+        "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
+        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
+        "grid_shape": list(shape),
+        "grid_fingerprint": grid_fingerprint(axes),
+        "n_samples": batches.n_samples,
+        "loss": callable_name(loss_fn),
+        "metrics": list(metrics or {}),
+        "dtype": str(dt).replace("torch.", ""),
+    }
+    rank, world = rank_world()
+    if store is not None:
+        found = on_rank0(lambda: store.completed(settings))
+        if found is not None:
+            return found
+    bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
+                    show=rank == 0)
+    run = None
     try:
-        values, report = evaluate(model, batches, points, loss_fn=loss_fn, metrics=metrics,
-                                  chunk_size=chunk_size, strategy=strategy, buffers=buffers,
-                                  progress=bar)
+        if store is None and world == 1:
+            points = AffinePoints(orig, directions, coords)
+            values, report = evaluate(model, batches, points, loss_fn=loss_fn, metrics=metrics,
+                                      chunk_size=chunk_size, strategy=strategy, buffers=buffers,
+                                      progress=bar)
+        else:
+            orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
+            dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
+            values, report, run = run_grid(
+                model, batches, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
+                coords.shape[0], loss_fn=loss_fn, metrics=dict(metrics or {}), chunk_size=chunk_size,
+                batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
+                store=store, progress=bar)
     finally:
         if hasattr(bar, "close"):
             bar.close()
-    shape = tuple(len(a) for a in axes)
     meta = {
         "n_directions": k,
         "grid_shape": list(shape),
@@ -233,41 +284,68 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "seconds": report.seconds,
         "points_per_second": report.points_per_second,
         "fallback": report.fallback,
+        "oom_backoffs": report.oom_backoffs,
+        "memory_plan": report.memory_plan,
         "notes": report.notes,
         "cosines": _cosines(directions),
-        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
-                                          **{n: b for n, b in model.named_buffers()}}),
-        "origin_fingerprint": fingerprint(orig),
-        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
+        "model_fingerprint": settings["model_fingerprint"],
+        "origin_fingerprint": settings["origin_fingerprint"],
+        "directions_fingerprint": settings["directions_fingerprint"],
         "torch_version": torch.__version__,
+        "settings": settings,
     }
+    if run is not None:
+        meta["run"] = run
     meta["directions"] = info
-    return Surface(
+    surface = Surface(
         coords=axes,
         loss=values.pop("loss").reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )
+    if store is not None:
+        on_rank0(lambda: store.finish(surface))
+    return surface
 
 
-def _progress(progress, total):
+def callable_name(fn) -> str:
+    """``module.qualname`` of a function (or of a callable object's class)."""
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_name(fn.func)})"
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+def _progress(progress, total, *, desc="fastscape", show=True):
+    """A progress callable ``(n_done) -> None`` (or None).
+
+    ``progress`` may be a user callable (returned as is), ``True``/``False``, or
+    ``None``: a bar when stderr is a terminal. The bar (tqdm) counts grid
+    points and shows points per second and the ETA; :meth:`start` resets its
+    total when a resumed or sharded run has less to do.
+    """
     if callable(progress) and not isinstance(progress, bool):
         return progress
     import sys
 
     if progress is None:
         progress = sys.stderr.isatty()
-    if not progress:
+    if not progress or not show:
         return None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="pt", unit_scale=True, desc="fastscape", leave=False)
-
     class _Bar:
+        def __init__(self):
+            self.bar = tqdm(total=total, unit="pt", unit_scale=True, desc=desc, leave=False,
+                            dynamic_ncols=True, smoothing=0.1)
+
+        def start(self, total):
+            self.bar.reset(total=total)
+
         def __call__(self, n):
-            bar.update(n)
+            self.bar.update(n)
 
         def close(self):
-            bar.close()
+            self.bar.close()
 
     return _Bar()
