@@ -8,13 +8,30 @@ from ._data import Batches as Batches
 from ._directions import Directions as Directions
 from ._directions import axis_directions as axis_directions
 from ._directions import axis_origin as axis_origin
+from ._directions import interpolation_directions as interpolation_directions
+from ._directions import interpolation_plane as interpolation_plane
 from ._directions import normalize as normalize
+from ._directions import orthogonalize as orthogonalize
 from ._directions import random_directions as random_directions
 from ._evaluator import FallbackWarning as FallbackWarning
+from ._hessian import ConvergenceWarning as ConvergenceWarning
+from ._hessian import hessian_eigenpairs as hessian_eigenpairs
+from ._hessian import hessian_trace as hessian_trace
+from ._hessian import hessian_vector_product as hessian_vector_product
 from ._metrics import accuracy as accuracy
+from ._plot_animate import animate_fit as animate_fit
+from ._plot_animate import animate_path as animate_path
+from ._plot_gradient import plot_cross_sections as plot_cross_sections
+from ._plot_gradient import plot_lr_steps as plot_lr_steps
+from ._plot_lines import plot_line as plot_line
+from ._plot_network import plot_hidden_lines as plot_hidden_lines
+from ._plot_network import plot_hidden_space as plot_hidden_space
+from ._plot_network import plot_thresholded as plot_thresholded
+from ._plot_volume import plot_volume as plot_volume
 from ._plotting import plot_contour as plot_contour
 from ._plotting import plot_surface3d as plot_surface3d
-from ._plotting import save_figure as save_figure
+from ._save import StaticExportWarning as StaticExportWarning
+from ._save import save_figure as save_figure
 from ._surface import Surface as Surface
 from ._surface import load_surface as load_surface
 from ._surface import loss_surface as loss_surface
@@ -25,19 +42,36 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batches",
+    "ConvergenceWarning",
     "Directions",
     "FallbackWarning",
+    "StaticExportWarning",
     "Surface",
     "Trajectory",
     "__version__",
     "accuracy",
+    "animate_fit",
+    "animate_path",
     "axis_directions",
     "axis_origin",
+    "hessian_eigenpairs",
+    "hessian_trace",
+    "hessian_vector_product",
+    "interpolation_directions",
+    "interpolation_plane",
     "load_surface",
     "loss_surface",
     "normalize",
+    "orthogonalize",
     "plot_contour",
+    "plot_cross_sections",
+    "plot_hidden_lines",
+    "plot_hidden_space",
+    "plot_line",
+    "plot_lr_steps",
     "plot_surface3d",
+    "plot_thresholded",
+    "plot_volume",
     "random_directions",
     "save_figure",
     "train",

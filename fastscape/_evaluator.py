@@ -7,8 +7,10 @@ data batch shared by all points. Chunks bound the memory; the data is walked in
 batches, and each point's loss is the exact sample-weighted mean over the whole
 dataset: ``sum_b n_b * loss_fn(out_b, y_b) / sum_b n_b``.
 
-Models whose operations have no vmap batching rule (``nn.LSTM``, ``nn.GRU``)
-fall back to a per-point path with one warning. The user's model is never
+How a chunk is computed is a *strategy* (:mod:`fastscape._strategies`): plain
+vmap, the first-layer affine fast path, their ``torch.compile`` variants, or
+the per-point loop; ``strategy="auto"`` picks by a measured probe. Models whose
+operations have no vmap batching rule (``nn.LSTM``, ``nn.GRU``) fall back to a per-point path with one warning. The user's model is never
 written: only its ``training`` flags are switched to eval for the call and
 restored after.
 """
@@ -24,10 +26,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from ._data import Batches, as_args
 from ._params import ParamDict, model_state_guard
+from ._strategies import (
+    AUTO_CHOICES,
+    LoopStrategy,
+    NotApplicable,
+    Strategy,
+    VmapStrategy,
+    _Context,
+    auto_key,
+    make_strategy,
+    strategy_names,
+    time_call,
+)
 
 __all__ = ["AffinePoints", "ExplicitPoints", "evaluate", "FallbackWarning", "EvalReport"]
 
@@ -201,32 +215,26 @@ def _is_oom(err: BaseException) -> bool:
         or "can't allocate memory" in msg or "not enough memory" in msg
 
 
-class _Runner:
-    """Closes over the model, shared tensors and functions; evaluates one chunk on one batch."""
+#: strategy="auto" adds a compiled candidate only when the projected run is
+#: at least this long: compiling costs seconds to tens of seconds on a small CPU.
+COMPILE_WORTH_SECONDS = 20.0
 
-    def __init__(self, model, shared, loss_fn, metrics):
-        self.model = model
-        self.shared = shared
-        self.loss_fn = loss_fn
-        self.metrics = metrics
 
-        def one_point(moving, args, y):
-            out = functional_call(model, {**shared, **moving}, args)
-            vals = [loss_fn(out, y)] + [m(out, y) for m in metrics.values()]
-            return torch.stack([v.to(vals[0].dtype) for v in vals])
-
-        self.one_point = one_point
-        self.vectorised = vmap(one_point, in_dims=(0, None, None))
-
-    def vmap(self, moving, args, y):
-        """(values, chunk) for a whole chunk at once."""
-        return self.vectorised(moving, args, y)
-
-    def loop(self, moving, args, y):
-        """(values, chunk), one point after another."""
-        c = next(iter(moving.values())).shape[0] if moving else 1
-        return torch.stack([self.one_point({k: v[i] for k, v in moving.items()}, args, y)
-                            for i in range(c)])
+def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, device, dtype):
+    """The memory-planning step: ``(chunk, batches)`` with the data re-split
+    when the planned batch is smaller than the given one."""
+    per_sample = _per_sample_elements(model, p0, args0, n0)
+    target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    auto_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), points.n,
+                                        itemsize, target, points.moving_numel())
+    if chunk_size == "auto":
+        if max(batches.batch_sizes) > auto_batch:
+            batches = batches.resplit(auto_batch)
+        return auto_chunk, batches
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
+    return int(chunk_size), batches
 
 
 def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
@@ -251,10 +259,13 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     chunk_size : int or "auto"
         Points evaluated at once. "auto" plans from the model's measured
         activation size (a few MiB per intermediate on CPU).
-    strategy : {"auto", "vmap", "loop"}
-        "vmap" vectorises each chunk; "loop" walks points one by one; "auto"
-        uses vmap and falls back to the loop (with a FallbackWarning) when
-        the model has no batching rule.
+    strategy : {"auto", "vmap", "loop", "affine", "vmap_compiled", "affine_compiled"}
+        How a chunk is computed (see :mod:`fastscape._strategies`); the values
+        do not depend on it beyond float32 rounding. "auto" times the
+        strategies that apply on a probe chunk, picks the fastest and
+        remembers the pick; it falls back to the loop (with a
+        FallbackWarning) when the model has no batching rule. A named strategy
+        that cannot apply to the model raises ``ValueError`` saying why.
     buffers : dict, optional
         Values for the model's buffers (default: the model's own).
 
@@ -265,8 +276,8 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     report : EvalReport
     """
     metrics = dict(metrics or {})
-    if strategy not in ("auto", "vmap", "loop"):
-        raise ValueError(f"`strategy` must be one of 'auto', 'vmap', 'loop'; got {strategy!r}.")
+    if strategy not in strategy_names():
+        raise ValueError(f"`strategy` must be one of {strategy_names()}; got {strategy!r}.")
     device, dtype = batches.device, batches.dtype
     points.to(device, dtype)
 
@@ -291,43 +302,34 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
             _scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 _scalar(m(out0, y0), f"metrics[{name!r}]")
-        per_sample = _per_sample_elements(model, p0, args0, n0)
-        target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        auto_chunk, auto_batch = plan_sizes(per_sample, max(batches.batch_sizes), points.n,
-                                            itemsize, target, points.moving_numel())
-        if chunk_size == "auto":
-            chunk = auto_chunk
-            if max(batches.batch_sizes) > auto_batch:
-                batches = batches.resplit(auto_batch)
-        else:
-            if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-                raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
-            chunk = int(chunk_size)
+        chunk, batches = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
-        runner = _Runner(model, shared, loss_fn, metrics)
-        use = "loop" if strategy == "loop" else "vmap"
-        report = EvalReport(strategy=use, chunk_size=chunk, batch_size=max(batches.batch_sizes),
+        ctx = _Context(model, shared, points, loss_fn, metrics, chunk)
+        report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
                             dtype=str(dtype).replace("torch.", ""))
-        sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
         t0 = time.perf_counter()
-        start = 0
         with torch.no_grad():
+            runner = _select(strategy, ctx, batches, args0, report)
+            sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
+            start = 0
             while start < points.n:
                 stop = min(start + chunk, points.n)
                 try:
                     moving = points.stack(start, stop)
                     acc = torch.zeros(stop - start, 1 + len(metrics), dtype=torch.float64, device=device)
-                    for x, y, n in batches:
-                        vals = _run(runner, use, strategy, moving, as_args(x), y, report)
-                        if report.fallback and use == "vmap":
-                            use = "loop"
+                    for b, (x, y, n) in enumerate(batches):
+                        vals = _run(runner, strategy, ctx, start, stop, moving, b, as_args(x), y, report)
+                        if report.fallback and not isinstance(runner, LoopStrategy):
+                            runner = LoopStrategy(ctx)
                         acc += vals.to(torch.float64) * n
                 except RuntimeError as err:
                     if not _is_oom(err) or chunk == 1:
                         raise
                     chunk = max(1, chunk // 2)
+                    ctx.chunk = chunk
+                    if runner.compiled:
+                        runner = make_strategy(runner.name.replace("_compiled", ""), ctx, args0)
                     report.oom_backoffs += 1
                     report.notes.append(f"out of memory at chunk {stop - start}; halved to {chunk}")
                     if device.type == "cuda":
@@ -340,7 +342,7 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         report.seconds = time.perf_counter() - t0
-        report.strategy = use
+        report.strategy = runner.name
         report.chunk_size = chunk
     means = (sums / batches.n_samples).cpu().numpy()
     values = {"loss": means[:, 0]}
@@ -349,21 +351,87 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     return values, report
 
 
-def _math_attention():
-    """Scaled-dot-product attention through its composite (math) kernel, which
-    vmap batches; the fused CPU/CUDA kernels have no batching rule."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-def _run(runner: _Runner, use: str, strategy: str, moving, args, y, report: EvalReport):
-    if use == "loop":
-        return runner.loop(moving, args, y)
+def _build(name: str, ctx: _Context, args0) -> Strategy:
     try:
-        with warnings.catch_warnings(record=True) as caught, _math_attention():
+        return make_strategy(name, ctx, args0)
+    except NotApplicable as err:
+        raise ValueError(f"`strategy={name!r}` cannot evaluate this model: {err}.") from None
+
+
+def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport) -> Strategy:
+    """The strategy to run: the named one, or for "auto" the fastest on a probe chunk."""
+    if strategy != "auto":
+        return _build(strategy, ctx, args0)
+    points = ctx.points
+    n_chunks = math.ceil(points.n / ctx.chunk)
+    if n_chunks * len(batches) <= 1:
+        return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
+    key = auto_key(ctx.model, points, batches.device, batches.dtype, ctx.chunk,
+                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches])
+    if key in AUTO_CHOICES:
+        try:
+            chosen = make_strategy(AUTO_CHOICES[key], ctx, args0)
+            report.notes.append(f"auto: {chosen.name} (remembered)")
+            return chosen
+        except NotApplicable:
+            pass
+    x, y, _ = batches.first()
+    args = as_args(x)
+    stop = min(ctx.chunk, points.n)
+    moving = points.stack(0, stop)
+    device = batches.device
+
+    def trial(s: Strategy):
+        first = _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report)  # warm-up (compiles)
+        if report.fallback:
+            return 0.0, first
+        return time_call(lambda: _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report), device)
+
+    plain = VmapStrategy(ctx)
+    t_plain, ref = trial(plain)
+    if report.fallback:
+        return LoopStrategy(ctx)
+    timings = {"vmap": t_plain}
+    built = {"vmap": plain}
+
+    def consider(name):
+        try:
+            s = make_strategy(name, ctx, args0)
+            t, vals = trial(s)
+        except NotApplicable as err:
+            report.notes.append(f"auto: {name} skipped ({err})")
+            return
+        except RuntimeError as err:
+            if _is_oom(err):
+                raise
+            report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
+            return
+        if not torch.allclose(vals, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6, equal_nan=True):
+            report.notes.append(f"auto: {name} skipped (values differ from vmap)")
+            return
+        timings[name], built[name] = t, s
+
+    consider("affine")
+    best = min(timings, key=timings.get)
+    projected = timings[best] * n_chunks * len(batches)
+    slow = any("slow batching" in n for n in report.notes)
+    if projected >= COMPILE_WORTH_SECONDS and not slow:
+        consider(f"{best}_compiled")
+        best = min(timings, key=timings.get)
+    report.notes.append("auto: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in timings.items())
+                        + f" per probe chunk; chose {best}")
+    AUTO_CHOICES[key] = best
+    return built[best]
+
+
+def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b, args, y,
+         report: EvalReport):
+    if isinstance(runner, LoopStrategy):
+        return runner.run(start, stop, moving, b, args, y)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            vals = runner.vmap(moving, args, y)
+            vals = runner.run(start, stop, moving, b, args, y)
         for w in caught:
             msg = str(w.message)
             if "performance drop" in msg and "batching rule" in msg:
@@ -382,7 +450,7 @@ def _run(runner: _Runner, use: str, strategy: str, moving, args, y, report: Eval
             raise
         # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
         # numbers; if it fails too, its error is the real one and propagates.
-        vals = runner.loop(moving, args, y)
+        vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)
         warnings.warn(
             f"the model could not be vectorised with torch.func.vmap ({str(err).splitlines()[0]}); "
             "falling back to evaluating points one by one, which is slower.",

@@ -178,7 +178,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         Grid points evaluated at once.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
-    strategy : {"auto", "vmap", "loop"}
+    strategy : {"auto", "vmap", "loop", "affine", "vmap_compiled", "affine_compiled"}
+        How chunks are computed (see :mod:`fastscape._strategies`); the values do
+        not depend on it beyond float32 rounding. "auto" picks by a short measured
+        probe and remembers the pick; the chosen one is ``meta["strategy"]``.
     progress : bool or callable, optional
         Show a progress bar (default: when stderr is a terminal), or a callable
         receiving the number of points finished.

@@ -1,0 +1,375 @@
+"""Curvature of the loss: Hessian-vector products, top eigenpairs, trace.
+
+The loss is the sample-weighted mean over the whole dataset,
+``L(θ) = sum_b n_b * loss_fn(model(x_b; θ), y_b) / sum_b n_b``, with the model
+in eval mode (BatchNorm uses its running statistics, dropout is off). The
+Hessian is taken with respect to all of ``model.named_parameters()``; buffers
+are held fixed. A Hessian-vector product is forward-over-reverse:
+``torch.func.jvp`` of ``torch.func.grad`` of a ``functional_call``, on copies
+of the weights, so the model itself is never written and no second-order graph
+is kept alive between batches.
+
+- :func:`hessian_vector_product`: ``H v`` for one direction dict.
+- :func:`hessian_eigenpairs`: the top-k eigenvalues and eigenvectors by
+  Lanczos with full reorthogonalisation (the method of Ghorbani, Krishnan and
+  Xiao, "An Investigation into Neural Net Optimization via Hessian Eigenvalue
+  Density", ICML 2019; PyHessian, Yao et al. 2020, uses power iteration).
+  The eigenvectors are direction dicts: pass them to
+  :func:`fastscape.loss_surface` for the "sharpness view", after
+  :func:`fastscape.normalize` if wanted.
+- :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes
+  (Hutchinson 1989; Avron and Toledo 2011).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from ._data import Batches, as_args
+from ._directions import Directions, _generator, _is_int
+from ._evaluator import _scalar
+from ._params import ParamDict, model_device, model_state_guard
+from ._surface import resolve_device, resolve_dtype
+
+__all__ = ["ConvergenceWarning", "hessian_vector_product", "hessian_eigenpairs", "hessian_trace"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative estimate stopped at ``max_iter`` before reaching ``tol``."""
+
+
+def _load_jvp_decompositions() -> None:
+    """Import what ``torch.func.jvp`` imports on first use, quietly.
+
+    Recent PyTorch builds its forward-mode decompositions with the deprecated
+    ``torch.jit.script`` at that import, which emits a DeprecationWarning
+    that is PyTorch's own business, not the caller's.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - other PyTorch layouts
+            pass
+
+
+class _HVP:
+    """``v -> H v`` for flat vectors over the model's parameters, on the whole dataset.
+
+    Holds detached copies of the weights and buffers on ``device`` in ``dtype``;
+    must be called inside ``model_state_guard(model)`` (eval mode).
+    """
+
+    def __init__(self, model: nn.Module, data, loss_fn: Callable, *, device, dtype, batch_size):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+        if not callable(loss_fn):
+            raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+        self.device = resolve_device(device, model)
+        self.dtype = resolve_dtype(dtype)
+        self.model, self.loss_fn = model, loss_fn
+        self.params = {k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()}
+        if not self.params:
+            raise ValueError("`model` has no parameters; its Hessian is empty.")
+        self.buffers = {k: (b.detach().to(self.device, self.dtype) if b.is_floating_point()
+                            else b.detach().to(self.device)) for k, b in model.named_buffers()}
+        self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype)
+        self.shapes = {k: p.shape for k, p in self.params.items()}
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.numel = sum(self.sizes)
+        self.calls = 0
+        self.vectorise = True
+
+        def loss_of(params, args, y):
+            out = functional_call(model, {**self.buffers, **params}, args)
+            return _scalar(loss_fn(out, y), "loss_fn")
+
+        self._grad = grad(loss_of)
+        _load_jvp_decompositions()
+
+    def unflatten(self, vec: torch.Tensor) -> ParamDict:
+        return {k: t.view(self.shapes[k]) for k, t in zip(self.params, torch.split(vec, self.sizes))}
+
+    def flatten(self, d: ParamDict) -> torch.Tensor:
+        return torch.cat([d[k].reshape(-1) for k in self.params])
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a flat ``vec`` of shape (numel,)."""
+        return self.many(vec.unsqueeze(0))[0]
+
+    def many(self, vecs: torch.Tensor) -> torch.Tensor:
+        """``H v`` for each row of ``vecs`` (m, numel), all in one pass over the data
+        (vmap over the tangents; one by one if the model has no batching rule)."""
+        vecs = vecs.to(self.device, self.dtype)
+        total = torch.zeros(vecs.shape, device=self.device, dtype=torch.float64)
+        for x, y, n in self.batches:
+            args = as_args(x)
+
+            def hvp(vec):
+                _, hv = jvp(lambda p: self._grad(p, args, y), (self.params,), (self.unflatten(vec),))
+                return self.flatten(hv)
+
+            if vecs.shape[0] > 1 and self.vectorise:
+                try:
+                    rows = vmap(hvp)(vecs)
+                except RuntimeError:
+                    self.vectorise = False
+            if vecs.shape[0] == 1 or not self.vectorise:
+                rows = torch.stack([hvp(v) for v in vecs])
+            total += rows.to(torch.float64) * n
+        self.calls += vecs.shape[0]
+        return (total / self.batches.n_samples).to(self.dtype)
+
+
+def _check_positive(value, name, *, integer):
+    ok = _is_int(value) if integer else isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not ok or not value > 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
+
+
+def _to_model(d: ParamDict, model: nn.Module) -> ParamDict:
+    """Cast a dict to the device and dtype of each of the model's parameters."""
+    return {k: d[k].detach().to(device=p.device, dtype=p.dtype) for k, p in model.named_parameters()}
+
+
+def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable, device=None,
+                           dtype=torch.float32, batch_size: int | None = None) -> ParamDict:
+    """The Hessian of the whole-dataset loss times ``vector``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode through ``functional_call``; never written.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
+        The loss is the sample-weighted mean over all of it.
+    vector : dict name -> Tensor
+        A direction over every parameter (extra buffer keys are ignored).
+    loss_fn : callable ``(output, target) -> scalar tensor``
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    dtype : torch.float32 (default) or torch.float64
+    batch_size : int, optional
+        Largest data batch (default: the data as given).
+
+    Returns
+    -------
+    dict name -> Tensor
+        ``H v``, keyed and shaped like the parameters, on the model's device
+        and in its dtype.
+    """
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    missing = [k for k in op.params if k not in vector]
+    if missing:
+        raise ValueError(f"`vector` has no entry for the model's parameter(s) {missing[:5]}.")
+    for k, shape in op.shapes.items():
+        if vector[k].shape != shape:
+            raise ValueError(f"`vector[{k!r}]` has shape {tuple(vector[k].shape)}; the model's parameter "
+                             f"has shape {tuple(shape)}.")
+    with model_state_guard(model):
+        hv = op(op.flatten({k: vector[k].detach() for k in op.params}))
+    return _to_model(op.unflatten(hv), model)
+
+
+def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
+             generator: torch.Generator, device, dtype):
+    """Top-k eigenpairs of a symmetric operator on R^n by Lanczos with full
+    reorthogonalisation.
+
+    Stops when each of the k largest Ritz values has residual
+    ``|beta_m * s_{m,i}| = ||A y_i - theta_i y_i|| <= tol * max|theta|``, when
+    the Krylov space fills R^n, or after ``max_iter`` products. On breakdown
+    (an invariant subspace) it continues from a fresh random vector
+    orthogonal to the basis.
+
+    Returns ``(theta (k,) descending float64 ndarray, Y (n, k) tensor,
+    residuals (k,) ndarray, iterations, converged)``.
+    """
+    def fresh(basis):
+        q = torch.randn(n, generator=generator, device=generator.device, dtype=torch.float64).to(device, dtype)
+        for _ in range(2):
+            for b in basis:
+                q -= (b @ q) * b
+        return q / q.norm()
+
+    basis: list[torch.Tensor] = []
+    alphas: list[float] = []
+    betas: list[float] = []
+    q = fresh(basis)
+    converged = False
+    theta = s = resid = None
+    for j in range(min(max_iter, n)):
+        basis.append(q)
+        w = matvec(q)
+        alpha = float(q @ w)
+        w = w - alpha * q
+        if j > 0 and betas[-1] > 0:
+            w = w - betas[-1] * basis[-2]
+        Q = torch.stack(basis)
+        for _ in range(2):  # full reorthogonalisation, twice
+            w = w - Q.T @ (Q @ w)
+        beta = float(w.norm())
+        alphas.append(alpha)
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta_all, s_all = np.linalg.eigh(t)
+        order = np.argsort(theta_all)[::-1][:k]
+        theta, s = theta_all[order], s_all[:, order]
+        scale = max(float(np.abs(theta_all).max()), np.finfo(np.float64).tiny)
+        resid = np.abs(beta * s[-1, :])
+        if len(alphas) == n:
+            converged = True  # the Krylov space is all of R^n: exact up to round-off
+            break
+        if beta <= 1e-10 * scale:
+            # invariant subspace: its Ritz pairs are exact, but an eigenvalue it
+            # cannot reach may still be larger; continue from a fresh vector,
+            # decoupled (beta = 0)
+            betas.append(0.0)
+            q = fresh(basis)
+            continue
+        if len(alphas) >= k and np.all(resid <= tol * scale):
+            converged = True
+            break
+        else:
+            betas.append(beta)
+            q = w / beta
+    Q = torch.stack(basis)
+    Y = Q.T @ torch.as_tensor(s.copy(), device=Q.device, dtype=Q.dtype)
+    return theta, Y, resid, len(alphas), converged
+
+
+def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, k: int = 2, tol: float = 1e-4,
+                       max_iter: int = 100, seed: int | None = 0, device=None, dtype=torch.float32,
+                       batch_size: int | None = None) -> tuple[np.ndarray, Directions]:
+    """The ``k`` largest eigenvalues of the loss Hessian and their eigenvectors.
+
+    Lanczos iteration with full reorthogonalisation on Hessian-vector
+    products (see the module docstring); each iteration is one pass over the
+    data. Memory: ``max_iter`` vectors of the model's size.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode through ``functional_call``; never written.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
+        The loss is the sample-weighted mean over all of it.
+    loss_fn : callable ``(output, target) -> scalar tensor``
+    k : int
+        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …).
+    tol : float
+        Stop when every returned pair has ``||H y - λ y|| <= tol * |λ|_max``
+        (``|λ|_max``: the largest Ritz value in magnitude). Eigenvalues are then
+        accurate to about ``tol**2``, eigenvectors to about ``tol`` over the
+        relative gap to the next eigenvalue.
+    max_iter : int
+        Most Hessian-vector products (the Krylov dimension); a
+        :class:`ConvergenceWarning` says when it was reached first.
+    seed : int or None
+        Seeds the random start vector (default 0: reproducible).
+    device : str or torch.device, optional
+        Where products are computed. Default: CUDA when available, else CPU.
+    dtype : torch.float32 (default) or torch.float64
+    batch_size : int, optional
+        Largest data batch (default: the data as given).
+
+    Returns
+    -------
+    eigenvalues : ndarray of shape (k,)
+        Descending, float64.
+    eigenvectors : Directions
+        ``k`` unit-norm dicts keyed like ``model.named_parameters()``, on the
+        model's device in its dtype; the sign is fixed so that the entry of
+        largest magnitude is positive. ``.info`` holds ``kind="hessian"``,
+        the eigenvalues, residuals, iterations and whether it converged.
+    """
+    _check_positive(k, "k", integer=True)
+    _check_positive(tol, "tol", integer=False)
+    _check_positive(max_iter, "max_iter", integer=True)
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    if k > op.numel:
+        raise ValueError(f"`k` must be at most the number of parameters ({op.numel}); got {k}.")
+    if max_iter < k:
+        raise ValueError(f"`max_iter` must be at least `k` ({k}); got {max_iter}.")
+    g = _generator(seed, None)
+    with model_state_guard(model):
+        theta, Y, resid, iters, converged = _lanczos(op, op.numel, k, tol=tol, max_iter=max_iter,
+                                                     generator=g, device=op.device, dtype=op.dtype)
+    if not converged:
+        warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
+                      f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
+                      f"above `tol`={tol}; raise `max_iter` or `tol`.", ConvergenceWarning, stacklevel=2)
+    vectors = []
+    for i in range(k):
+        y = Y[:, i]
+        y = y / y.norm()
+        if y[int(y.abs().argmax())] < 0:
+            y = -y
+        vectors.append(_to_model(op.unflatten(y), model))
+    info = {"kind": "hessian", "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
+            "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model))}
+    return np.asarray(theta, dtype=np.float64), Directions(vectors, **info)
+
+
+def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-2, max_iter: int = 200,
+                  min_iter: int = 10, block: int = 10, seed: int | None = 0, device=None,
+                  dtype=torch.float32, batch_size: int | None = None) -> tuple[float, float]:
+    """The trace of the loss Hessian by Hutchinson's estimator.
+
+    ``tr H = E[v^T H v]`` for Rademacher ``v`` (entries ±1 with equal
+    probability); the estimate is the mean of ``v^T H v`` over the probes
+    drawn, each one Hessian-vector product (one pass over the data).
+
+    Parameters
+    ----------
+    model, data, loss_fn, device, dtype, batch_size
+        As for :func:`hessian_eigenpairs`.
+    tol : float
+        Stop when the standard error of the mean is at most ``tol`` times its
+        magnitude (after ``min_iter`` probes).
+    max_iter : int
+        Most probes; a :class:`ConvergenceWarning` says when it was reached first.
+    min_iter : int
+        Fewest probes, so that the standard error itself is trustworthy.
+    block : int
+        Probes evaluated together in one pass over the data (``torch.func.vmap``
+        over the tangents); the stopping rule is checked after each block.
+    seed : int or None
+        Seeds the probes (default 0: reproducible).
+
+    Returns
+    -------
+    trace : float
+        The estimate.
+    stderr : float
+        Its standard error (sample standard deviation over ``sqrt(probes)``).
+    """
+    _check_positive(tol, "tol", integer=False)
+    _check_positive(max_iter, "max_iter", integer=True)
+    _check_positive(min_iter, "min_iter", integer=True)
+    _check_positive(block, "block", integer=True)
+    if min_iter < 2 or min_iter > max_iter:
+        raise ValueError(f"`min_iter` must be at least 2 and at most `max_iter` ({max_iter}); got {min_iter}.")
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    g = _generator(seed, None)
+    samples: list[float] = []
+    mean = stderr = math.nan
+    with model_state_guard(model):
+        while len(samples) < max_iter:
+            m = min(block, max_iter - len(samples))
+            v = (torch.randint(0, 2, (m, op.numel), generator=g, device=g.device) * 2 - 1).to(op.device, op.dtype)
+            samples.extend((v.double() * op.many(v).double()).sum(dim=1).tolist())
+            arr = np.asarray(samples)
+            mean = float(arr.mean())
+            stderr = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.inf
+            if len(samples) >= min_iter and stderr <= tol * abs(mean):
+                return mean, stderr
+    warnings.warn(f"hessian_trace stopped at `max_iter`={max_iter} probes with standard error "
+                  f"{stderr:.3g} on a trace of {mean:.3g}, above `tol`={tol} relative; raise "
+                  "`max_iter` or `tol`.", ConvergenceWarning, stacklevel=2)
+    return mean, stderr

@@ -1,0 +1,197 @@
+"""Draw every fastscape view, headless, into one folder (the README's gallery).
+
+    PYTHONPATH=. python scripts/gallery.py                 # docs/gallery/, full size
+    PYTHONPATH=. python scripts/gallery.py --small --out /tmp/g   # CI size: small grids, short training
+
+Each view is written through ``fastscape.save_figure``: matplotlib views as PNG,
+plotly views as PNG through kaleido and a local Chromium (or, without one, their
+matplotlib rendering with a warning), animations as GIF (Pillow, no ffmpeg).
+``--html`` also writes the interactive plotly pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fastscape
+from fastscape._demo import TwoWeightNet, piecewise_data
+from fastscape._params import unflatten
+
+
+def _loader(x, y, batch, seed):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def error_surface(small):
+    """Source article 000: the two-weight tanh net, its MSE over (w1, w2), the SGD path."""
+    torch.manual_seed(0)
+    x, y = piecewise_data(2_000 if small else 10_000)
+    n_train = int(0.8 * len(x))
+    model = TwoWeightNet()
+    with torch.no_grad():
+        model.net[0].weight.fill_(-1.0)
+        model.net[2].weight.fill_(-1.0)
+    traj = fastscape.train(model, _loader(x[:n_train], y[:n_train], 64, 0), loss_fn=F.mse_loss,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=1e-2), epochs=6 if small else 25,
+                           eval_data=(x[n_train:], y[n_train:]))
+    names = ["net.0.weight", "net.2.weight"]
+    surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), fastscape.axis_directions(model, names),
+                                     origin=fastscape.axis_origin(model, names), loss_fn=F.mse_loss,
+                                     grid=(-2.5, 2.5, 41 if small else 121), progress=False)
+    return surface, traj.matrix().numpy(), np.array(traj.losses)
+
+
+def pca_plane(small):
+    """Source article 002: a ReLU MLP on a noisy parabola, the PCA plane of its trajectory."""
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(512, 1, generator=g) * 4 - 2
+    y = x**2 + 0.3 * torch.randn(512, 1, generator=g)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    traj = fastscape.train(model, _loader(x, y, 32, 2), loss_fn=F.mse_loss,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.02), epochs=12 if small else 40)
+    mat = traj.matrix().double().numpy()
+    final = mat[-1]
+    pca = PCA(n_components=2).fit(mat - final)
+    like = {k: v for k, v in traj[len(traj) - 1].items()}
+    dirs = fastscape.Directions(
+        [unflatten(torch.tensor(c, dtype=torch.float32), like) for c in pca.components_],
+        kind="pca", explained_variance_ratio=pca.explained_variance_ratio_.tolist(),
+    )
+    path = (mat - final) @ pca.components_.T  # orthonormal components: projection = dot products
+    lo, hi = path.min(axis=0), path.max(axis=0)
+    pad = 0.3 * (hi - lo)
+    n = 31 if small else 81
+    surface = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, progress=False,
+                                     grid=[(lo[0] - pad[0], hi[0] + pad[0], n), (lo[1] - pad[1], hi[1] + pad[1], n)])
+    return surface, path, np.array(traj.losses)
+
+
+def ring_data(n, seed):
+    """Two classes: a disc of radius 1 inside a ring of radii 3 to 4 (source article 003)."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.cat([torch.rand(n, generator=g), 3 + torch.rand(n, generator=g)])
+    t = torch.rand(2 * n, generator=g) * 2 * torch.pi
+    x = torch.stack([r * torch.cos(t), r * torch.sin(t)], dim=1)
+    y = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
+    return x, y
+
+
+def classifier(small):
+    x, y = ring_data(300 if small else 600, 3)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 2))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    fastscape.train(model, [(x, y)], loss_fn=F.cross_entropy,
+                    optimizer=torch.optim.Adam(model.parameters(), lr=0.05), epochs=300)
+    return model, init, x, y
+
+
+def regression_net(small):
+    """A 1-10-1 sigmoid net fitted to a damped sine, snapshots as it trains."""
+    x = torch.linspace(-4, 4, 200).reshape(-1, 1)
+    y = torch.sin(2 * x) * torch.exp(-x / 6)
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(1, 10), nn.Sigmoid(), nn.Linear(10, 1))
+    with torch.no_grad():  # spread the units' switching points over the data
+        model[0].weight.copy_(torch.linspace(2, 4, 10).reshape(-1, 1) * torch.tensor([1, -1] * 5).reshape(-1, 1))
+        model[0].bias.copy_(-model[0].weight.reshape(-1) * torch.linspace(-3.5, 3.5, 10))
+    traj = fastscape.train(model, [(x, y)], loss_fn=F.mse_loss,
+                           optimizer=torch.optim.Adam(model.parameters(), lr=0.03),
+                           epochs=600 if small else 2500, record_every=20 if small else 50)
+    return model, traj, x, y
+
+
+def linear_regression():
+    """Source article 004: y = 2x + 1 + noise, fitted by one nn.Linear(1, 1)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(100, 1, generator=g) * 2
+    y = 2 * x + 1 + 0.3 * torch.randn(100, 1, generator=g)
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(-0.5)
+        model.bias.fill_(0.5)
+    return model, x, y
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/gallery", help="output folder (default: %(default)s)")
+    parser.add_argument("--small", action="store_true", help="small grids and short training (CI)")
+    parser.add_argument("--html", action="store_true", help="also write the interactive plotly pages")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = args.small
+    written = []
+
+    def save(fig, name):
+        t0 = time.perf_counter()
+        path = fastscape.save_figure(fig, out / name)
+        if args.html and hasattr(fig, "to_plotly_json"):
+            fastscape.save_figure(fig, (out / name).with_suffix(".html"))
+        written.append(path)
+        print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
+
+    surface, path, losses = error_surface(small)
+    labels = ("w1 (hidden weight)", "w2 (output weight)")
+    save(fastscape.plot_surface3d(surface, path=path, path_loss=losses, axis_labels=labels,
+                                  title="MSE over the two weights, with the SGD path"), "surface3d.png")
+
+    pca_surface, pca_path, pca_losses = pca_plane(small)
+    ax = fastscape.plot_contour(pca_surface, path=pca_path, title="PCA plane of the training path (log levels)")
+    save(ax.figure, "contour.png")
+    save(fastscape.animate_path(pca_surface, pca_path, path_loss=pca_losses, max_frames=20 if small else 41),
+         "path_animation.gif")
+
+    model, init, x, y = classifier(small)
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    interp = fastscape.loss_surface(model, (x, y), [{k: final[k] - init[k] for k in final}], origin=init,
+                                    loss_fn=F.cross_entropy, metrics={"accuracy": fastscape.accuracy},
+                                    grid=(-0.25, 1.25, 41 if small else 121), progress=False)
+    rand = fastscape.random_directions(model, 1, seed=0)
+    # a random line placed so that coordinate 1 is the trained model, like the interpolation
+    shifted = {k: final[k] - rand[0].get(k, 0.0) for k in final}
+    line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy, origin=shifted,
+                                  metrics={"accuracy": fastscape.accuracy},
+                                  grid=(-0.25, 1.25, 41 if small else 121), progress=False)
+    ax = fastscape.plot_line({"initial -> trained": interp, "random direction through trained": line},
+                             marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
+                             title="Loss and accuracy along two lines")
+    save(ax.figure, "line.png")
+    save(fastscape.plot_hidden_lines(model, x, y).figure, "hidden_lines.png")
+    save(fastscape.plot_hidden_space(model, x, y, units=(0, 1, 2)), "hidden_space.png")
+    vol = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, 3, seed=1),
+                                 loss_fn=F.cross_entropy, grid=(-1.0, 1.0, 13 if small else 31), progress=False)
+    save(fastscape.plot_volume(vol, kind="isosurface", levels=5), "volume.png")
+    save(fastscape.plot_volume(vol, kind="slices", title="Loss volume: slices through the minimum"),
+         "volume_slices.png")
+
+    net, traj, xr, yr = regression_net(small)
+    save(fastscape.plot_thresholded(net, xr, yr).figure, "thresholded.png")
+    save(fastscape.animate_fit(net, traj, xr, yr, max_frames=20 if small else 51), "fit_animation.gif")
+
+    lin, xl, yl = linear_regression()
+    save(fastscape.plot_cross_sections(lin, (xl, yl), loss_fn=F.mse_loss, span=3.0), "cross_sections.png")
+    names = ["weight", "bias"]
+    ax = fastscape.plot_lr_steps(lin, (xl, yl), fastscape.axis_directions(lin, names),
+                                 origin=fastscape.axis_origin(lin, names), loss_fn=F.mse_loss,
+                                 lrs=(0.05, 0.2, 0.4), grid=[(-1.5, 4.0, 41 if small else 81), (-1.5, 3.5, 41 if small else 81)],
+                                 axis_labels=("weight", "bias"))
+    save(ax.figure, "lr_steps.png")
+    print(f"{len(written)} files in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""save_figure writes valid, non-trivial files for plotly and matplotlib figures alike,
+and without a browser still writes the picture (the matplotlib rendering) with a warning."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+import fastscape
+from fastscape._save import StaticExportWarning, find_chrome
+from fastscape._surface import Surface
+
+
+def _plane():
+    x = np.linspace(-1, 1, 15)
+    y = np.linspace(-1, 2, 11)
+    return Surface(coords=[x, y], loss=0.1 + x[:, None] ** 2 + y[None, :] ** 2)
+
+
+def _path():
+    return np.stack([np.linspace(0.9, 0, 8), np.linspace(1.8, 0, 8)], axis=1)
+
+
+def _image(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.format, np.asarray(im.convert("RGB"))
+
+
+def _check_raster(path, fmt="PNG"):
+    kind, px = _image(path)
+    assert kind == fmt
+    assert px.shape[0] > 100 and px.shape[1] > 100
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 20, "a single-colour picture"
+
+
+def _check_svg(path):
+    root = ET.parse(path).getroot()
+    assert root.tag.endswith("svg")
+    drawn = [e for e in root.iter() if e.tag.split("}")[-1] in ("path", "rect", "image", "text", "use")]
+    assert len(drawn) > 20
+    colours = {e.get("fill") or e.get("style") for e in drawn} - {None}
+    assert len(colours) > 2
+
+
+def _check_pdf(path):
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert len(data) > 2000 and b"/Page" in data
+
+
+def test_matplotlib_png_svg_pdf(tmp_path):
+    ax = fastscape.plot_contour(_plane(), path=_path(), title="t")
+    _check_raster(fastscape.save_figure(ax, tmp_path / "a" / "c.png"))  # Axes accepted, folder made
+    _check_svg(fastscape.save_figure(ax.figure, tmp_path / "c.svg"))
+    _check_pdf(fastscape.save_figure(ax.figure, tmp_path / "c.pdf"))
+
+
+def test_plotly_html_is_self_contained(tmp_path):
+    out = fastscape.save_figure(fastscape.plot_surface3d(_plane(), path=_path()), tmp_path / "s.html")
+    html = out.read_text()
+    assert html.lstrip().lower().startswith("<html") or html.lstrip().lower().startswith("<!doctype")
+    assert "Plotly.newPlot" in html
+    assert len(html) > 1_000_000  # plotly.js embedded
+    assert 'src="http' not in html  # nothing to fetch
+
+
+@pytest.mark.skipif(find_chrome() is None, reason="no Chromium/Chrome binary on this machine")
+def test_plotly_static_export_through_kaleido(tmp_path, recwarn):
+    fig = fastscape.plot_surface3d(_plane(), path=_path())
+    _check_raster(fastscape.save_figure(fig, tmp_path / "s.png", scale=1))
+    assert not [w for w in recwarn if issubclass(w.category, StaticExportWarning)]
+    kind, px = _image(tmp_path / "s.png")
+    assert px.shape[:2] == (fig.layout.height, fig.layout.width)  # kaleido's size, not matplotlib's
+    # a 2-D plotly figure exports as vector paths (3-D scenes are embedded as one raster image)
+    _check_svg(fastscape.save_figure(fastscape.animate_path(_plane(), _path()), tmp_path / "p.svg"))
+
+
+def test_without_a_browser_the_matplotlib_rendering_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    assert find_chrome() is None
+    fig = fastscape.plot_surface3d(_plane(), path=_path())
+    with pytest.warns(StaticExportWarning, match=r"BROWSER_PATH=.*no-such-chrome.* is not an executable file"):
+        out = fastscape.save_figure(fig, tmp_path / "s.png", dpi=60)
+    _check_raster(out)
+    with pytest.warns(StaticExportWarning, match="apt-get install chromium"):
+        _check_pdf(fastscape.save_figure(fig, tmp_path / "s.pdf"))
+    with pytest.raises(RuntimeError, match="needs Chrome/Chromium for kaleido.*fallback=True"):
+        fastscape.save_figure(fig, tmp_path / "t.png", fallback=False)
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_animation_to_gif(tmp_path):
+    from PIL import Image
+
+    fig = fastscape.animate_path(_plane(), _path(), max_frames=5)
+    out = fastscape.save_figure(fig, tmp_path / "p.gif", dpi=50)
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.n_frames == 5
+        frames = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            frames.append(np.asarray(im.convert("RGB")))
+    assert len(np.unique(frames[0].reshape(-1, 3), axis=0)) > 20
+    assert not np.array_equal(frames[0], frames[-1])  # the path moves
+
+
+def test_save_figure_rejects_bad_input(tmp_path):
+    ax = fastscape.plot_contour(_plane())
+    with pytest.raises(ValueError, match=r"`path` must end in one of \['.html', '.png'"):
+        fastscape.save_figure(ax, tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="'.html', which is for plotly figures"):
+        fastscape.save_figure(ax, tmp_path / "x.html")
+    with pytest.raises(TypeError, match="`fig` must be a plotly Figure or a matplotlib Figure/Axes"):
+        fastscape.save_figure(object(), tmp_path / "x.png")

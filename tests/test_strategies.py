@@ -1,0 +1,164 @@
+"""Every evaluation strategy against the plain per-point loop and the plain vmap path."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastscape
+from fastscape._demo import TwoWeightNet, piecewise_data
+from fastscape._data import Batches
+from fastscape._evaluator import AffinePoints, evaluate
+from fastscape._grid import make_axes, mesh
+from fastscape._params import model_parameters
+from fastscape._strategies import AUTO_CHOICES, STRATEGIES, compiler_available
+from tests.models import MLP, SmallCNN, WithBuffer, trained_bn_stats
+from tests.reference import loop_surface
+
+EAGER = ["vmap", "loop", "affine"]
+
+
+def _dirs(model, gen, k=2):
+    return [{n: torch.randn(p.shape, generator=gen) * 0.3 for n, p in model.named_parameters()} for _ in range(k)]
+
+
+def _case(name, gen):
+    if name == "mlp":
+        model = MLP()
+        x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+        return model, x, y, F.cross_entropy, _dirs(model, gen), None
+    if name == "cnn_bn":
+        model = SmallCNN()
+        x, y = torch.randn(24, 1, 8, 8, generator=gen), torch.randint(0, 4, (24,), generator=gen)
+        trained_bn_stats(model, x)
+        return model, x, y, F.cross_entropy, _dirs(model, gen), None
+    if name == "seed000":  # axis directions over the raw weights: the deduplicated affine path
+        model = TwoWeightNet()
+        x, y = piecewise_data(300)
+        names = ["net.0.weight", "net.2.weight"]
+        return (model, x, y, F.mse_loss, list(fastscape.axis_directions(model, names)),
+                fastscape.axis_origin(model, names, at="zero"))
+    raise KeyError(name)
+
+
+def _surface(model, x, y, loss_fn, dirs, origin, axes, **kw):
+    origin = origin if origin is not None else model_parameters(model)
+    coords = torch.from_numpy(mesh(axes))
+    points = AffinePoints({k: origin[k] for k in dirs[0]}, dirs, coords)
+    values, report = evaluate(model, Batches((x, y), **kw.pop("data", {})), points, loss_fn=loss_fn, **kw)
+    return values["loss"].reshape([len(a) for a in axes]), report
+
+
+AXES = [np.linspace(-1, 1, 5), np.linspace(-0.5, 1.5, 4)]
+
+
+@pytest.mark.parametrize("strategy", EAGER)
+@pytest.mark.parametrize("case", ["mlp", "cnn_bn", "seed000"])
+def test_strategy_matches_loop_reference(case, strategy, gen):
+    model, x, y, loss_fn, dirs, origin = _case(case, gen)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    children = [id(m) for m in model.modules()]
+    loss, report = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy=strategy, chunk_size=6,
+                            data={"batch_size": 16})
+    assert report.strategy == strategy
+    ref = loop_surface(model, x, y, loss_fn, origin if origin is not None else model_parameters(model), dirs, AXES,
+                       batch_size=16)
+    np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
+    plain, _ = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy="vmap", chunk_size=6)
+    np.testing.assert_allclose(loss, plain, rtol=1e-4, atol=1e-6)
+    # the model is left alone: weights, and its module tree (the affine path swaps a layer in a clone)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [id(m) for m in model.modules()] == children
+
+
+def test_affine_folds_activation_and_deduplicates(gen):
+    # the seed-000 first layer moves with w1 only: tanh(w1 x) is computed once per distinct w1
+    model, x, y, loss_fn, dirs, origin = _case("seed000", gen)
+    from fastscape._strategies import AffineStrategy, _Context
+
+    points = AffinePoints(origin, dirs, torch.zeros(3, 2))
+    points.to(torch.device("cpu"), torch.float32)
+    s = AffineStrategy(_Context(model, {}, points, loss_fn, {}, 3), (x,))
+    assert s.path == "net.0" and s.dirs_used == [0]
+    assert [type(a) for a in s.acts] == [nn.Tanh]
+    assert isinstance(s.clone.net[1], nn.Identity) and isinstance(model.net[1], nn.Tanh)
+
+
+def test_affine_checks_metrics_and_float64(gen):
+    model, x, y, loss_fn, dirs, _ = _case("mlp", gen)
+    axes = [np.linspace(-1, 1, 3), np.linspace(-1, 1, 3)]
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=axes, strategy="affine",
+                                  metrics={"accuracy": fastscape.accuracy}, dtype=torch.float64)
+    ref = loop_surface(model, x, y, loss_fn, model_parameters(model), dirs, axes)
+    np.testing.assert_allclose(surf.loss, ref, rtol=1e-10)
+    plain = fastscape.loss_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=axes, strategy="vmap",
+                                   metrics={"accuracy": fastscape.accuracy}, dtype=torch.float64)
+    np.testing.assert_array_equal(surf.metrics["accuracy"], plain.metrics["accuracy"])
+    assert surf.meta["strategy"] == "affine"
+
+
+def test_affine_refuses_model_whose_layer_does_not_see_raw_input(gen):
+    model = WithBuffer()  # fc sees (x - mean) / scale
+    x, y = torch.randn(10, 4, generator=gen), torch.randn(10, 1, generator=gen)
+    with pytest.raises(ValueError, match="strategy='affine'.*raw input"):
+        fastscape.loss_surface(model, (x, y), _dirs(model, gen), loss_fn=F.mse_loss, grid=3, strategy="affine")
+
+
+class _Shared(nn.Module):
+    """The same layer applied twice: its second call does not see the raw input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.fc(x))).sum(1, keepdim=True)
+
+
+def test_affine_refuses_layer_called_twice_and_auto_skips_it(gen):
+    model = _Shared()
+    x, y = torch.randn(12, 3, generator=gen), torch.randn(12, 1, generator=gen)
+    dirs = _dirs(model, gen)
+    with pytest.raises(ValueError, match="exactly once"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, strategy="affine")
+    axes = [np.linspace(-1, 1, 4)] * 2
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=axes, chunk_size=5)
+    assert surf.meta["strategy"] == "vmap"
+    assert any("affine skipped" in n for n in surf.meta["notes"])
+    ref = loop_surface(model, x, y, F.mse_loss, model_parameters(model), dirs, axes)
+    np.testing.assert_allclose(surf.loss, ref, rtol=2e-4, atol=1e-6)
+
+
+def test_unknown_strategy_lists_valid_names(gen):
+    model, x, y, loss_fn, dirs, _ = _case("mlp", gen)
+    with pytest.raises(ValueError, match=r"`strategy` must be one of \['auto', 'vmap', 'loop', 'affine'"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=3, strategy="fast")
+
+
+def test_auto_probes_remembers_and_matches_reference(gen):
+    model, x, y, loss_fn, dirs, _ = _case("mlp", gen)
+    axes = [np.linspace(-1, 1, 6), np.linspace(-1, 1, 5)]
+    AUTO_CHOICES.clear()
+    first = fastscape.loss_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=axes, chunk_size=7)
+    assert first.meta["strategy"] in STRATEGIES
+    assert any("chose" in n for n in first.meta["notes"])
+    assert len(AUTO_CHOICES) == 1
+    second = fastscape.loss_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=axes, chunk_size=7)
+    assert any("remembered" in n for n in second.meta["notes"])
+    assert second.meta["strategy"] == first.meta["strategy"]
+    ref = loop_surface(model, x, y, loss_fn, model_parameters(model), dirs, axes)
+    np.testing.assert_allclose(first.loss, ref, rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(second.loss, ref, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_strategies_match_reference(gen):
+    # one tiny model, both compiled strategies; the last chunk (5 of 8 points) is padded
+    model, x, y, loss_fn, dirs, origin = _case("seed000", gen)
+    axes = [np.linspace(-2, 2, 4), np.linspace(-2, 2, 5)]
+    ref = loop_surface(model, x, y, loss_fn, origin, dirs, axes)
+    for strategy in ("affine_compiled", "vmap_compiled"):
+        loss, report = _surface(model, x, y, loss_fn, dirs, origin, axes, strategy=strategy, chunk_size=8)
+        assert report.strategy == strategy
+        np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
