@@ -19,6 +19,9 @@ from ._hessian import hessian_eigenpairs as hessian_eigenpairs
 from ._hessian import hessian_trace as hessian_trace
 from ._hessian import hessian_vector_product as hessian_vector_product
 from ._metrics import accuracy as accuracy
+from ._pca import path_loss as path_loss
+from ._pca import pca_directions as pca_directions
+from ._pca import project as project
 from ._plot_animate import animate_fit as animate_fit
 from ._plot_animate import animate_path as animate_path
 from ._plot_gradient import plot_cross_sections as plot_cross_sections
@@ -35,25 +38,27 @@ from ._save import save_figure as save_figure
 from ._surface import Surface as Surface
 from ._surface import load_surface as load_surface
 from ._surface import loss_surface as loss_surface
+from ._trajectory import OptimizerComparison as OptimizerComparison
+from ._trajectory import Recorder as Recorder
 from ._trajectory import Trajectory as Trajectory
+from ._trajectory import compare_optimizers as compare_optimizers
+from ._trajectory import record as record
 from ._trajectory import train as train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batches",
-    "ConvergenceWarning",
-    "Directions",
-    "FallbackWarning",
-    "StaticExportWarning",
-    "Surface",
-    "Trajectory",
     "__version__",
     "accuracy",
     "animate_fit",
     "animate_path",
     "axis_directions",
     "axis_origin",
+    "Batches",
+    "compare_optimizers",
+    "ConvergenceWarning",
+    "Directions",
+    "FallbackWarning",
     "hessian_eigenpairs",
     "hessian_trace",
     "hessian_vector_product",
@@ -62,7 +67,10 @@ __all__ = [
     "load_surface",
     "loss_surface",
     "normalize",
+    "OptimizerComparison",
     "orthogonalize",
+    "path_loss",
+    "pca_directions",
     "plot_contour",
     "plot_cross_sections",
     "plot_hidden_lines",
@@ -72,7 +80,13 @@ __all__ = [
     "plot_surface3d",
     "plot_thresholded",
     "plot_volume",
+    "project",
     "random_directions",
+    "record",
+    "Recorder",
     "save_figure",
+    "StaticExportWarning",
+    "Surface",
     "train",
+    "Trajectory",
 ]
