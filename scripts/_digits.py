@@ -76,9 +76,14 @@ def accuracy_surface(surface):
     return fastscape.Surface(coords=surface.coords, loss=surface.metrics["accuracy"], meta=surface.meta)
 
 
-def write_summary(out: Path, lines: list[str]) -> Path:
+def write_summary(out: Path, lines: list[str], numbers: dict | None = None) -> Path:
+    """Write ``summary.txt`` (and ``summary.json`` with ``numbers``) and print the lines."""
+    import json
+
     path = Path(out) / "summary.txt"
     path.write_text("\n".join(lines) + "\n")
+    if numbers is not None:
+        (Path(out) / "summary.json").write_text(json.dumps(numbers, indent=2))
     for line in lines:
         print(line)
     print(f"wrote {path}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,8 @@ def main(argv=None) -> dict:
                                                 max_iter=top_iters)
     weights = dict(model.named_parameters())
     hess = [fastscape.normalize(v, weights, norm="filter", ignore="biasbn") for v in evecs]
-    trace = fastscape.hessian_trace(model, train_data, loss_fn=F.cross_entropy,
-                                    max_iter=20 if small else 200)
+    trace, trace_err = fastscape.hessian_trace(model, train_data, loss_fn=F.cross_entropy, tol=0.05,
+                                               max_iter=20 if small else 300)
     t_hess = time.perf_counter() - t0
     s_hess = fastscape.loss_surface(model, train_data, hess, grid=(-1, 1, res), **common)
 
@@ -103,10 +104,12 @@ def main(argv=None) -> dict:
                      f"{surf.meta['points_per_second']:,.0f} points/s")
     lines.append(f"PCA explained variance: PC1 {evr[0]:.3f}, PC2 {evr[1]:.3f}")
     lines.append(f"top Hessian eigenvalues {float(evals[0]):.4f}, {float(evals[1]):.4f}; "
-                 f"Hutchinson trace {float(trace):.3f} ({t_hess:.1f} s)")
+                 f"Hutchinson trace {trace:.3f} ± {trace_err:.3f} ({t_hess:.1f} s)")
     lines += [f"wrote {p}" for p in written]
-    write_summary(out, lines)
-    return {"surfaces": {v[0]: v[1] for v in views}, "eigenvalues": evals, "trace": trace}
+    write_summary(out, lines, {"final_train_loss": traj.losses[-1], "test_accuracy": test_acc,
+                               "eigenvalues": [float(e) for e in evals], "trace": trace, "trace_stderr": trace_err,
+                               "explained_variance_ratio": [float(r) for r in evr]})
+    return {"surfaces": {v[0]: v[1] for v in views}, "eigenvalues": evals, "trace": trace, "trace_stderr": trace_err}
 
 
 if __name__ == "__main__":

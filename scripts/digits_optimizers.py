@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
                      f"path length in the plane {np.linalg.norm(np.diff(cmp.coords[name], axis=0), axis=1).sum():.3f}, "
                      f"largest distance from the plane {resid.max():.3f}")
     lines += [f"wrote {p}" for p in written]
-    write_summary(out, lines)
+    write_summary(out, lines, {"final_train_loss": {k: t.losses[-1] for k, t in cmp.trajectories.items()},
+                               "explained_variance_ratio": [float(r) for r in evr]})
     return {"comparison": cmp, "surface": surface}
 
 

@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     lines.append(f"interpolation: train loss at 0 / 0.5 / 1: "
                  + " / ".join(f"{np.interp(a, mid.coords[0], mid.loss):.4f}" for a in (0.0, 0.5, 1.0)))
     lines += [f"wrote {p}" for p in written]
-    write_summary(out, lines)
+    write_summary(out, lines, {"top_eigenvalue": top, "epochs": epochs})
     return {"top_eigenvalues": top, "interpolation": line, "random_lines": rand}
 
 
