@@ -269,7 +269,7 @@ def _surface(args) -> int:
     try:
         device = args.device if args.device is not None else (ctx.device if ctx is not None else None)
         surface = loss_surface(model, data, directions, loss_fn=loss_fn, grid=axes, metrics=metrics,
-                               device=device, dtype=args.dtype, chunk_size=args.chunk_size,
+                               device=device, dtype=args.dtype, chunk_size=args.chunk_size, strategy=args.strategy,
                                batch_size=args.batch_size, progress=args.progress, out=args.out)
     finally:
         if owned:
@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=_chunk, default="auto", metavar="N|auto",
                    help="grid points evaluated at once (default: planned from free memory)")
     s.add_argument("--batch-size", type=_positive, metavar="N", help="largest data batch")
+    from ._strategies import strategy_names
+
+    s.add_argument("--strategy", choices=strategy_names(), default="auto",
+                   help="how chunks are evaluated (default: %(default)s, a measured choice kept in the file)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     s.add_argument("--quiet", action="store_true", help="no log lines on stderr")

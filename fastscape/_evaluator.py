@@ -254,7 +254,7 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
 def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
              metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
              strategy: str = "auto", buffers: ParamDict | None = None,
-             progress: Callable[[int], None] | None = None,
+             progress: Callable[[int], None] | None = None, expected_points: int | None = None,
              ) -> tuple[dict[str, np.ndarray], EvalReport]:
     """Loss and metrics at every point of ``points``.
 
@@ -282,6 +282,10 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         that cannot apply to the model raises ``ValueError`` saying why.
     buffers : dict, optional
         Values for the model's buffers (default: the model's own).
+    progress : callable ``(n_points_done) -> None``, optional
+    expected_points : int, optional
+        Size of the whole job when ``points`` is only part of it; "auto" uses it
+        to decide whether compiling pays.
 
     Returns
     -------
@@ -325,7 +329,16 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
                             memory_plan=memory_plan)
         t0 = time.perf_counter()
         with torch.no_grad():
-            runner = _select(strategy, ctx, batches, args0, report)
+            while True:
+                try:
+                    runner = _select(strategy, ctx, batches, args0, report, expected_points)
+                    break
+                except RuntimeError as err:  # out of memory while probing: halve as below
+                    if not _is_oom(err) or chunk == 1:
+                        raise
+                    chunk = ctx.chunk = max(1, chunk // 2)
+                    report.oom_backoffs += 1
+                    report.notes.append(f"out of memory while choosing a strategy; chunk halved to {chunk}")
             sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
             start = 0
             while start < points.n:
@@ -373,12 +386,17 @@ def _build(name: str, ctx: _Context, args0) -> Strategy:
         raise ValueError(f"`strategy={name!r}` cannot evaluate this model: {err}.") from None
 
 
-def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport) -> Strategy:
-    """The strategy to run: the named one, or for "auto" the fastest on a probe chunk."""
+def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport,
+            expected_points: int | None = None) -> Strategy:
+    """The strategy to run: the named one, or for "auto" the fastest on a probe chunk.
+
+    ``expected_points`` is the size of the whole job when this call evaluates
+    only part of it (a unit of a file-backed run), for the compile decision.
+    """
     if strategy != "auto":
         return _build(strategy, ctx, args0)
     points = ctx.points
-    n_chunks = math.ceil(points.n / ctx.chunk)
+    n_chunks = math.ceil((expected_points or points.n) / ctx.chunk)
     if n_chunks * len(batches) <= 1:
         return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
     key = auto_key(ctx.model, points, batches.device, batches.dtype, ctx.chunk,

@@ -264,9 +264,18 @@ def _plan(model, batches, make_points, n_points, *, loss_fn, metrics, chunk_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
         chunk, batch, memory_plan = min(int(chunk_size), n_points), batch_size, {}
+    if strategy == "auto":
+        # choose once, on one chunk, for the whole run: units computed in other runs or
+        # on other ranks then use the same strategy, so a resumed or sharded result is
+        # bit-identical to an uninterrupted one (strategies agree only to rounding)
+        _, probe = evaluate(model, batches, make_points(0, min(chunk, n_points)), loss_fn=loss_fn,
+                            metrics=metrics, chunk_size=chunk, strategy="auto", buffers=buffers,
+                            expected_points=n_points)
+        strategy = probe.strategy
     per_unit = max(1, math.ceil(math.ceil(n_points / chunk) / MAX_UNITS))
     unit = chunk * per_unit
-    return {"chunk": int(chunk), "batch": None if batch is None else int(batch), "unit": int(unit),
+    return {"chunk": int(chunk), "strategy": strategy,
+            "batch": None if batch is None else int(batch), "unit": int(unit),
             "n_units": math.ceil(n_points / unit), "n_points": int(n_points),
             "width": 1 + len(metrics), "memory_plan": memory_plan}
 
@@ -324,6 +333,7 @@ def run_grid(model, batches, make_points, n_points: int, *, loss_fn, metrics: di
         progress.start(total=sum(_unit_len(manifest, u) for u in mine))
 
     chunk = manifest["chunk"]
+    strategy = manifest.get("strategy", strategy)
     report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                         n_points=0, n_samples=batches.n_samples, device=str(batches.device),
                         dtype=str(batches.dtype).replace("torch.", ""),

@@ -108,11 +108,12 @@ def test_small_budget_forces_chunks_and_oom_backoff_with_identical_result(gen, m
     assert any("memory plan on cpu" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(surf.loss, ref, rtol=2e-5, atol=1e-6)
 
-    # identical to a run told the final chunk and batch up front
+    # identical to a run told the final chunk, batch and strategy up front
     monkeypatch.setattr(_evaluator.AffinePoints, "stack", real_stack)
     monkeypatch.delenv(ENV_BUDGET)
     same = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, device="cpu",
-                                  chunk_size=surf.meta["chunk_size"], batch_size=plan["batch"])
+                                  chunk_size=surf.meta["chunk_size"], batch_size=plan["batch"],
+                                  strategy=surf.meta["strategy"])
     np.testing.assert_array_equal(surf.loss, same.loss)
 
 

@@ -40,7 +40,7 @@ def _env():
 def _surface_args(ckpt, out):
     return ["surface", "--model", "tests.cli_models:make_model", "--checkpoint", str(ckpt),
             "--data", "tests.cli_models:make_big_data", "--loss", "cross_entropy", "--metric", "accuracy",
-            "--x", "-1:1:12", "--y", "-0.5:1.5:10", "--chunk-size", "2", "--out", str(out),
+            "--x", "-1:1:12", "--y", "-0.5:1.5:10", "--chunk-size", "2", "--strategy", "vmap", "--out", str(out),
             "--quiet", "--no-progress"]
 
 
