@@ -345,7 +345,11 @@ class AffineStrategy(Strategy):
             coords = _pad_rows(coords, self.ctx.chunk)
         if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1]:
             # the layer depends on some coordinates only: once per distinct value
-            distinct, index = torch.unique(coords, dim=0, return_inverse=True)
+            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
+                values, index = torch.unique(coords[:, 0], return_inverse=True)
+                distinct = values[:, None]
+            else:
+                distinct, index = torch.unique(coords, dim=0, return_inverse=True)
         else:
             distinct, index = coords, torch.arange(coords.shape[0], device=coords.device)
         table = torch.addmm(base.reshape(1, -1), distinct, z).view(distinct.shape[0], *base.shape)

@@ -291,3 +291,13 @@ def test_error_bad_dtype_and_mismatched_data(gen):
         fastscape.loss_surface(model, data, _dirs(model, gen), loss_fn=F.cross_entropy, dtype="float16")
     with pytest.raises(ValueError, match="inputs have 6 samples but targets have 5"):
         fastscape.loss_surface(model, (data[0], data[1][:5]), _dirs(model, gen), loss_fn=F.cross_entropy)
+
+
+def test_zero_directions_give_the_origin_loss_everywhere(gen):
+    model = WithBuffer()
+    x, y = torch.randn(9, 4, generator=gen), torch.randn(9, 1, generator=gen)
+    zero = [{n: torch.zeros_like(p) for n, p in model.named_parameters()}]
+    surf = fastscape.loss_surface(model, (x, y), zero, loss_fn=F.mse_loss, grid=(-1, 1, 4), device="cpu")
+    with torch.no_grad():
+        own = F.mse_loss(model(x), y).item()
+    np.testing.assert_allclose(surf.loss, own, rtol=1e-6)
