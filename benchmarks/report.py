@@ -108,16 +108,16 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precision: str) -
     pps = warm.meta["points_per_second"]
     # the compiled variant of auto's eager pick, warm (its first call compiles): the speed
     # of repeated surfaces of one model, which auto does not assume for a single call
-    compiled_name = warm.meta["strategy"].replace("_compiled", "") + "_compiled"
+    eager = warm.meta["strategy"].replace("_compiled", "")
+    compiled_name = ("vmap" if eager == "loop" else eager) + "_compiled"
     comp = {"strategy": compiled_name, "pps": float("nan"), "diff": float("nan"), "chunk": 0}
-    if warm.meta["strategy"] != "loop":
-        try:
-            surface(compiled_name)
-            c = surface(compiled_name)
-            comp = {"strategy": compiled_name, "pps": c.meta["points_per_second"], "chunk": c.meta["chunk_size"],
-                    "diff": float(np.nanmax(np.abs(c.loss - warm.loss) / np.maximum(np.abs(warm.loss), 1e-12)))}
-        except Exception as err:  # report, never hide: a failed variant is printed
-            comp["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    try:
+        surface(compiled_name)
+        c = surface(compiled_name)
+        comp = {"strategy": compiled_name, "pps": c.meta["points_per_second"], "chunk": c.meta["chunk_size"],
+                "diff": float(np.nanmax(np.abs(c.loss - warm.loss) / np.maximum(np.abs(warm.loss), 1e-12)))}
+    except Exception as err:  # report, never hide: a failed variant is printed
+        comp["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     flops, trans = work_per_point(w_cpu)
     limit_s = max(flops / limits["matmul_flops"], trans / limits["tanh_elems"])
     err = float(np.nanmax(np.abs(first.loss - warm.loss)))

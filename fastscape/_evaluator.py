@@ -226,7 +226,7 @@ def _is_oom(err: BaseException) -> bool:
 
 #: strategy="auto" adds a compiled candidate only when the projected run is
 #: at least this long: compiling costs seconds to tens of seconds on a small CPU.
-COMPILE_WORTH_SECONDS = 4.0
+COMPILE_WORTH_SECONDS = 2.0
 #: compiled strategies run chunks this many times the eager plan on CPU
 COMPILED_CHUNK_FACTOR = 4
 
@@ -476,16 +476,16 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
         timings[name], built[name] = t, (s, ctx.chunk)
 
     consider("affine")
-    consider("loop")  # vectorising does not always pay (e.g. attention at tiny chunks): never be slower
     best = min(timings, key=timings.get)
     projected = timings[best] * total * len(batches)
     slow = any("slow batching" in n for n in report.notes)
-    if projected >= COMPILE_WORTH_SECONDS and not slow and best != "loop":
+    if projected >= COMPILE_WORTH_SECONDS and not slow:
         eager_chunk = ctx.chunk
         _enlarge_for_compiled(ctx, report)
         consider(f"{best}_compiled")
         ctx.chunk = eager_chunk
-        best = min(timings, key=timings.get)
+    consider("loop")  # vectorising does not always pay (e.g. attention at tiny chunks): never be slower
+    best = min(timings, key=timings.get)
     report.notes.append("auto: " + ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in timings.items())
                         + f" per point on a probe chunk; chose {best}")
     AUTO_CHOICES[key] = best
