@@ -56,7 +56,7 @@ def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]
     (``surface.meta["directions"]["names"]``), else ``"direction i"``. When PCA
     explained-variance ratios are given (``explained_variance=``) or recorded in
     ``surface.meta["directions"]["explained_variance_ratio"]``, each title gets
-    ``" (xx.x% of variance)"``.
+    ``" (xx.x% of variance)"`` unless it already says so.
     """
     k = len(surface.coords)
     if axis_labels is not None:
@@ -76,7 +76,9 @@ def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]
     if ev is not None:
         if len(ev) < k:
             raise ValueError(f"`explained_variance` must hold {k} ratios, one per direction; got {len(ev)}.")
-        labels = [f"{lab} ({100 * r:.1f}% of variance)" for lab, r in zip(labels, ev)]
+        # a label that already states its share (a caller's own wording) is kept as is
+        labels = [lab if "% of variance" in lab else f"{lab} ({100 * r:.1f}% of variance)"
+                  for lab, r in zip(labels, ev)]
     return labels
 
 

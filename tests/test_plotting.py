@@ -422,3 +422,13 @@ def test_plotly_to_matplotlib_draws_every_view():
         px = np.asarray(canvas.buffer_rgba())[..., :3]
         assert len(np.unique(px.reshape(-1, 3), axis=0)) > 20
         assert not any("not drawn" in t.get_text() for t in m.texts)
+
+
+def test_explained_variance_is_not_added_twice():
+    from fastscape import Surface, plot_contour
+
+    surf = Surface(coords=[np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)], loss=np.ones((5, 4)) + np.arange(4),
+                   meta={"directions": {"kind": "pca", "explained_variance_ratio": [0.81, 0.127]}})
+    ax = plot_contour(surf, axis_labels=("PC1 (81.0% of variance)", "second"))
+    assert ax.get_xlabel() == "PC1 (81.0% of variance)"
+    assert ax.get_ylabel() == "second (12.7% of variance)"
