@@ -339,6 +339,7 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
             _scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 _scalar(m(out0, y0), f"metrics[{name!r}]")
+        given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
         ctx = _Context(model, shared, points, loss_fn, metrics, chunk)
@@ -352,6 +353,11 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
                 try:
                     runner = _select(strategy, ctx, batches, args0, report, expected_points)
                     chunk = report.chunk_size = ctx.chunk
+                    if isinstance(runner, LoopStrategy) and memory_plan and batches is not given_batches:
+                        # the few-MiB batch plan serves vectorised chunks; one point at a time
+                        # runs best on the largest batch that memory allows
+                        batches = _loop_batches(given_batches, memory_plan)
+                        report.batch_size = max(batches.batch_sizes)
                     break
                 except RuntimeError as err:  # out of memory while probing: halve as below
                     if not _is_oom(err) or chunk == 1:
@@ -491,6 +497,13 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     AUTO_CHOICES[key] = best
     runner, ctx.chunk = built[best]
     return runner
+
+
+def _loop_batches(given: Batches, plan: dict) -> Batches:
+    """The data as given, split only where one point's batch would not fit the memory budget."""
+    per_sample = plan["point_bytes"] / max(1, plan["batch"])
+    cap = max(1, int(plan["budget_bytes"] // max(1.0, per_sample)))
+    return given if max(given.batch_sizes) <= cap else given.resplit(cap)
 
 
 def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
