@@ -124,7 +124,7 @@ def test_affine_refuses_layer_called_twice_and_auto_skips_it(gen):
         fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, strategy="affine")
     axes = [np.linspace(-1, 1, 4)] * 2
     surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=axes, chunk_size=5)
-    assert surf.meta["strategy"] == "vmap"
+    assert surf.meta["strategy"] in ("vmap", "loop")  # the faster of the two on this machine, never affine
     assert any("affine skipped" in n for n in surf.meta["notes"])
     ref = loop_surface(model, x, y, F.mse_loss, model_parameters(model), dirs, axes)
     np.testing.assert_allclose(surf.loss, ref, rtol=2e-4, atol=1e-6)
