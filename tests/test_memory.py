@@ -112,7 +112,7 @@ def test_small_budget_forces_chunks_and_oom_backoff_with_identical_result(gen, m
     monkeypatch.setattr(_evaluator.AffinePoints, "stack", real_stack)
     monkeypatch.delenv(ENV_BUDGET)
     same = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, device="cpu",
-                                  chunk_size=surf.meta["chunk_size"], batch_size=plan["batch"],
+                                  chunk_size=surf.meta["chunk_size"], batch_size=surf.meta["batch_size"],
                                   strategy=surf.meta["strategy"])
     np.testing.assert_array_equal(surf.loss, same.loss)
 
