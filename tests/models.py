@@ -75,3 +75,16 @@ class TinyTransformer(nn.Module):
 
     def forward(self, tokens):
         return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+
+
+def snapshot(model: nn.Module):
+    """Everything a call must leave as it was: the state dict (cloned) and every training flag."""
+    return {k: v.clone() for k, v in model.state_dict().items()}, [mod.training for mod in model.modules()]
+
+
+def assert_unchanged(model: nn.Module, snap) -> None:
+    """Weights and buffers bit for bit, and every submodule's training flag, as in ``snap``."""
+    state, flags = snap
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed"
+    assert [mod.training for mod in model.modules()] == flags

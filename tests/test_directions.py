@@ -16,6 +16,8 @@ import fastscape
 from fastscape._demo import TwoWeightNet
 from fastscape._grid import make_axes
 from fastscape._params import model_parameters
+from tests.models import assert_unchanged as _assert_unchanged
+from tests.models import snapshot as _state
 from tests.models import MLP, SmallCNN, trained_bn_stats
 from tests.reference import loop_surface
 
@@ -29,15 +31,8 @@ def _cnn(gen, n=16):
     return model, x, y
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()]
 
 
-def _assert_unchanged(model, snap):
-    state, flags = snap
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), f"{k} changed"
-    assert [m.training for m in model.modules()] == flags
 
 
 def _own_loss(model, x, y, loss_fn=F.cross_entropy):

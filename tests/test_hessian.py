@@ -13,6 +13,8 @@ from torch.func import functional_call
 import fastscape
 from fastscape._hessian import _lanczos
 from fastscape._params import model_parameters
+from tests.models import assert_unchanged as _assert_unchanged
+from tests.models import snapshot as _snapshot
 from tests.reference import loop_surface
 
 
@@ -61,15 +63,8 @@ def _flat(d, names):
     return torch.cat([d[k].reshape(-1).double() for k in names])
 
 
-def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()]
 
 
-def _assert_unchanged(model, snap):
-    state, flags = snap
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), f"{k} changed"
-    assert [m.training for m in model.modules()] == flags
 
 
 def test_hessian_vector_product_matches_dense(gen):

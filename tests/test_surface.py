@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 import fastscape
 from fastscape._params import model_parameters
+from tests.models import assert_unchanged as _assert_unchanged
+from tests.models import snapshot as _snapshot
 from tests.models import MLP, LSTMRegressor, SmallCNN, TinyTransformer, WithBuffer, trained_bn_stats
 from tests.reference import loop_surface
 
@@ -18,17 +20,8 @@ def _dirs(model, gen, k=2):
     return [{n: torch.randn(p.shape, generator=gen) * 0.3 for n, p in model.named_parameters()} for _ in range(k)]
 
 
-def _snapshot(model):
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    flags = [m.training for m in model.modules()]
-    return state, flags
 
 
-def _assert_unchanged(model, snap):
-    state, flags = snap
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), f"{k} changed"
-    assert [m.training for m in model.modules()] == flags
 
 
 CASES = {
