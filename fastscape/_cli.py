@@ -90,12 +90,9 @@ def _chunk(text: str):
     if text == "auto":
         return "auto"
     try:
-        value = int(text)
-    except ValueError:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer; got {text!r}")
-    return value
 
 
 def _positive(text: str) -> int:
