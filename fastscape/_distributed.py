@@ -15,6 +15,7 @@ group is initialised, whoever initialised it.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -74,6 +75,12 @@ def init_distributed(backend: str | None = None) -> DistContext:
         current device), else the CPU. Without ``WORLD_SIZE`` > 1 in the
         environment and no group already initialised, a single-process context
         is returned and nothing is initialised.
+
+    Notes
+    -----
+    A group joined here is left again at interpreter exit unless the caller
+    destroys it first: a gloo group still alive when the process ends can abort
+    it ("terminate called without an active exception") after all work is done.
     """
     import torch.distributed as dist
 
@@ -100,7 +107,16 @@ def init_distributed(backend: str | None = None) -> DistContext:
     if backend not in ("nccl", "gloo"):
         raise ValueError(f"`backend` must be one of ['nccl', 'gloo']; got {backend!r}.")
     dist.init_process_group(backend=backend)
+    atexit.register(_leave_group)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def _leave_group() -> None:
+    """Destroy the default group if it is still alive (registered with :mod:`atexit`)."""
+    if _active():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 def broadcast_object(obj, src: int = 0):

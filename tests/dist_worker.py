@@ -4,6 +4,8 @@ surface (each rank saves what it got), then the ``fastscape surface`` command in
 Usage: dist_worker.py OUT_DIR CHECKPOINT
 """
 
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +36,10 @@ def in_memory(ckpt, device):
 
 if __name__ == "__main__":
     out, ckpt = Path(sys.argv[1]), Path(sys.argv[2])
+    # registered before init_distributed, so it runs after fastscape's own exit handler (LIFO)
+    rank_env = os.environ["RANK"]
+    atexit.register(lambda: (out / f"exit-rank{rank_env}.txt").write_text(
+        str(torch.distributed.is_initialized())))
     ctx = fastscape.init_distributed()
     surf = in_memory(ckpt, ctx.device)
     np.save(out / f"memory-rank{ctx.rank}.npy", surf.loss)

@@ -53,6 +53,8 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
     print(done.stdout, done.stderr)  # shown by pytest if anything below fails
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "run-rank0.txt").read_text() == "2 gloo"
+    # the group init_distributed joined is left at exit (a live gloo group can abort the process)
+    assert [(tmp_path / f"exit-rank{r}.txt").read_text() for r in (0, 1)] == ["False", "False"]
 
     # the same work in this single process, with the workers' thread count
     threads = torch.get_num_threads()
