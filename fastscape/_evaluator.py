@@ -282,7 +282,7 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     chunk_size : int or "auto"
         Points evaluated at once. "auto" plans from the model's measured
         activation size (a few MiB per intermediate on CPU).
-    strategy : {"auto", "vmap", "loop", "affine", "vmap_compiled", "affine_compiled"}
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
         How a chunk is computed (see :mod:`fastscape._strategies`); the values
         do not depend on it beyond float32 rounding. "auto" times the
         strategies that apply on a probe chunk, picks the fastest and
@@ -482,13 +482,14 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
         timings[name], built[name] = t, (s, ctx.chunk)
 
     consider("affine")
+    consider("mlp")
     best = min(timings, key=timings.get)
     projected = timings[best] * total * len(batches)
     slow = any("slow batching" in n for n in report.notes)
     if projected >= COMPILE_WORTH_SECONDS and not slow:
         eager_chunk = ctx.chunk
         _enlarge_for_compiled(ctx, report)
-        consider(f"{best}_compiled")
+        consider(COMPILED_VARIANT[best])
         ctx.chunk = eager_chunk
     consider("loop")  # vectorising does not always pay (e.g. attention at tiny chunks): never be slower
     best = min(timings, key=timings.get)
@@ -497,6 +498,10 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     AUTO_CHOICES[key] = best
     runner, ctx.chunk = built[best]
     return runner
+
+
+#: the compiled strategy tried when an eager one wins the probe (inductor fuses what "mlp" fuses by hand)
+COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled", "mlp": "affine_compiled"}
 
 
 def _loop_batches(given: Batches, plan: dict) -> Batches:

@@ -184,7 +184,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         ``meta["memory_plan"]``.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
-    strategy : {"auto", "vmap", "loop", "affine", "vmap_compiled", "affine_compiled"}
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
         How chunks are computed (see :mod:`fastscape._strategies`); the values do
         not depend on it beyond float32 rounding. "auto" picks by a short measured
         probe and remembers the pick; the chosen one is ``meta["strategy"]``.

@@ -13,7 +13,7 @@ from fastscape._evaluator import AffinePoints, evaluate
 from fastscape._grid import make_axes, mesh
 from fastscape._params import model_parameters
 from fastscape._strategies import AUTO_CHOICES, STRATEGIES, compiler_available
-from tests.models import MLP, SmallCNN, WithBuffer, trained_bn_stats
+from tests.models import MLP, SmallCNN, WithBuffer, assert_unchanged, snapshot, trained_bn_stats
 from tests.reference import loop_surface
 
 EAGER = ["vmap", "loop", "affine"]
@@ -162,3 +162,77 @@ def test_compiled_strategies_match_reference(gen):
         loss, report = _surface(model, x, y, loss_fn, dirs, origin, axes, strategy=strategy, chunk_size=8)
         assert report.strategy == strategy
         np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
+
+
+class _SeqOverTokens(nn.Module):
+    """A Sequential over (n, 7, 5) inputs whose last layers see the flattened sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 4), nn.Flatten(), nn.Linear(28, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _mlp_case(name, gen):
+    torch.manual_seed(3)
+    if name == "wrapped":  # a module whose forward returns its Sequential's output; every tensor moves
+        model = MLP()
+        x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+        return model, x, y, _dirs(model, gen)
+    if name == "bare":  # fixed biases, and a layer whose bias alone moves: the shared-weight branches
+        model = nn.Sequential(nn.Linear(5, 8), nn.LeakyReLU(0.1), nn.Dropout(0.5), nn.Linear(8, 6), nn.Sigmoid(),
+                              nn.Linear(6, 3)).train()
+        x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+        dirs = fastscape.random_directions(model, 2, seed=1)  # ignore="biasbn": biases do not move
+        for d in dirs:
+            d["3.weight"].zero_()
+            d["3.bias"] = torch.randn(6, generator=gen)
+        return model, x, y, dirs  # dropout is in train mode: the evaluator must use eval mode
+    if name == "tokens":
+        model = _SeqOverTokens()
+        x, y = torch.randn(30, 7, 5, generator=gen), torch.randint(0, 3, (30,), generator=gen)
+        return model, x, y, _dirs(model, gen)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("case", ["wrapped", "bare", "tokens"])
+def test_mlp_strategy_matches_loop_reference(case, gen):
+    model, x, y, dirs = _mlp_case(case, gen)
+    snap = snapshot(model)
+    metrics = {"accuracy": fastscape.accuracy}
+    loss, report = _surface(model, x, y, F.cross_entropy, dirs, None, AXES, strategy="mlp", chunk_size=6,
+                            metrics=metrics, data={"batch_size": 16})
+    assert report.strategy == "mlp"
+    ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, AXES, batch_size=16)
+    np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
+    coords = torch.from_numpy(mesh(AXES))
+    points = AffinePoints({k: model_parameters(model)[k] for k in dirs[0]}, dirs, coords)
+    fast, _ = evaluate(model, Batches((x, y), batch_size=16), points, loss_fn=F.cross_entropy, metrics=metrics,
+                       strategy="mlp", chunk_size=6)
+    plain, _ = evaluate(model, Batches((x, y), batch_size=16), points, loss_fn=F.cross_entropy, metrics=metrics,
+                        strategy="vmap", chunk_size=6)
+    np.testing.assert_allclose(fast["loss"], plain["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fast["accuracy"], plain["accuracy"])
+    assert_unchanged(model, snap)  # weights, and dropout still in train mode; no module made in-place
+
+
+def test_mlp_strategy_refuses_other_models_and_says_why(gen):
+    cnn = SmallCNN()
+    x = torch.randn(6, 1, 8, 8, generator=gen)
+    with pytest.raises(ValueError, match=r"strategy='mlp'.*not an nn.Linear opening an nn.Sequential"):
+        fastscape.loss_surface(cnn, (x, torch.randint(0, 4, (6,))), _dirs(cnn, gen), loss_fn=F.cross_entropy,
+                               grid=3, strategy="mlp")
+
+    class Scaled(MLP):  # the Sequential's output is changed before it is returned
+        def forward(self, x):
+            return 2 * self.net(x)
+
+    model = Scaled()
+    x, y = torch.randn(8, 5, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    with pytest.raises(ValueError, match="output is not its nn.Sequential's output"):
+        fastscape.loss_surface(model, (x, y), _dirs(model, gen), loss_fn=F.cross_entropy, grid=3, strategy="mlp")
+    odd = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"module 1 \(LayerNorm\) is not a Linear"):
+        fastscape.loss_surface(odd, (x, y), _dirs(odd, gen), loss_fn=F.cross_entropy, grid=3, strategy="mlp")
