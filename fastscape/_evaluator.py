@@ -328,7 +328,8 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     }
     shared.update(points.fixed)
 
-    with model_state_guard(model):
+    guard = model_state_guard(model)
+    with guard:
         # probe: validate loss/metrics on the first point and measure activations
         x0, y0, n0 = batches.first()
         args0 = as_args(x0)
@@ -342,7 +343,7 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
-        ctx = _Context(model, shared, points, loss_fn, metrics, chunk)
+        ctx = _Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath)
         report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
                             dtype=str(dtype).replace("torch.", ""),
