@@ -51,6 +51,11 @@ __all__ = ["AffinePoints", "ExplicitPoints", "evaluate", "FallbackWarning", "Eva
 CPU_TARGET_BYTES = 4 << 20
 #: the same on CUDA, where larger chunks keep the GPU busy.
 CUDA_TARGET_BYTES = 256 << 20
+#: largest intermediate of one point's forward when the per-point loop runs on CPU.
+#: glibc serves blocks up to 32 MiB from its heap once they have been freed, larger
+#: ones are mapped fresh, page by page, at every allocation: measured on the
+#: benchmark CNN (2000 images), batches of 250 ran 2.7x faster than one batch of 2000.
+CPU_LOOP_TARGET_BYTES = 16 << 20
 
 
 class FallbackWarning(UserWarning):
@@ -257,7 +262,8 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
         measured=measured)
     if max(batches.batch_sizes) > plan.batch:
         batches = batches.resplit(plan.batch)
-    return plan.chunk, batches, plan.as_dict()
+    return plan.chunk, batches, {**plan.as_dict(), "largest_sample_bytes": per_sample * itemsize,
+                                 "device_type": device.type}
 
 
 def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
@@ -354,9 +360,9 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
                 try:
                     runner = _select(strategy, ctx, batches, args0, report, expected_points)
                     chunk = report.chunk_size = ctx.chunk
-                    if isinstance(runner, LoopStrategy) and memory_plan and batches is not given_batches:
+                    if isinstance(runner, LoopStrategy) and memory_plan:
                         # the few-MiB batch plan serves vectorised chunks; one point at a time
-                        # runs best on the largest batch that memory allows
+                        # runs best on the largest batch that memory and the allocator allow
                         batches = _loop_batches(given_batches, memory_plan)
                         report.batch_size = max(batches.batch_sizes)
                     break
@@ -506,9 +512,13 @@ COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled", "mlp":
 
 
 def _loop_batches(given: Batches, plan: dict) -> Batches:
-    """The data as given, split only where one point's batch would not fit the memory budget."""
+    """The data as given, split only where one point's batch would not fit the
+    memory budget or, on CPU, where its largest intermediate would pass
+    ``CPU_LOOP_TARGET_BYTES``."""
     per_sample = plan["point_bytes"] / max(1, plan["batch"])
     cap = max(1, int(plan["budget_bytes"] // max(1.0, per_sample)))
+    if plan.get("device_type") == "cpu":
+        cap = min(cap, max(1, CPU_LOOP_TARGET_BYTES // max(1, plan["largest_sample_bytes"])))
     return given if max(given.batch_sizes) <= cap else given.resplit(cap)
 
 

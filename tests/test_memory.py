@@ -126,3 +126,16 @@ def test_plan_is_stored_in_the_file(gen, monkeypatch, tmp_path):
     assert back.meta["memory_plan"] == surf.meta["memory_plan"]
     assert back.meta["memory_plan"]["budget_bytes"] == 150 << 10
     assert back.meta["run"]["units"] > 1  # the budget's chunks are the file's units
+
+
+def test_loop_batches_keep_the_largest_intermediate_under_the_cpu_target(gen, monkeypatch):
+    # MLP's widest activation is 16 floats = 64 bytes per sample; a 1 KiB target allows 16 samples
+    monkeypatch.setattr(_evaluator, "CPU_LOOP_TARGET_BYTES", 1024)
+    model = MLP()
+    x, y = torch.randn(100, 5, generator=gen), torch.randint(0, 3, (100,), generator=gen)
+    dirs = fastscape.random_directions(model, 2, seed=0)
+    axes = [np.linspace(-1, 1, 3)] * 2
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, strategy="loop")
+    assert surf.meta["batch_size"] == 16
+    ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, axes)
+    np.testing.assert_allclose(surf.loss, ref, rtol=1e-5, atol=1e-6)
