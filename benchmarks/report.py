@@ -28,6 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fastscape._evaluator import COMPILED_VARIANT  # noqa: E402  (after the path is set)
+
 
 def machine_limits(device: str) -> dict:
     dev = torch.device(device)
@@ -109,7 +111,7 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precision: str) -
     # the compiled variant of auto's eager pick, warm (its first call compiles): the speed
     # of repeated surfaces of one model, which auto does not assume for a single call
     eager = warm.meta["strategy"].replace("_compiled", "")
-    compiled_name = ("vmap" if eager == "loop" else eager) + "_compiled"
+    compiled_name = COMPILED_VARIANT.get(eager, "vmap_compiled")  # the loop's: vmap_compiled
     comp = {"strategy": compiled_name, "pps": float("nan"), "diff": float("nan"), "chunk": 0}
     try:
         surface(compiled_name)

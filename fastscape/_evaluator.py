@@ -229,6 +229,8 @@ def _is_oom(err: BaseException) -> bool:
         or "can't allocate memory" in msg or "not enough memory" in msg
 
 
+#: samples of the first batch that the validation and memory probes run on
+PROBE_SAMPLES = 256
 #: strategy="auto" adds a compiled candidate only when the projected run is
 #: at least this long: compiling costs seconds to tens of seconds on a small CPU.
 COMPILE_WORTH_SECONDS = 2.0
@@ -336,8 +338,10 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
 
     guard = model_state_guard(model)
     with guard:
-        # probe: validate loss/metrics on the first point and measure activations
-        x0, y0, n0 = batches.first()
+        # probe: validate loss/metrics on the first point and measure activations, on the
+        # first PROBE_SAMPLES samples (a full batch of 2000 images costs seconds on CPU)
+        probe = batches.resplit(PROBE_SAMPLES) if max(batches.batch_sizes) > PROBE_SAMPLES else batches
+        x0, y0, n0 = probe.first()
         args0 = as_args(x0)
         first = points.stack(0, 1)
         p0 = {**shared, **{k: v[0] for k, v in first.items()}}

@@ -70,7 +70,8 @@ ELEMENTWISE = (nn.Identity, nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.GELU, nn.
 AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: F.linear with at most this many weights and a 1-wide side is broadcast (eager strategies)
 TINY_LINEAR = 16
-#: bytes of cached first-layer outputs (per evaluate call) kept across chunks
+#: bytes of cached per-batch tensors (first-layer outputs, channels-last inputs) kept
+#: across chunks by one strategy, i.e. per evaluate call
 AFFINE_CACHE_BYTES = 512 << 20
 
 #: strategy="auto" picks, keyed by :func:`auto_key`
@@ -176,16 +177,59 @@ def _mha_fastpath(enabled: bool):
 class LoopStrategy(Strategy):
     name = "loop"
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.channels_last: bool | None = None  # decided on the first batch (see _layout)
+        self._converted: dict[int, tuple] = {}  # batch index -> (input, channels-last args)
+        self._converted_bytes = 0
+
     def run(self, start, stop, moving, batch_index, args, y):
         c = self.ctx
+        params = [{**c.shared, **{k: v[i] for k, v in moving.items()}} for i in range(stop - start)]
         # one point at a time may use the fused transformer kernels, as a plain forward would
         # (measured: 12% faster on the benchmark's encoder layer)
         with _mha_fastpath(c.mha_fastpath):
-            return torch.stack([
-                _values(c.loss_fn, c.metrics,
-                        functional_call(c.model, {**c.shared, **{k: v[i] for k, v in moving.items()}}, args), y)
-                for i in range(stop - start)
-            ])
+            if self.channels_last is None:
+                self.channels_last = self._layout(params[0], args)
+            if self.channels_last:
+                args = self._to_channels_last(args, batch_index)
+            return torch.stack([_values(c.loss_fn, c.metrics, functional_call(c.model, p, args), y)
+                                for p in params])
+
+    def _to_channels_last(self, args: tuple, batch_index: int) -> tuple:
+        """``args`` with the image batch in channels-last layout, converted once per data batch."""
+        hit = self._converted.get(batch_index)
+        if hit is not None and hit[0] is args[0]:
+            return hit[1]
+        out = (args[0].contiguous(memory_format=torch.channels_last),) + args[1:]
+        size = args[0].numel() * args[0].element_size()
+        if self._converted_bytes + size <= AFFINE_CACHE_BYTES:
+            self._converted[batch_index] = (args[0], out)
+            self._converted_bytes += size
+        return out
+
+    def _layout(self, params, args) -> bool:
+        """Whether to feed a CPU image batch to the model in channels-last layout.
+
+        oneDNN's CPU convolutions run about twice as fast on channels-last data
+        (measured on the benchmark CNN: 244 -> 127 ms per point). Used only where
+        one probe forward in that layout runs and matches the plain one: a
+        model that calls ``.view`` on a convolution's output cannot take it.
+        """
+        x = args[0] if args else None
+        if (not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point()
+                or x.device.type != "cpu"
+                or not any(isinstance(m, nn.Conv2d) for m in self.ctx.model.modules())):
+            return False
+        plain = functional_call(self.ctx.model, params, args)
+        try:
+            other = functional_call(self.ctx.model, params, (x.contiguous(memory_format=torch.channels_last),) + args[1:])
+        except RuntimeError:
+            return False
+        return (isinstance(plain, torch.Tensor) and isinstance(other, torch.Tensor)
+                and plain.shape == other.shape
+                and torch.allclose(plain, other, rtol=1e-4, atol=1e-5 * float(plain.abs().max()) + 1e-6,
+                                   equal_nan=True))
 
 
 class VmapStrategy(Strategy):

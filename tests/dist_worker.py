@@ -1,6 +1,10 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc-per-node 2``: a sharded in-memory
 surface (each rank saves what it got), then the ``fastscape surface`` command into a file.
 
+The strategy is pinned: "auto" picks by timing, and two strategies agree only to
+float32 rounding, while the test compares the sharded run with a single process bit
+for bit.
+
 Usage: dist_worker.py OUT_DIR CHECKPOINT
 """
 
@@ -23,7 +27,7 @@ AXES = [np.linspace(-1, 1, 9), np.linspace(-0.5, 1.5, 8)]
 def cli_args(ckpt, out):
     return ["surface", "--model", "tests.cli_models:make_model", "--checkpoint", str(ckpt),
             "--data", "tests.cli_models:make_loader", "--loss", "cross_entropy", "--metric", "accuracy",
-            "--x", "-1:1:9", "--y", "-0.5:1.5:8", "--chunk-size", "3", "--out", str(out), "--quiet"]
+            "--x", "-1:1:9", "--y", "-0.5:1.5:8", "--chunk-size", "3", "--strategy", "vmap", "--out", str(out), "--quiet"]
 
 
 def in_memory(ckpt, device):
@@ -31,7 +35,7 @@ def in_memory(ckpt, device):
     model.load_state_dict(torch.load(ckpt, weights_only=True))
     dirs = fastscape.random_directions(model, 2, seed=5)
     return fastscape.loss_surface(model, make_data(), dirs, loss_fn=F.cross_entropy, grid=AXES, chunk_size=3,
-                                  device=device, progress=False)
+                                  device=device, strategy="vmap", progress=False)
 
 
 if __name__ == "__main__":

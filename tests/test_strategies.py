@@ -236,3 +236,32 @@ def test_mlp_strategy_refuses_other_models_and_says_why(gen):
     odd = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
     with pytest.raises(ValueError, match=r"module 1 \(LayerNorm\) is not a Linear"):
         fastscape.loss_surface(odd, (x, y), _dirs(odd, gen), loss_fn=F.cross_entropy, grid=3, strategy="mlp")
+
+
+class _ViewCNN(nn.Module):
+    """Flattens a convolution's output with ``.view``, which a channels-last tensor refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("make, channels, expected", [(SmallCNN, 1, True), (_ViewCNN, 2, False)])
+def test_loop_feeds_images_channels_last_only_where_the_model_takes_it(make, channels, expected, gen):
+    from fastscape._strategies import LoopStrategy, _Context
+
+    torch.manual_seed(0)
+    model = make().eval()
+    x, y = torch.randn(20, channels, 8, 8, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    params = model_parameters(model)
+    s = LoopStrategy(_Context(model, dict(model.named_buffers()), None, F.cross_entropy, {}, 1))
+    assert s._layout(params, (x,)) is expected
+    dirs = _dirs(model, gen)
+    loss, report = _surface(model, x, y, F.cross_entropy, dirs, None, AXES, strategy="loop")
+    ref = loop_surface(model, x, y, F.cross_entropy, params, dirs, AXES)
+    np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
