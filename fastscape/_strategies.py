@@ -423,13 +423,15 @@ class AffineStrategy(Strategy):
                 distinct = values[:, None]
             else:
                 distinct, index = torch.unique(coords, dim=0, return_inverse=True)
-        else:
+            if self.compiled:
+                # fixed shapes for the compiled function: a few power-of-two table sizes, not
+                # the chunk size (padding the seed-000 table to 2096 rows took a quarter of its run)
+                distinct = _pad_rows(distinct, min(self.ctx.chunk, 1 << (distinct.shape[0] - 1).bit_length()))
+        else:  # one row per point (coords is already padded to the chunk when compiled)
             distinct, index = coords, torch.arange(coords.shape[0], device=coords.device)
         table = torch.addmm(base.reshape(1, -1), distinct, z).view(distinct.shape[0], *base.shape)
         for act in self.acts:
             table = act(table)
-        if self.compiled:
-            table = _pad_rows(table, self.ctx.chunk)
         with _math_attention():
             return self.fn(self.ctx.shared, moving, table, index, args, y)[:c]
 
