@@ -133,6 +133,28 @@ def _mode(compiled: bool):
     return contextlib.nullcontext if compiled else _TinyLinear
 
 
+class _PerBatch:
+    """Tensors derived from one data batch (first-layer outputs, a channels-last copy),
+    kept across chunks up to ``AFFINE_CACHE_BYTES`` per strategy. A hit needs the
+    very input object it was made from."""
+
+    def __init__(self):
+        self._items: dict[int, tuple] = {}
+        self._bytes = 0
+
+    def get(self, batch_index: int, x: torch.Tensor, make: Callable[[], tuple]) -> tuple:
+        """``make()`` for batch ``batch_index`` with input ``x``, from the cache when there."""
+        hit = self._items.get(batch_index)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        value = make()
+        size = sum(t.numel() * t.element_size() for t in value if isinstance(t, torch.Tensor))
+        if self._bytes + size <= AFFINE_CACHE_BYTES:
+            self._items[batch_index] = (x, value)
+            self._bytes += size
+        return value
+
+
 class Strategy:
     """One way to evaluate a chunk. Built once per :func:`evaluate` call.
 
@@ -181,8 +203,7 @@ class LoopStrategy(Strategy):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.channels_last: bool | None = None  # decided on the first batch (see _layout)
-        self._converted: dict[int, tuple] = {}  # batch index -> (input, channels-last args)
-        self._converted_bytes = 0
+        self._converted = _PerBatch()  # channels-last args per data batch
 
     def run(self, start, stop, moving, batch_index, args, y):
         c = self.ctx
@@ -199,15 +220,8 @@ class LoopStrategy(Strategy):
 
     def _to_channels_last(self, args: tuple, batch_index: int) -> tuple:
         """``args`` with the image batch in channels-last layout, converted once per data batch."""
-        hit = self._converted.get(batch_index)
-        if hit is not None and hit[0] is args[0]:
-            return hit[1]
-        out = (args[0].contiguous(memory_format=torch.channels_last),) + args[1:]
-        size = args[0].numel() * args[0].element_size()
-        if self._converted_bytes + size <= AFFINE_CACHE_BYTES:
-            self._converted[batch_index] = (args[0], out)
-            self._converted_bytes += size
-        return out
+        return self._converted.get(
+            batch_index, args[0], lambda: (args[0].contiguous(memory_format=torch.channels_last),) + args[1:])
 
     def _layout(self, params, args) -> bool:
         """Whether to feed a CPU image batch to the model in channels-last layout.
@@ -367,8 +381,7 @@ class AffineStrategy(Strategy):
         self.layer, self.path = layer, path
         self.clone = _shallow_clone_with(ctx.model, path, _Injected(layer), folded)
         self.pre_key = prefix + "pre"
-        self._cache: dict[int, tuple] = {}
-        self._cache_bytes = 0
+        self._cache = _PerBatch()  # (base, z) per data batch
         clone, loss_fn, metrics, pre_key = self.clone, ctx.loss_fn, ctx.metrics, self.pre_key
         mode = _mode(self.compiled)
 
@@ -390,9 +403,9 @@ class AffineStrategy(Strategy):
     def _layer_outputs(self, batch_index, x):
         """(base, Z): the layer's output at the origin, shape (n, ...), and the
         outputs of the used directions without bias offset, shape (len(dirs_used), n*...)."""
-        hit = self._cache.get(batch_index)
-        if hit is not None and hit[0] is x:
-            return hit[1], hit[2]
+        return self._cache.get(batch_index, x, lambda: self._compute_layer_outputs(x))
+
+    def _compute_layer_outputs(self, x) -> tuple:
         pts, shared = self.ctx.points, self.ctx.shared
         origin = {n: (pts._origin[k].view(pts._shapes[k]) if k in pts.moving else shared[k])
                   for n, k in self.keys.items()}
@@ -403,10 +416,6 @@ class AffineStrategy(Strategy):
                  for n, k in self.keys.items()}
             zs.append(functional_call(self.layer, d, (x,)).reshape(-1))
         z = torch.stack(zs) if zs else base.new_zeros(0, base.numel())
-        size = (base.numel() + z.numel()) * base.element_size()
-        if self._cache_bytes + size <= AFFINE_CACHE_BYTES:
-            self._cache[batch_index] = (x, base, z)
-            self._cache_bytes += size
         return base, z
 
     def run(self, start, stop, moving, batch_index, args, y):
