@@ -290,8 +290,21 @@ def _surface(args) -> int:
         if owned:
             dist.destroy_process_group()
     if rank == 0:
+        if path is not None:
+            _check_path_in_grid(surface)
         print(_summary(surface, args.out))
     return 0
+
+
+def _check_path_in_grid(surface) -> None:
+    """Say when the stored path leaves the grid: the figures would show part of it only."""
+    spans = [(float(surface.path[:, i].min()), float(surface.path[:, i].max())) for i in range(surface.ndim)]
+    axes = ("--x", "--y", "--z")
+    outside = [f"{axes[i]} {lo:.3g}:{hi:.3g}" for i, ((lo, hi), c) in enumerate(zip(spans, surface.coords))
+               if lo < c.min() or hi > c.max()]
+    if outside:
+        logging.getLogger("fastscape").warning(
+            "the checkpoints' path leaves the grid; it spans %s: widen the grid to see all of it", ", ".join(outside))
 
 
 def _summary(surface, out) -> str:
@@ -310,8 +323,9 @@ def _summary(surface, out) -> str:
 
 
 def _views():
-    """``(contour, surface3d, line, save)``: the views of ``fastscape.plot``, or the top-level
-    ``plot_*`` names of the layout before it (drop the fallback once ``fastscape.plot`` is on main)."""
+    """``(contour, surface3d, line, save, picks_value)``: the views of ``fastscape.plot``, or the
+    top-level ``plot_*`` names of the layout before it, which draw the loss only (drop the
+    fallback once ``fastscape.plot`` is on main)."""
     try:
         plot = importlib.import_module("fastscape.plot")
     except ModuleNotFoundError:
@@ -342,7 +356,10 @@ def _plot(args) -> int:
         written.append(save(ax.figure, out / "contour.png"))
         written.append(save(surface3d(surface, path=surface.path, log=args.log, **pick), out / "surface3d.html"))
     elif surface.ndim == 1:
-        written.append(save(line(surface, log=args.log, **pick).figure, out / "line.png"))
+        info = surface.meta.get("directions") or {}
+        marks = {"model": 0.0, Path(info["to"]).name: 1.0} if info.get("kind") == "interpolation" and info.get("to") \
+            else None  # the two ends of `--to`
+        written.append(save(line(surface, log=args.log, marks=marks, **pick).figure, out / "line.png"))
     if args.vtp:
         written.append(fastscape.save_vtp(surface, out / "surface.vtp", log=args.log))
     for p in written:
@@ -382,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0,
                    help="seed of random directions (default: %(default)s, so that re-running resumes)")
     s.add_argument("--to", metavar="CKPT", help="interpolate: direction 1 goes from the model (0) to CKPT (1)")
-    s.add_argument("--pca-dir", metavar="DIR", help="PCA directions of the checkpoints in DIR around the model")
+    s.add_argument("--pca-dir", metavar="DIR",
+                   help="fastscape.pca_directions of the checkpoints in DIR (natural order) around the model; "
+                        "the checkpoints' projected path is stored with the surface")
     s.add_argument("--x", required=True, metavar="MIN:MAX:NUM", help="grid along direction 1")
     s.add_argument("--y", metavar="MIN:MAX:NUM", help="grid along direction 2 (a plane)")
     s.add_argument("--z", metavar="MIN:MAX:NUM", help="grid along direction 3 (a volume)")

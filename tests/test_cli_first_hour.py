@@ -41,6 +41,11 @@ def data():
 
 def loss(output, target):
     return torch.nn.functional.cross_entropy(output, target)
+
+
+def splits():
+    x, y = data()
+    return {"train": (x[:30], y[:30]), "test": (x[30:], y[30:])}
 '''
 
 
@@ -196,3 +201,44 @@ def test_cli_uses_only_the_public_api():
     source = (ROOT / "fastscape" / "_cli.py").read_text()
     assert "_pca_from_checkpoints" not in source and "linalg.svd" not in source
     assert "_line_figure" not in source
+
+
+def test_data_may_name_several_datasets(tmp_path, monkeypatch, capsys):
+    """``--data`` returning a dict: one pass, values keyed per dataset; ``plot --value`` checks the name."""
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(textwrap.dedent(MYPKG))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "mypkg", raising=False)
+    monkeypatch.delitem(sys.modules, "mypkg.models", raising=False)
+    rc, _, err = _run(["surface", "--model", "mypkg.models:net", "--data", "mypkg.models:splits", "--loss",
+                       "cross_entropy", "--metric", "accuracy", "--x", "-1:1:3", "--y", "-1:1:3", "--out", "s.h5",
+                       "--quiet"], capsys)
+    assert rc == 0, err
+    assert str(tmp_path) not in sys.path  # the working directory is on the path only while a command runs
+    surf = fastscape.load_surface(tmp_path / "s.h5")
+    assert surf.value_names == ["train/loss", "train/accuracy", "test/loss", "test/accuracy"]
+    assert surf.meta["datasets"] == {"train": 30, "test": 10}
+    rc, _, err = _run(["plot", "s.h5", "--value", "accuracy"], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "`value` must be one of ['train/loss', 'train/accuracy', 'test/loss', 'test/accuracy']" in err
+
+
+def test_loss_surface_keeps_a_path(checkpoints, tmp_path):
+    """From Python too: ``path=`` takes snapshots (projected around the origin) or coordinates."""
+    final, folder = checkpoints
+    model = make_model()
+    model.load_state_dict(torch.load(final, weights_only=True))
+    snaps = _snapshots(folder)
+    dirs, _ = fastscape.pca_directions(snaps, n=2)
+    kw = {"loss_fn": F.cross_entropy, "grid": 3, "chunk_size": 9}
+    surf = fastscape.loss_surface(model, make_data(), dirs, path=snaps, **kw)
+    want = fastscape.project(snaps, dirs, origin=dict(model.named_parameters()))
+    np.testing.assert_allclose(surf.path, want)
+    back = fastscape.load_surface(surf.save(tmp_path / "s.h5"))
+    np.testing.assert_array_equal(back.path, surf.path)
+    coords = fastscape.loss_surface(model, make_data(), dirs, path=want, **kw)
+    np.testing.assert_array_equal(coords.path, want)
+    with pytest.raises(ValueError, match=r"`path` must hold plane coordinates of shape \(T, 2\).*got shape \(6, 3\)"):
+        fastscape.loss_surface(model, make_data(), dirs, path=np.zeros((6, 3)), **kw)
