@@ -95,7 +95,6 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         a complete file with the same settings is returned without computing.
         A file with other settings (model, origin, directions, grid, data
         size, loss, metrics, dtype) is refused with a ``ValueError``.
-
     path : ndarray of shape (T, k), Trajectory or list of parameter dicts, optional
         A training path to keep with the surface (``Surface.path``, and in
         ``out``) for the views to draw: plane coordinates as they are, or
