@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, NamedBatches
 from ._core.evaluator import evaluate
 from ._core.grid import make_axes, mesh
 from ._core.params import check_directions, check_origin, fingerprint, flatten, resolve_device, resolve_dtype
 from ._core.points import AffinePoints
 from ._distributed import rank_world
+from ._pca import project
 from ._store import SurfaceStore, grid_fingerprint, on_rank0, run_grid
 from ._surface import Surface
 
@@ -38,7 +39,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
                  strategy: str = "auto", progress: bool | Callable | None = None,
-                 out=None) -> Surface:
+                 out=None, path=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -49,8 +50,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Parameters
     ----------
     model : nn.Module
-    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
-        The loss is the sample-weighted mean over all of it.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs; or a dict of them
+        The loss is the sample-weighted mean over all of it. A dict name -> data,
+        e.g. ``{"train": (x, y), "test": test_loader}``, evaluates every dataset
+        in the same pass over the grid (each chunk of points runs over all of
+        them); the values are then keyed ``"train/loss"``, ``"train/accuracy"``,
+        ``"test/loss"``, ... (see :meth:`Surface.value`), and ``Surface.loss`` is
+        the first dataset's loss. Names are non-empty and hold no ``"/"``.
     directions : list of 1, 2 or 3 dicts name -> Tensor
         Keyed like ``model.named_parameters()`` (floating buffers may be
         included to move BatchNorm statistics too), e.g. from
@@ -89,6 +95,11 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         a complete file with the same settings is returned without computing.
         A file with other settings (model, origin, directions, grid, data
         size, loss, metrics, dtype) is refused with a ``ValueError``.
+    path : ndarray of shape (T, k), Trajectory or list of parameter dicts, optional
+        A training path to keep with the surface (``Surface.path``, and in
+        ``out``) for the views to draw: plane coordinates as they are, or
+        snapshots projected onto ``directions`` around the origin with
+        :func:`fastscape.project`. It does not change the values.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -114,7 +125,11 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     orig = check_origin(model, origin, keys)
     dev = resolve_device(device, model)
     dt = resolve_dtype(dtype)
-    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    if isinstance(data, Mapping):
+        batches = NamedBatches(data, batch_size=batch_size, device=dev, dtype=dt)
+    else:
+        batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    path = _as_path(path, directions, orig, k)
     coords = torch.from_numpy(mesh(axes))
     buffers = None
     if isinstance(origin, nn.Module):
@@ -128,7 +143,8 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
         "grid_shape": list(shape),
         "grid_fingerprint": grid_fingerprint(axes),
-        "n_samples": batches.n_samples,
+        # several datasets: samples per name, so that another split is another request
+        "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
         "loss": callable_name(loss_fn),
         "metrics": list(metrics or {}),
         "dtype": str(dt).replace("torch.", ""),
@@ -137,6 +153,8 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     if store is not None:
         found = on_rank0(lambda: store.completed(settings))
         if found is not None:
+            if path is not None:
+                found.path = path
             return found
     bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
                     show=rank == 0)
@@ -181,18 +199,36 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "torch_version": torch.__version__,
         "settings": settings,
     }
+    if batches.names is not None:
+        meta["datasets"] = dict(zip(batches.names, batches.counts))
     if run is not None:
         meta["run"] = run
     meta["directions"] = info
+    first = next(iter(values))  # "loss", or the first dataset's "train/loss"
     surface = Surface(
         coords=axes,
-        loss=values.pop("loss").reshape(shape),
+        loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
+        path=path,
     )
     if store is not None:
         on_rank0(lambda: store.finish(surface))
     return surface
+
+
+def _as_path(path, directions, origin, k: int) -> np.ndarray | None:
+    """``path`` as plane coordinates (T, k), float64: an array as is, snapshots projected."""
+    if path is None:
+        return None
+    if isinstance(path, (np.ndarray, torch.Tensor)):
+        arr = np.asarray(path.detach().cpu() if isinstance(path, torch.Tensor) else path, dtype=np.float64)
+    else:
+        arr = project(path, directions, origin=origin)
+    if arr.ndim != 2 or arr.shape[1] != k or arr.shape[0] < 1:
+        raise ValueError(f"`path` must hold plane coordinates of shape (T, {k}) (one column per direction); "
+                         f"got shape {arr.shape}.")
+    return arr
 
 
 def callable_name(fn) -> str:

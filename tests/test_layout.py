@@ -11,7 +11,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastscape"
 #: modules that present results (drawing, the command line, the demo): they may import `plot`
@@ -122,7 +121,6 @@ def test_compute_modules_do_not_import_plot():
     assert not bad, f"compute modules importing the drawing layer: {bad}"
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI still imports private modules; issue 15's CLI work removes them")
 def test_front_ends_use_the_public_api():
     """The command line and the demo call only what `import fastscape` offers."""
     graph = import_graph()
