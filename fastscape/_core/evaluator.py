@@ -134,13 +134,6 @@ def _is_oom(err: BaseException) -> bool:
 
 #: samples of the first batch that the validation and memory probes run on
 PROBE_SAMPLES = 256
-#: strategy="auto" adds a compiled candidate only when the projected run is
-#: at least this long: compiling costs seconds to tens of seconds on a small CPU.
-COMPILE_WORTH_SECONDS = 2.0
-#: a vectorised strategy must beat the per-point loop by this factor on the probe
-#: to be chosen (measured: the transformer benchmark's vmap_compiled probed 6% faster
-#: than the loop and then ran 20% slower over the whole grid)
-LOOP_MARGIN = 0.8
 #: compiled strategies run chunks this many times the eager plan on CPU
 COMPILED_CHUNK_FACTOR = 4
 
@@ -343,11 +336,15 @@ def _build(name: str, ctx: _Context, args0) -> Strategy:
 
 def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport,
             expected_points: int | None = None) -> Strategy:
-    """The strategy to run: the named one, or for "auto" the fastest on a probe chunk.
+    """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks.
 
     ``expected_points`` is the size of the whole job when this call evaluates
     only part of it (a unit of a file-backed run), for the compile decision.
+    Eval-mode BatchNorm that follows a Linear/Conv is folded into it first, for every strategy.
     """
+    folded = ctx.fold_batchnorm(args0)
+    if folded:
+        report.notes.append(f"BatchNorm folded into the layer before it: {', '.join(folded)}")
     if strategy != "auto":
         if strategy.endswith("_compiled"):
             _enlarge_for_compiled(ctx, report)
@@ -357,8 +354,8 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     n_chunks = math.ceil(total / ctx.chunk)
     if n_chunks * len(batches) <= 1:
         return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
-    key = auto_key(ctx.model, points, batches.device, batches.dtype, ctx.chunk,
-                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches])
+    key = auto_key(ctx.user_model, points, batches.device, batches.dtype, ctx.chunk,
+                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches], job_class(total))
     if key in AUTO_CHOICES:
         eager_chunk = ctx.chunk
         try:
@@ -366,76 +363,157 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             if name.endswith("_compiled"):
                 _enlarge_for_compiled(ctx, report)
             chosen = make_strategy(name, ctx, args0)
-            report.notes.append(f"auto: {chosen.name} (remembered)")
+            report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
             ctx.chunk = eager_chunk
+    runner = _choose(ctx, batches, args0, report, total)
+    AUTO_CHOICES[key] = runner.name
+    return runner
+
+
+#: strategy="auto": timed candidates within this factor of the fastest are a tie, which the
+#: structurally cheaper one wins (RANK). Measured: the transformer benchmark's vmap_compiled
+#: probed 6% faster than the loop and then ran 20% slower over the whole grid.
+TIE = 1.25
+#: structural order for ties, cheapest first: the affine path that computes the first layer
+#: once per distinct coordinate, the hand-fused MLP, the affine path, the per-point loop
+#: (keeps fused kernels, measured the safe side of a tie with vmap), plain vmap
+RANK = {"affine_dedup": 0, "mlp": 1, "affine": 2, "loop": 3, "vmap": 4}
+#: timing rounds of the probe: every candidate once per round, interleaved so that a burst
+#: of load hits all of them; the minimum per candidate is kept. At least MIN_ROUNDS and
+#: PROBE_SECONDS of timed work, when the job is long enough to afford it.
+MIN_ROUNDS, MAX_ROUNDS, PROBE_SECONDS = 3, 7, 0.1
+#: how much faster a compiled strategy may be than its eager form, at best (measured on CPU:
+#: seed-000 10x, CNN vmap 3.4x, transformer 2x, MNIST-size MLP 1.3x): compiling is tried
+#: only when that best case saves more than the compilation costs
+COMPILE_SPEEDUP = 4.0
+#: estimated seconds to compile a chunk function with a warm on-disk cache: a base plus a
+#: cost per leaf module (measured on a 2-core CPU: seed-000 net 2.6 s for its graph); a
+#: first compile on a machine costs several times more
+COMPILE_SECONDS = {"cpu": (1.0, 0.5), "cuda": (2.0, 0.5)}
+
+
+def job_class(points: int) -> int:
+    """The size class of a job for :data:`AUTO_CHOICES`: jobs within a factor of 4 share one.
+    A choice made for a small grid (no compiling, a few chunks) is never reused for a big one."""
+    return int(math.log2(max(1, points))) // 2
+
+
+def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
+    """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest,
+    unless it is within :data:`TIE` of a structurally cheaper one (:data:`RANK`); then, when the
+    eager pick is vectorised and the job is long enough for the best case of compiling to repay
+    its estimated cost, compile it and keep it only if it is faster by more than a tie."""
+    points = ctx.points
     x, y, _ = batches.first()
     args = as_args(x)
     device = batches.device
+    stop = min(ctx.chunk, points.n)
+    moving = points.stack(0, stop)
 
-    def trial(s: Strategy):
-        """Seconds per point on one chunk of ``ctx.chunk`` points, and the values."""
-        stop = min(ctx.chunk, points.n)
-        moving = points.stack(0, stop)
-        first = _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report)  # warm-up (compiles)
-        if report.fallback:
-            return 0.0, first
-        t, vals = time_call(lambda: _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report), device)
-        return t / stop, vals
+    def call(s: Strategy, size: int, mov):
+        return lambda: _run(s, "auto", ctx, 0, size, mov, 0, args, y, report)
 
     plain = VmapStrategy(ctx)
-    t_plain, ref = trial(plain)
+    t_warm, ref = time_call(call(plain, stop, moving), device)  # warm-up: vmap's values are the reference
     if report.fallback:
         return LoopStrategy(ctx)
-    timings = {"vmap": t_plain}
-    built = {"vmap": (plain, ctx.chunk)}
+    built = {"vmap": (plain, ctx.chunk, call(plain, stop, moving), stop)}
+    warm = {"vmap": t_warm / stop}
 
-    def consider(name):
+    def consider(name, size=stop, mov=moving):
         try:
             s = make_strategy(name, ctx, args0)
-            t, vals = trial(s)
+            fn = call(s, size, mov)
+            t, vals = time_call(fn, device)  # warm-up (compiles), values checked
         except NotApplicable as err:
             report.notes.append(f"auto: {name} skipped ({err})")
-            return
+            return None
         except RuntimeError as err:
             if _is_oom(err):
                 raise
             report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
-            return
+            return None
         n = min(len(vals), len(ref))
         if not torch.allclose(vals[:n], ref[:n], rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6,
                               equal_nan=True):
             report.notes.append(f"auto: {name} skipped (values differ from vmap)")
-            return
-        timings[name], built[name] = t, (s, ctx.chunk)
+            return None
+        built[name] = (s, ctx.chunk, fn, size)
+        warm[name] = t / size
+        return t
 
-    consider("affine")
-    consider("mlp")
-    best = min(timings, key=timings.get)
-    projected = timings[best] * total * len(batches)
+    for name in ("affine", "mlp", "loop"):
+        consider(name)
+    rank = dict(RANK)
+    if "affine" in built and 0 < len(built["affine"][0].dirs_used) < points._coords.shape[1]:
+        rank["affine"] = RANK["affine_dedup"]
+    # a budget for the timing rounds: a tenth of the job as the warm-up calls project it
+    job = min(warm.values()) * total * len(batches)
+    timings = _time_rounds({k: v[2] for k, v in built.items()}, {k: v[3] for k, v in built.items()},
+                           device, budget=max(0.01, 0.1 * job))
+    best = _pick(timings, rank)
+    notes = [f"{k} {v * 1e6:.2f} us" for k, v in timings.items()]
+
+    compiled = COMPILED_VARIANT.get(best)
     slow = any("slow batching" in n for n in report.notes)
-    if projected >= COMPILE_WORTH_SECONDS and not slow:
-        eager_chunk = ctx.chunk
-        _enlarge_for_compiled(ctx, report)
-        consider(COMPILED_VARIANT[best])
-        ctx.chunk = eager_chunk
-    consider("loop")  # vectorising does not always pay (e.g. attention at tiny chunks): never be slower
-    best = min(timings, key=timings.get)
-    if best != "loop" and "loop" in timings and timings[best] > LOOP_MARGIN * timings["loop"]:
-        # a near tie on one probe chunk is noise; the loop is the safe side of it
-        report.notes.append(f"auto: {best} within {1 - LOOP_MARGIN:.0%} of the loop on the probe; "
-                            "taking the loop")
-        best = "loop"
-    report.notes.append("auto: " + ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in timings.items())
-                        + f" per point on a probe chunk; chose {best}")
-    AUTO_CHOICES[key] = best
-    runner, ctx.chunk = built[best]
+    if compiled is not None and not slow:
+        work = total * len(batches)
+        gain = timings[best] * work * (1 - 1 / COMPILE_SPEEDUP)
+        base, per_module = COMPILE_SECONDS["cuda" if device.type == "cuda" else "cpu"]
+        leaves = sum(1 for m in ctx.model.modules() if not any(True for _ in m.children()))
+        cost = base + per_module * leaves
+        if gain >= cost:
+            eager_chunk = ctx.chunk
+            _enlarge_for_compiled(ctx, report)
+            size = min(ctx.chunk, points.n)
+            t_compile = consider(compiled, size, points.stack(0, size) if size != stop else moving)
+            ctx.chunk = eager_chunk
+            if t_compile is not None:
+                report.notes.append(f"auto: compiling {compiled} took {t_compile:.1f} s (estimated "
+                                    f"{cost:.1f} s against a best-case saving of {gain:.1f} s)")
+                pair = _time_rounds({k: built[k][2] for k in (best, compiled)},
+                                    {k: built[k][3] for k in (best, compiled)}, device,
+                                    budget=max(0.01, 0.1 * job))
+                notes.append(f"{compiled} {pair[compiled] * 1e6:.2f} us")
+                if pair[compiled] * TIE < pair[best]:
+                    best = compiled
+        else:
+            notes.append(f"{compiled} not tried (compiling est. {cost:.1f} s > best-case saving {gain:.1f} s)")
+    report.notes.append("auto: " + ", ".join(notes) + f" per point on a probe chunk (min of rounds); chose {best}")
+    runner, ctx.chunk = built[best][0], built[best][1]
     return runner
 
 
-#: the compiled strategy tried when an eager one wins the probe (inductor fuses what "mlp" fuses by hand)
-COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled", "mlp": "affine_compiled"}
+def _time_rounds(fns: dict, sizes: dict, device, budget: float) -> dict:
+    """Seconds per point of each function: the minimum over rounds in which every function
+    runs once, interleaved; :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS` rounds, fewer when
+    ``budget`` seconds are spent (a short job cannot afford a long probe)."""
+    best = {k: math.inf for k in fns}
+    spent = 0.0
+    for r in range(1, MAX_ROUNDS + 1):
+        for k, fn in fns.items():
+            t, _ = time_call(fn, device)
+            best[k] = min(best[k], t / sizes[k])
+            spent += t
+        if (r >= MIN_ROUNDS and spent >= PROBE_SECONDS) or spent >= budget:
+            break
+    return best
+
+
+def _pick(timings: dict, rank: dict) -> str:
+    """The fastest, unless others are within :data:`TIE` of it: then the lowest rank among them."""
+    fastest = min(timings.values())
+    tied = [k for k, t in timings.items() if t <= TIE * fastest]
+    return min(tied, key=lambda k: (rank.get(k, len(rank)), timings[k]))
+
+
+#: the compiled strategy tried when a vectorised eager one wins the probe. Not for "mlp":
+#: inductor calls the same GEMMs and measured slower than the hand-fused path (MLP-64 2.6x
+#: vs 3.6x the loop, MNIST-size 2.9x vs 3.2x); not for the loop, which wins where per-point
+#: kernels are big and compiling only fuses the glue between them.
+COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled"}
 
 
 def _loop_batches(given: Batches, plan: dict) -> Batches:
@@ -453,12 +531,17 @@ def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
     """Compiled kernels fuse the chunk's intermediates, so on CPU they run best on
     chunks several times the eager plan (measured: seed-000 net 4x chunk, 1.7x
     faster; past ~32 MiB per gathered intermediate it falls off a cliff). Only a
-    planned ("auto") chunk is enlarged, within the memory plan's limit."""
+    planned ("auto") chunk is enlarged, within the memory plan's limit.
+
+    The compiled chunk depends on the model, data and memory only, never on the
+    number of points: a smaller grid pads its one chunk, and a new grid size
+    reuses the compiled function instead of compiling another."""
     plan = report.memory_plan
-    if not plan or ctx.points.n <= ctx.chunk or str(report.device).startswith("cuda"):
+    if not plan or str(report.device).startswith("cuda"):
         return
     fits = plan["budget_bytes"] // max(1, plan["point_bytes"])  # what free memory allows
-    ctx.chunk = int(max(ctx.chunk, min(ctx.chunk * COMPILED_CHUNK_FACTOR, fits, ctx.points.n)))
+    limit = plan.get("chunk_limit", ctx.chunk)
+    ctx.chunk = int(max(limit, min(limit * COMPILED_CHUNK_FACTOR, fits)))
 
 
 def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b, args, y,
