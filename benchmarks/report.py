@@ -19,8 +19,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,7 +30,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastscape._core.evaluator import COMPILED_VARIANT  # noqa: E402  (after the path is set)
+#: the compiled strategy measured beside auto's eager pick (the loop's: vmap_compiled)
+COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled", "mlp": "affine_compiled",
+                    "loop": "vmap_compiled"}
 
 
 def machine_limits(device: str) -> dict:
@@ -99,7 +103,7 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precision: str) -
                                           device=device, progress=False, strategy=strategy)
 
     t = time.perf_counter()
-    first = surface()  # probes strategies, compiles if it pays
+    first = surface()  # the cold call: the first in this fresh process; probes strategies, compiles if it pays
     first_s = time.perf_counter() - t
     warm = surface()
     peak = (torch.cuda.max_memory_allocated() if cuda
@@ -144,6 +148,10 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="CUDA only: TF32 matmuls or bf16 autocast (opt-ins; error vs fp32 reported)")
+    p.add_argument("--fresh-cache", action="store_true",
+                   help="every worker starts with an empty compile cache (TORCHINDUCTOR_CACHE_DIR)")
+    p.add_argument("--sequence", default="seed000",
+                   help="workloads whose small-then-big sequence is run (benchmarks/cold_warm.py); '' for none")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--limits", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -159,7 +167,7 @@ def main(argv=None):
     print(f"device: {dev_name}; torch {torch.__version__}; precision {args.precision}")
     print(f"machine: matmul {limits['matmul_flops'] / 1e9:.0f} GFLOP/s, tanh {limits['tanh_elems'] / 1e9:.2f} Gelem/s")
     header = (f"{'workload':<48} {'points':>8} {'points/s':>11} {'loop pts/s':>10} {'ratio':>7} "
-              f"{'peak MiB':>8} {'limit':>6} {'first s':>7}  {'strategy (chunk x batch)':<28} "
+              f"{'peak MiB':>8} {'limit':>6} {'cold s':>7} {'cold x':>7}  {'strategy (chunk x batch)':<28} "
               f"{'compiled pts/s':>14} {'ratio':>7}")
     print(header)
     print("-" * len(header))
@@ -167,7 +175,12 @@ def main(argv=None):
     for name in args.only.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--limits", json.dumps(limits),
                "--device", args.device, "--precision", args.precision] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.fresh_cache:
+            env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastscape-cold-")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if args.fresh_cache:
+            shutil.rmtree(env["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"{name:<48} FAILED\n{proc.stderr[-2000:]}")
@@ -176,7 +189,8 @@ def main(argv=None):
         rows.append(r)
         pick = f"{r['strategy']} ({r['chunk']} x {r['batch']})"
         print(f"{r['label']:<48} {r['points']:>8} {r['pps']:>11,.0f} {r['loop_pps']:>10,.0f} {r['ratio']:>6.1f}x "
-              f"{r['peak_mib']:>8.0f} {r['fraction']:>6.0%} {r['first_s']:>7.1f}  "
+              f"{r['peak_mib']:>8.0f} {r['fraction']:>6.0%} {r['first_s']:>7.1f} "
+              f"{r['points'] / r['first_s'] / r['loop_pps']:>6.1f}x  "
               f"{pick:<28} "
               f"{r['compiled']['pps']:>14,.0f} {r['compiled']['pps'] / r['loop_pps']:>6.1f}x", flush=True)
     for r in rows:
@@ -190,6 +204,16 @@ def main(argv=None):
         else:
             print(f"  {r['name']}: {comp['strategy']} warm, chunk {comp['chunk']}: largest relative difference "
                   f"from auto's surface {comp['diff']:.1e}")
+    # the order a user calls in: small grids first, then the big one, in one fresh process
+    from benchmarks import cold_warm
+
+    for name in [n for n in args.sequence.split(",") if n and n in args.only.split(",")]:
+        if args.device != "cpu":
+            break
+        sizes = cold_warm.DEFAULT_SIZES[name][:3] if args.quick else cold_warm.DEFAULT_SIZES[name]
+        print(f"\nsequence small_then_big, {name}: grids {', '.join(f'{k}x{k}' for k in sizes)}; the big "
+              "call should cost what the cold call above does")
+        cold_warm.show(cold_warm.run(name, "small_then_big", sizes, args.fresh_cache))
     return 0
 
 

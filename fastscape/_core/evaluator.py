@@ -34,6 +34,8 @@ from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
     AUTO_CHOICES,
+    QUADRATIC_CHUNK,
+    QUADRATIC_CHUNK_BYTES,
     LoopStrategy,
     NotApplicable,
     Strategy,
@@ -348,7 +350,10 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     if strategy != "auto":
         if strategy.endswith("_compiled"):
             _enlarge_for_compiled(ctx, report)
-        return _build(strategy, ctx, args0)
+        runner = _build(strategy, ctx, args0)
+        if strategy == "quadratic":
+            _enlarge_for_quadratic(ctx, report, runner)
+        return runner
     points = ctx.points
     total = expected_points or points.n
     n_chunks = math.ceil(total / ctx.chunk)
@@ -363,6 +368,8 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             if name.endswith("_compiled"):
                 _enlarge_for_compiled(ctx, report)
             chosen = make_strategy(name, ctx, args0)
+            if name == "quadratic":
+                _enlarge_for_quadratic(ctx, report, chosen)
             report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
@@ -372,14 +379,18 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     return runner
 
 
-#: strategy="auto": timed candidates within this factor of the fastest are a tie, which the
-#: structurally cheaper one wins (RANK). Measured: the transformer benchmark's vmap_compiled
-#: probed 6% faster than the loop and then ran 20% slower over the whole grid.
+#: strategy="auto" weighs each timed candidate by TIE ** its structural rank (RANK): a path that
+#: does less work per point is kept unless one further down the order is faster by 25% per
+#: step. A probe disturbed by load (every parallel kernel waiting for a descheduled thread)
+#: measured the seed-000 net's loop 1.5x faster than its deduplicated affine path, which
+#: does a thirtieth of the work and ran 8x faster over the grid; the transformer
+#: benchmark's vmap_compiled probed 6% faster than the loop and ran 20% slower.
 TIE = 1.25
-#: structural order for ties, cheapest first: the affine path that computes the first layer
-#: once per distinct coordinate, the hand-fused MLP, the affine path, the per-point loop
-#: (keeps fused kernels, measured the safe side of a tie with vmap), plain vmap
-RANK = {"affine_dedup": 0, "mlp": 1, "affine": 2, "loop": 3, "vmap": 4}
+#: structural order, cheapest first: the quadratic form of a mean-squared-error head (a few
+#: numbers per point), the affine path that computes the first layer once per
+#: distinct coordinate, the hand-fused MLP, the affine path, the per-point loop (fused
+#: kernels, no vmap overhead), plain vmap; a compiled variant ranks one below its eager form
+RANK = {"quadratic": 0, "affine_dedup": 1, "mlp": 2, "affine": 3, "loop": 4, "vmap": 5}
 #: timing rounds of the probe: every candidate once per round, interleaved so that a burst
 #: of load hits all of them; the minimum per candidate is kept. At least MIN_ROUNDS and
 #: PROBE_SECONDS of timed work, when the job is long enough to afford it.
@@ -401,8 +412,8 @@ def job_class(points: int) -> int:
 
 
 def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
-    """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest,
-    unless it is within :data:`TIE` of a structurally cheaper one (:data:`RANK`); then, when the
+    """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest
+    once each is weighed by its structural rank (:data:`TIE`, :data:`RANK`); then, when the
     eager pick is vectorised and the job is long enough for the best case of compiling to repay
     its estimated cost, compile it and keep it only if it is faster by more than a tie."""
     points = ctx.points
@@ -412,21 +423,30 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
     stop = min(ctx.chunk, points.n)
     moving = points.stack(0, stop)
 
-    def call(s: Strategy, size: int, mov):
-        return lambda: _run(s, "auto", ctx, 0, size, mov, 0, args, y, report)
+    def call(s: Strategy, size: int, mov, chunk: int):
+        def fn():
+            ctx.chunk = chunk  # compiled strategies pad to it: every call sees the chunk it compiled for
+            return _run(s, "auto", ctx, 0, size, mov, 0, args, y, report)
+        return fn
 
+    eager_chunk = ctx.chunk
     plain = VmapStrategy(ctx)
-    t_warm, ref = time_call(call(plain, stop, moving), device)  # warm-up: vmap's values are the reference
+    t_warm, ref = time_call(call(plain, stop, moving, eager_chunk), device)  # vmap's values: the reference
     if report.fallback:
         return LoopStrategy(ctx)
-    built = {"vmap": (plain, ctx.chunk, call(plain, stop, moving), stop)}
+    built = {"vmap": (plain, eager_chunk, call(plain, stop, moving, eager_chunk), stop)}
     warm = {"vmap": t_warm / stop}
 
-    def consider(name, size=stop, mov=moving):
+    def consider(name, enlarge=None):
+        """Build, enlarge the chunk where the strategy runs best on a bigger one, warm up
+        (compiles), check the values against vmap's; the warm-up's seconds, or None."""
         try:
             s = make_strategy(name, ctx, args0)
-            fn = call(s, size, mov)
-            t, vals = time_call(fn, device)  # warm-up (compiles), values checked
+            if enlarge is not None:
+                enlarge(s)
+            chunk, size = ctx.chunk, min(ctx.chunk, points.n)
+            fn = call(s, size, moving if size == stop else points.stack(0, size), chunk)
+            t, vals = time_call(fn, device)
         except NotApplicable as err:
             report.notes.append(f"auto: {name} skipped ({err})")
             return None
@@ -435,15 +455,18 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
                 raise
             report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
             return None
+        finally:
+            ctx.chunk = eager_chunk
         n = min(len(vals), len(ref))
         if not torch.allclose(vals[:n], ref[:n], rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6,
                               equal_nan=True):
             report.notes.append(f"auto: {name} skipped (values differ from vmap)")
             return None
-        built[name] = (s, ctx.chunk, fn, size)
+        built[name] = (s, chunk, fn, size)
         warm[name] = t / size
         return t
 
+    consider("quadratic", lambda s: _enlarge_for_quadratic(ctx, report, s))
     for name in ("affine", "mlp", "loop"):
         consider(name)
     rank = dict(RANK)
@@ -465,11 +488,7 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
         leaves = sum(1 for m in ctx.model.modules() if not any(True for _ in m.children()))
         cost = base + per_module * leaves
         if gain >= cost:
-            eager_chunk = ctx.chunk
-            _enlarge_for_compiled(ctx, report)
-            size = min(ctx.chunk, points.n)
-            t_compile = consider(compiled, size, points.stack(0, size) if size != stop else moving)
-            ctx.chunk = eager_chunk
+            t_compile = consider(compiled, lambda s: _enlarge_for_compiled(ctx, report))
             if t_compile is not None:
                 report.notes.append(f"auto: compiling {compiled} took {t_compile:.1f} s (estimated "
                                     f"{cost:.1f} s against a best-case saving of {gain:.1f} s)")
@@ -477,8 +496,8 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
                                     {k: built[k][3] for k in (best, compiled)}, device,
                                     budget=max(0.01, 0.1 * job))
                 notes.append(f"{compiled} {pair[compiled] * 1e6:.2f} us")
-                if pair[compiled] * TIE < pair[best]:
-                    best = compiled
+                rank[compiled] = rank[best] + 1
+                best = _pick(pair, rank)
         else:
             notes.append(f"{compiled} not tried (compiling est. {cost:.1f} s > best-case saving {gain:.1f} s)")
     report.notes.append("auto: " + ", ".join(notes) + f" per point on a probe chunk (min of rounds); chose {best}")
@@ -503,10 +522,8 @@ def _time_rounds(fns: dict, sizes: dict, device, budget: float) -> dict:
 
 
 def _pick(timings: dict, rank: dict) -> str:
-    """The fastest, unless others are within :data:`TIE` of it: then the lowest rank among them."""
-    fastest = min(timings.values())
-    tied = [k for k, t in timings.items() if t <= TIE * fastest]
-    return min(tied, key=lambda k: (rank.get(k, len(rank)), timings[k]))
+    """The candidate with the smallest ``time * TIE ** rank`` (see :data:`TIE`)."""
+    return min(timings, key=lambda k: (timings[k] * TIE ** rank.get(k, len(rank)), rank.get(k, len(rank))))
 
 
 #: the compiled strategy tried when a vectorised eager one wins the probe. Not for "mlp":
@@ -525,6 +542,14 @@ def _loop_batches(given: Batches, plan: dict) -> Batches:
     if plan.get("device_type") == "cpu":
         cap = min(cap, max(1, CPU_LOOP_TARGET_BYTES // max(1, plan["largest_sample_bytes"])))
     return given if max(given.batch_sizes) <= cap else given.resplit(cap)
+
+
+def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
+    """The "quadratic" strategy costs a few numbers per point, so a planned chunk grows to
+    ``QUADRATIC_CHUNK`` points within ``QUADRATIC_CHUNK_BYTES`` of per-point tensors."""
+    if report.memory_plan:
+        fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, runner.point_bytes()))
+        ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.points.n)))
 
 
 def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:

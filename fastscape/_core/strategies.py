@@ -78,8 +78,6 @@ TINY_LINEAR = 16
 #: bytes of cached per-batch tensors (first-layer outputs, channels-last inputs) kept
 #: across chunks by one strategy, i.e. per evaluate call
 AFFINE_CACHE_BYTES = 512 << 20
-#: bytes of the widest activation of one block of samples in the "mlp" strategy (CPU)
-MLP_BLOCK_BYTES = 1 << 20
 
 #: strategy="auto" picks, keyed by :func:`auto_key`
 AUTO_CHOICES: dict[tuple, str] = {}
@@ -746,7 +744,7 @@ class MlpStrategy(AffineStrategy):
         return out
 
     def _buffer(self, tag, shape, like: torch.Tensor) -> torch.Tensor:
-        """A work tensor reused from chunk to chunk (and block to block). On CPU a fresh
+        """A work tensor reused from chunk to chunk. On CPU a fresh
         multi-MiB tensor is mapped page by page on first touch (measured: the MNIST-size
         MLP ran 1.6x slower allocating its activations anew for every chunk)."""
         key = (tag, tuple(shape))
@@ -755,51 +753,26 @@ class MlpStrategy(AffineStrategy):
             buf = self._work[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
-    def _block(self, points: int, base: torch.Tensor, weights: list) -> int:
-        """Samples per block: the chunk's widest activation of a block stays near
-        ``MLP_BLOCK_BYTES``, so every layer reads what the one before it just wrote from
-        cache instead of memory (CPU); one block on CUDA."""
-        n = base.shape[0]
-        if base.device.type != "cpu":
-            return n
-        lead = base[0].numel() // base.shape[-1]  # positions per sample (tokens) before the features
-        widths = [base[0].numel()] + [wb[0].shape[-2] * lead for wb in weights if wb is not None]
-        per_sample = points * max(widths) * base.element_size()
-        return int(max(1, min(n, MLP_BLOCK_BYTES // max(1, per_sample))))
-
     def run(self, start, stop, moving, batch_index, args, y):
         base, z = self._layer_outputs(batch_index, args[0])
         coords = self.ctx.points._coords[start:stop][:, self.dirs_used]
-        P, n = stop - start, base.shape[0]
+        P = stop - start
+        table = self._buffer("first", (P, base.numel()), base)
+        h = torch.addmm(base.reshape(1, -1), coords, z, out=table).view(P, *base.shape)  # (P, n, ..., F)
+        if self.bn is not None and self.bn_moves:
+            scale, shift = self._bn_rows(coords)
+            h.mul_(scale.view(P, 1, -1, *[1] * (base.dim() - 2))).add_(shift.view(P, 1, -1, *[1] * (base.dim() - 2)))
+        for act in self.first_acts:
+            h = act(h)
         weights = self._weights(moving)
-        block = self._block(P, base, weights)
-        z3 = z.view(z.shape[0], n, -1)
-        total = None
-        for s0 in range(0, n, block):
-            s1 = min(n, s0 + block)
-            rows = s1 - s0
-            # the first layer for this block of samples, all points: base + coords @ Z, in a reused buffer
-            table = self._buffer("first", (P, rows * z3.shape[2]), base)
-            h = torch.addmm(base[s0:s1].reshape(1, -1), coords, z3[:, s0:s1].reshape(z.shape[0], -1), out=table)
-            h = h.view(P, rows, *base.shape[1:])  # (P, rows, ..., F)
-            if self.bn is not None and self.bn_moves:
-                scale, shift = self._bn_rows(coords)
-                view = (P, 1, -1, *[1] * (base.dim() - 2))
-                h.mul_(scale.view(view)).add_(shift.view(view))
-            for act in self.first_acts:
-                h = act(h)
-            for i, (kind, what, _) in enumerate(self.tail):
-                if kind == "act":
-                    h = what(h)
-                elif kind == "flatten":
-                    h = h.flatten(2)
-                else:
-                    h = self._linear(i, h, *weights[i])
-            vals = self.values(h, y[s0:s1])
-            if block >= n:
-                return vals
-            total = vals.double() * rows if total is None else total.add_(vals.double(), alpha=rows)
-        return (total / n).to(base.dtype)
+        for i, (kind, what, _) in enumerate(self.tail):
+            if kind == "act":
+                h = what(h)
+            elif kind == "flatten":
+                h = h.flatten(2)
+            else:
+                h = self._linear(i, h, *weights[i])
+        return self.values(h, y)
 
     def _linear(self, i, h, w, b):
         """``F.linear`` of each point's activations ``h`` (P, n, ..., in) with its own
@@ -812,6 +785,143 @@ class MlpStrategy(AffineStrategy):
         if b is not None:
             out.add_(b.unsqueeze(-2))  # (P, 1, out) or (1, out)
         return out.view(*h.shape[:-1], w.shape[1])
+
+
+# ----------------------------------------------------------------------------- quadratic head
+
+
+def _is_mean_mse(loss_fn) -> bool:
+    return loss_fn is F.mse_loss or (type(loss_fn) is nn.MSELoss and loss_fn.reduction == "mean")
+
+
+def _output_linear(model: nn.Module, args: tuple, params) -> tuple[str, nn.Module]:
+    """(path, layer) of the plain ``nn.Linear`` whose output is the model's output, called
+    once per forward and sharing no parameter with another module; raises NotApplicable."""
+    outs: dict[str, list] = {}
+    handles = []
+    for path, mod in model.named_modules():
+        if _plain(mod, (nn.Linear,)):
+            handles.append(mod.register_forward_hook(
+                lambda m, i, o, path=path: outs.setdefault(path, []).append(o)))
+    try:
+        with torch.no_grad():
+            out = functional_call(model, dict(params), args)
+    finally:
+        for h in handles:
+            h.remove()
+    for path, seen in outs.items():
+        if len(seen) == 1 and seen[0] is out:
+            head = model.get_submodule(path)
+            own = [p for p in head.parameters(recurse=False)]
+            if any(q is p for m in model.modules() if m is not head for q in m.parameters(recurse=False)
+                   for p in own):
+                raise NotApplicable("the output layer shares a parameter with another module")
+            return path, head
+    raise NotApplicable("the model's output is not the output of an nn.Linear called once")
+
+
+class QuadraticStrategy(Strategy):
+    """Mean squared error of a model that ends in an ``nn.Linear``: with ``H`` the layer's input
+    (plus a column of ones for its bias) and ``W`` its weights, ``mean((H W^T - Y)^2)`` is
+    ``(tr(W G W^T) - 2 tr(W C) + sum(Y^2)) / (n * out)`` with ``G = H^T H`` and ``C = H^T Y``.
+    When some directions move only that layer, ``H`` depends on the other coordinates alone:
+    the rest of the model runs once per distinct value of those (vmap over the distinct rows),
+    ``G`` and ``C`` are formed once per distinct value, and each point costs a quadratic form
+    in its weights, whatever the number of samples. ``G``, ``C`` and the forms are float64,
+    so the expansion loses nothing to cancellation at float32 precision."""
+
+    name = "quadratic"
+
+    def __init__(self, ctx, args0: tuple):
+        super().__init__(ctx)
+        points = ctx.points
+        if not isinstance(points, AffinePoints):
+            raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
+        if not _is_mean_mse(ctx.loss_fn) or ctx.metrics:
+            raise NotApplicable("the loss is not F.mse_loss (mean) with no metrics")
+        if len(args0) != 1 or not isinstance(args0[0], torch.Tensor):
+            raise NotApplicable("the model's input is not a single tensor")
+        p0 = {**ctx.shared, **{k: v[0] for k, v in points.stack(0, 1).items()}}
+        path, head = _output_linear(ctx.model, args0, p0)
+        prefix = f"{path}." if path else ""
+        self.w_key, self.b_key = prefix + "weight", (prefix + "bias" if head.bias is not None else None)
+        self.in_features, self.out_features = head.in_features, head.out_features
+        head_keys = {self.w_key, self.b_key} - {None}
+        k = len(points.directions)
+        moves = [{key for key in points.moving if bool(points.directions[i][key].any())} for i in range(k)]
+        self.dirs_rest = [i for i in range(k) if moves[i] - head_keys]
+        if len(self.dirs_rest) == k:
+            raise NotApplicable("every direction moves layers before the output layer, so its input "
+                                "differs at every point")
+        self.body_moving = [key for key in points.moving if key not in head_keys]
+        self.body = _shallow_clone_with(ctx.model, {path: nn.Identity()}) if path else None
+        if self.body is None:
+            raise NotApplicable("the model is a single nn.Linear")
+        self.body_shared = {key: v for key, v in ctx.shared.items() if key not in head_keys}
+        body, mode = self.body, _mode(False)
+
+        def one_row(moving, args):
+            with mode():
+                return functional_call(body, {**self.body_shared, **moving}, args)
+
+        self.body_fn = vmap(one_row, in_dims=(0, None))
+        self._cache = _PerBatch()  # (G, C, yy) per batch when no direction moves the body
+
+    def point_bytes(self) -> int:
+        """Bytes a chunk holds per point: its moving tensors and its (G, C) in float64."""
+        f = self.in_features + (self.b_key is not None)
+        return 8 * f * (f + self.out_features) + 8 * self.ctx.points.moving_numel()
+
+    def _stats(self, rows, args, y):
+        """G (R, F+1, F+1), C (R, F+1, out), sum(y^2), float64, for rows of body coordinates."""
+        pts = self.ctx.points
+        moving = {key: torch.addmm(pts._origin[key], rows, pts._dirs[key][self.dirs_rest])
+                  .view(rows.shape[0], *pts._shapes[key]) for key in self.body_moving}
+        with _math_attention():
+            if moving:
+                h = self.body_fn(moving, args)  # (R, n, F)
+            else:  # nothing before the output layer moves
+                with _mode(False)():
+                    h = functional_call(self.body, self.body_shared, args).unsqueeze(0)
+        if h.dim() != 3 or y.shape != (h.shape[1], self.out_features):
+            raise NotApplicable(f"the targets' shape {tuple(y.shape)} is not the output's "
+                                f"({h.shape[1]}, {self.out_features}): mse_loss would broadcast")
+        h = h.double()
+        if self.b_key is not None:
+            h = torch.cat([h, h.new_ones(h.shape[0], h.shape[1], 1)], dim=2)
+        yd = y.double()
+        return h.transpose(1, 2) @ h, h.transpose(1, 2) @ yd, float((yd * yd).sum())
+
+    def run(self, start, stop, moving, batch_index, args, y):
+        pts, P = self.ctx.points, stop - start
+        w = moving[self.w_key] if self.w_key in moving else self.ctx.shared[self.w_key].expand(P, -1, -1)
+        w = w.double()
+        if self.b_key is not None:
+            b = moving[self.b_key] if self.b_key in moving else self.ctx.shared[self.b_key].expand(P, -1)
+            w = torch.cat([w, b.double().unsqueeze(2)], dim=2)  # (P, out, F+1)
+        if self.dirs_rest:
+            coords = pts._coords[start:stop][:, self.dirs_rest]
+            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row (10x slower)
+                rows, index = torch.unique(coords[:, 0], return_inverse=True)
+                rows = rows[:, None]
+            else:
+                rows, index = torch.unique(coords, dim=0, return_inverse=True)
+            g, c, yy = self._stats(rows, args, y)
+        else:  # nothing before the output layer moves: one (G, C) per batch
+            one = pts._coords[:1, :0]
+            g, c, yy = self._cache.get(batch_index, args[0], lambda: self._stats(one, args, y))
+            index = torch.zeros(P, dtype=torch.long, device=w.device)
+        # sum_o w_o^T G w_o = <G, sum_o w_o w_o^T> and tr(W C) = <C, W^T>, per point with its row's G, C
+        wwt = torch.einsum("poi,poj->pij", w, w).reshape(P, -1)
+        quad = (g.reshape(g.shape[0], -1)[index] * wwt).sum(1)
+        lin = (c.reshape(c.shape[0], -1)[index] * w.transpose(1, 2).reshape(P, -1)).sum(1)
+        loss = (quad - 2 * lin + yy) / (y.shape[0] * self.out_features)
+        return loss.to(y.dtype).unsqueeze(1)
+
+
+#: points per chunk of the "quadratic" strategy, at most (a point costs a few numbers, not a
+#: forward), and the bytes its per-point tensors may take
+QUADRATIC_CHUNK, QUADRATIC_CHUNK_BYTES = 1 << 16, 64 << 20
 
 
 # ----------------------------------------------------------------------------- registry
@@ -881,6 +991,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "vmap_compiled": VmapCompiled,
     "affine_compiled": AffineCompiled,
     "mlp": MlpStrategy,
+    "quadratic": QuadraticStrategy,
 }
 
 
@@ -892,7 +1003,7 @@ def strategy_names() -> list[str]:
 def make_strategy(name: str, ctx, args0: tuple) -> Strategy:
     """Build strategy ``name``; raises NotApplicable when it cannot evaluate the model."""
     cls = STRATEGIES[name]
-    if issubclass(cls, AffineStrategy):
+    if issubclass(cls, (AffineStrategy, QuadraticStrategy)):
         return cls(ctx, args0)
     return cls(ctx)
 
