@@ -34,6 +34,7 @@ from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
     AUTO_CHOICES,
+    MLP_CHUNK,
     QUADRATIC_CHUNK,
     QUADRATIC_CHUNK_BYTES,
     LoopStrategy,
@@ -192,12 +193,14 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
     chunk_size : int or "auto"
         Points evaluated at once. "auto" plans from the model's measured
         activation size (a few MiB per intermediate on CPU).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
-        How a chunk is computed (see :mod:`fastscape._strategies`); the values
-        do not depend on it beyond float32 rounding. "auto" times the
-        strategies that apply on a probe chunk, picks the fastest and
-        remembers the pick; it falls back to the loop (with a
-        FallbackWarning) when the model has no batching rule. A named strategy
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+        How a chunk is computed (see :mod:`fastscape._core.strategies`); the
+        values do not depend on it beyond float32 rounding, and with the same
+        strategy, chunk and batch they are the same bits from run to run.
+        "auto" times the strategies that apply on a probe chunk, weighs the
+        times by structural rank, compiles only when that can repay itself, and
+        remembers the pick per job size class; it falls back to the loop (with
+        a FallbackWarning) when the model has no batching rule. A named strategy
         that cannot apply to the model raises ``ValueError`` saying why.
     buffers : dict, optional
         Values for the model's buffers (default: the model's own).
@@ -353,6 +356,8 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
         runner = _build(strategy, ctx, args0)
         if strategy == "quadratic":
             _enlarge_for_quadratic(ctx, report, runner)
+        elif strategy == "mlp":
+            _enlarge_for_mlp(ctx, report)
         return runner
     points = ctx.points
     total = expected_points or points.n
@@ -370,6 +375,8 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             chosen = make_strategy(name, ctx, args0)
             if name == "quadratic":
                 _enlarge_for_quadratic(ctx, report, chosen)
+            elif name == "mlp":
+                _enlarge_for_mlp(ctx, report)
             report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
@@ -467,8 +474,9 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
         return t
 
     consider("quadratic", lambda s: _enlarge_for_quadratic(ctx, report, s))
-    for name in ("affine", "mlp", "loop"):
-        consider(name)
+    consider("affine")
+    consider("mlp", lambda s: _enlarge_for_mlp(ctx, report))
+    consider("loop")
     rank = dict(RANK)
     if "affine" in built and 0 < len(built["affine"][0].dirs_used) < points._coords.shape[1]:
         rank["affine"] = RANK["affine_dedup"]
@@ -550,6 +558,17 @@ def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
     if report.memory_plan:
         fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, runner.point_bytes()))
         ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.points.n)))
+
+
+def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
+    """The "mlp" strategy walks the samples in cache-sized blocks, so on CPU a planned chunk
+    of fewer than ``MLP_CHUNK`` points grows to it (within the memory plan): the first
+    layer's per-batch outputs are then read once for several points."""
+    plan = report.memory_plan
+    if not plan or str(report.device).startswith("cuda"):
+        return
+    fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
+    ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.points.n)))
 
 
 def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
