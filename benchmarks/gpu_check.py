@@ -25,10 +25,10 @@ Sections, each with its own time budget and each recorded even when it fails
    and the largest deviation from a float64 loop.
 
 Precision modes: ``fp32`` turns TF32 off for cuBLAS *and* cuDNN (PyTorch leaves
-cuDNN's TF32 on by default); ``tf32`` turns both on; ``bf16`` runs the call
-under ``torch.autocast(device, dtype=torch.bfloat16)``. fastscape's evaluator
-respects these global switches and an enclosing autocast; it has no precision
-argument of its own.
+cuDNN's TF32 on by default); ``tf32`` turns both on; ``bf16`` passes
+``dtype="bfloat16"`` to ``fastscape.loss_surface`` (parameters, data and
+activations in bf16, the loss in float32) and runs the loop in bf16 too.
+fastscape follows PyTorch's TF32 switches; it has no precision argument.
 
 Everything goes under one folder (``$OUT`` when set, else ``--out``):
 ``gpu_check.log`` (what was printed), ``gpu_check.json`` (every number),
@@ -58,14 +58,17 @@ sys.path.insert(0, ROOT)
 
 #: seconds per section on the GPU machine (the whole run stays under 8 minutes:
 #: 7 minutes of budget plus process start); --quick has its own
-BUDGETS = {"env": 30, "tests": 150, "agreement": 100, "report": 260}
+BUDGETS = {"env": 30, "tests": 150, "agreement": 100, "report": 300}
 QUICK_BUDGETS = {"env": 30, "tests": 150, "agreement": 90, "report": 180}
 #: each GPU workload's share of the report's budget (seconds), headline workloads first
-WORKLOAD_BUDGETS = {"seed000": 45, "mnist": 45, "cnn": 45, "transformer": 40, "resnet20": 85}
+WORKLOAD_BUDGETS = {"seed000": 45, "mnist": 50, "cnn": 60, "transformer": 45, "resnet20": 100}
 #: fp32 on the device against float64 on the CPU: the largest relative deviation allowed
 FP32_TOL = 1e-5
 #: deviations above these are flagged (stated, not a failure): TF32 has a 10-bit mantissa, bf16 an 7-bit one
 LOOSE_TOL = {"tf32": 1e-2, "bf16": 5e-2}
+#: multiples of the planned chunk timed after the modes (fp32): what the chunk plan leaves on
+#: the table on this device; the largest may not fit and then exercises the out-of-memory back-off
+SWEEP = {"seed000": (0.25, 4, 16), "mnist": (0.25, 4, 16)}
 DEFAULT_STRATEGIES = ["auto", "vmap", "affine", "mlp", "loop", "vmap_compiled", "affine_compiled"]
 
 
@@ -232,6 +235,13 @@ def agreement_models():
     yield "lstm", LSTMRegressor(), torch.randn(64, 12, 4, generator=g), torch.randn(64, 1, generator=g), F.mse_loss
 
 
+def modes(device: str) -> list[str]:
+    """The precision modes worth running: TF32 is a GPU mode (on CPU it is fp32 again)."""
+    from benchmarks.workloads import PRECISIONS
+
+    return PRECISIONS if device == "cuda" else [m for m in PRECISIONS if m != "tf32"]
+
+
 def strategy_names() -> list[str]:
     """The registry's names where it can be read (a private path that moves), else the known ones."""
     for mod in ("fastscape._core.strategies", "fastscape._strategies"):
@@ -280,10 +290,10 @@ def agreement_worker(device: str, quick: bool, budget_s: float, modes: list[str]
             continue
         t = time.perf_counter()
         try:
-            with warnings.catch_warnings(record=True) as caught, precision(mode, dev.type):
+            with warnings.catch_warnings(record=True) as caught, precision(mode, dev.type) as dtype:
                 warnings.simplefilter("always")
                 surf = fastscape.loss_surface(model, data, dirs, loss_fn=loss_fn, grid=grid, device=device,
-                                              strategy=s, progress=False)
+                                              strategy=s, progress=False, dtype=dtype)
             rel = float(np.max(np.abs(surf.loss - ref) / np.maximum(np.abs(ref), 1e-12)))
             tol = FP32_TOL if mode == "fp32" else LOOSE_TOL[mode]
             rec.update(max_rel_dev=rel, tol=tol, ran=surf.meta["strategy"], fallback=surf.meta.get("fallback"),
@@ -308,8 +318,6 @@ def agreement_worker(device: str, quick: bool, budget_s: float, modes: list[str]
 
 
 def section_agreement(device: str, quick: bool, budget_s: float, log) -> dict:
-    from benchmarks.workloads import PRECISIONS
-
     cmd = [sys.executable, os.path.abspath(__file__), "--agree-worker", "--device", device,
            "--budget", str(max(1.0, budget_s - 15))] + (["--quick"] if quick else [])
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -332,7 +340,7 @@ def section_agreement(device: str, quick: bool, budget_s: float, log) -> dict:
     if proc.returncode != 0:
         res["stderr_tail"] = err[-3000:]
         log(f"  agreement worker: {status}, rc {proc.returncode}; stderr tail:\n{err[-3000:]}")
-    table = agreement_table(recs, PRECISIONS)
+    table = agreement_table(recs, modes(device))
     for line in table.splitlines():
         log("  " + line)
     for r in recs:
@@ -346,7 +354,7 @@ def section_agreement(device: str, quick: bool, budget_s: float, log) -> dict:
     res["ok"] = not fails and bool(fp32_run) and not eager_missing and bool(plan)
     res["not_run"] = [f"{r['model']} {r['mode']} {r['strategy']}" for r in recs if r["status"].startswith("not run")]
     res["fp32_max_rel_dev"] = max((r["max_rel_dev"] for r in fp32_run), default=None)
-    for mode in PRECISIONS:
+    for mode in modes(device):
         devs = [r["max_rel_dev"] for r in recs if r["mode"] == mode and "max_rel_dev" in r]
         res[f"{mode}_max_rel_dev"] = max(devs) if devs else None
         if devs:
@@ -381,7 +389,7 @@ def agreement_table(recs: list[dict], modes: list[str]) -> str:
 
 def section_report(device: str, quick: bool, deadline: float, limits: dict, log) -> dict:
     from benchmarks.report import HEADER, row_lines, run_workload
-    from benchmarks.workloads import GPU_WORKLOADS, PRECISIONS
+    from benchmarks.workloads import GPU_WORKLOADS
 
     log(HEADER)
     rows = []
@@ -394,8 +402,8 @@ def section_report(device: str, quick: bool, deadline: float, limits: dict, log)
             rows.append({"name": name, "label": name, "status": "not run (time budget)", "modes": {}, "errors": []})
             log(f"{name}: not run (time budget)")
             continue
-        r = run_workload(name, device=device, quick=quick, sizes="gpu", precisions=PRECISIONS, limits=limits,
-                         timeout_s=timeout, log=log)
+        r = run_workload(name, device=device, quick=quick, sizes="gpu", precisions=modes(device), limits=limits,
+                         timeout_s=timeout, log=log, sweep=SWEEP.get(name, ()))
         rows.append(r)
         for line in row_lines(r):
             log(line)
@@ -404,6 +412,10 @@ def section_report(device: str, quick: bool, deadline: float, limits: dict, log)
         fp = r.get("modes", {}).get("fp32", {})
         for n in fp.get("notes", []):
             log(f"  {name}: {n}")
+        for e in r.get("sweep", []):
+            log(f"  {name}: chunk x{e['factor']:g} = {e['chunk']}: "
+                + (f"{e['pps']:,.0f} points/s, final chunk {e['final_chunk']}, {e['oom_backoffs']} out-of-memory "
+                   f"back-offs" if "pps" in e else e.get("error", "?")))
     return {"rows": rows}
 
 
@@ -455,7 +467,6 @@ def write_outputs(out_dir: str, results: dict) -> None:
 
 def markdown(results: dict) -> str:
     from benchmarks.report import markdown_table
-    from benchmarks.workloads import PRECISIONS
 
     env = results.get("env", {})
     lim = env.get("limits", {})
@@ -480,11 +491,20 @@ def markdown(results: dict) -> str:
     a = results.get("agreement")
     if a:
         lines += ["", "## Agreement with a float64 CPU loop (largest relative deviation over a 5x5 grid)", "",
-                  agreement_table(a.get("records", []), PRECISIONS)]
+                  agreement_table(a.get("records", []), modes(results.get("device", "cuda")))]
     r = results.get("report")
     if r:
         lines += ["", "## Workloads (each mode against the per-point loop in the same mode, same device, same run)",
                   "", markdown_table(r["rows"])]
+        sweeps = [(row["name"], e) for row in r["rows"] for e in row.get("sweep", [])]
+        if sweeps:
+            lines += ["", "## Chunk sweep (fp32, auto's strategy, chunk given)", "",
+                      "| workload | chunk | points/s | final chunk | out-of-memory back-offs | peak MiB |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {n} | {e['chunk']} (x{e['factor']:g}) | " + (
+                f"{e['pps']:,.0f} | {e['final_chunk']} | {e['oom_backoffs']} | "
+                f"{e['peak_mib'] if e['peak_mib'] is None else round(e['peak_mib'])} |" if "pps" in e
+                else f"{e.get('error', '?')} | | | |") for n, e in sweeps]
     errs = results.get("errors", [])
     if errs:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]
@@ -504,9 +524,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=100.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.agree_worker:
-        from benchmarks.workloads import PRECISIONS
-
-        agreement_worker(args.device, args.quick, args.budget, PRECISIONS)
+        agreement_worker(args.device, args.quick, args.budget, modes(args.device))
         return 0
     out_dir = args.out or os.environ.get("OUT") or "gpu_check_out"
     os.makedirs(out_dir, exist_ok=True)

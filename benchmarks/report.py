@@ -70,6 +70,20 @@ def _timed(fn, device, reps: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def _matmul_seconds(n: int, dtype, dev, reps: int) -> float:
+    """Median seconds of an n x n x n matmul on random operands (never zeros: they run faster)."""
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    c = torch.empty(n, n, device=dev, dtype=dtype)
+    return _timed(lambda: torch.mm(a, b, out=c), dev, reps)
+
+
+def _copy_seconds(size: int, dev, reps: int) -> float:
+    """Median seconds of a device-to-device copy of ``size`` bytes."""
+    src = torch.randn(size // 4, device=dev)
+    dst = torch.empty_like(src)
+    return _timed(lambda: dst.copy_(src), dev, reps)
+
+
 def machine_limits(device: str, quick: bool = False) -> dict:
     """Measured ceilings of ``device``: matmul FLOP/s per precision mode
     (``matmul``: fp32 with TF32 off, tf32, bf16; random operands, never zeros),
@@ -84,21 +98,13 @@ def machine_limits(device: str, quick: bool = False) -> dict:
         for mode, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                                   ("bf16", torch.bfloat16, False)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(n, n, device=dev, dtype=dtype)
-            b = torch.randn(n, n, device=dev, dtype=dtype)
-            c = torch.empty(n, n, device=dev, dtype=dtype)
-            reps = 10 if cuda else 3
-            out["matmul"][mode] = 2 * n**3 / _timed(lambda: torch.mm(a, b, out=c), dev, reps)
-            del a, b, c
+            out["matmul"][mode] = 2 * n**3 / _matmul_seconds(n, dtype, dev, 10 if cuda else 3)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     if not cuda:
         out["matmul"]["tf32"] = out["matmul"]["fp32"]  # no TF32 on CPU: the same kernels
     size = ((256 if quick else 1024) << 20) if cuda else (64 << 20)
-    src = torch.randn(size // 4, device=dev)
-    dst = torch.empty_like(src)
-    out["copy_bytes_per_s"] = 2 * size / _timed(lambda: dst.copy_(src), dev, 10 if cuda else 3)
-    del src, dst
+    out["copy_bytes_per_s"] = 2 * size / _copy_seconds(size, dev, 10 if cuda else 3)
     u = torch.randn(1 << (24 if cuda else 16), device=dev)
     o = torch.empty_like(u)
     out["tanh_elems"] = u.numel() / _timed(lambda: torch.tanh(u, out=o), dev, 20 if cuda else 200)
@@ -143,9 +149,14 @@ def _err(err: BaseException) -> str:
 
 def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[str], sizes: str,
             budget_s: float = float("inf"), compiled_variant: bool = False, repeat_below_s: float = 60.0,
-            ref_points: int = 6) -> dict:
+            ref_points: int = 6, sweep: tuple = ()) -> dict:
     """Measure one workload in every precision mode; prints a ``RESULT`` line after each step
-    (the parent keeps the last one, so a time-out keeps what was measured)."""
+    (the parent keeps the last one, so a time-out keeps what was measured).
+
+    ``sweep``: multiples of the planned chunk to time afterwards (fp32, auto's strategy,
+    ``chunk_size`` given), while the budget lasts: how much the chunk plan leaves on the
+    table on this device. A chunk too large for memory exercises the out-of-memory back-off.
+    """
     import fastscape
     from benchmarks.workloads import build, directions_of, loop_values, precision
 
@@ -169,9 +180,9 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
     loop_idx = rng.choice(res * res, size=min(res * res, w["loop_points"]), replace=False)
     ref_idx = loop_idx[:ref_points]
 
-    def surface(strategy="auto"):
+    def surface(strategy="auto", dtype="float32"):
         return fastscape.loss_surface(model, data, dirs, origin=origin, loss_fn=w["loss_fn"], grid=w["grid"],
-                                      device=device, progress=False, strategy=strategy)
+                                      device=device, progress=False, strategy=strategy, dtype=dtype)
 
     def coords_of(surf, idx):
         a0, a1 = surf.coords[0], surf.coords[1]
@@ -185,19 +196,19 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
         m = {"mode": mode}
         result["modes"][mode] = m
         try:
-            with precision(mode, dev.type):
+            with precision(mode, dev.type) as dtype:
                 if cuda:
                     torch.cuda.synchronize(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
                 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 t = time.perf_counter()
-                first = surface()  # probes strategies (the first mode), compiles if it pays
+                first = surface(dtype=dtype)  # probes strategies, compiles if it pays
                 m["first_s"] = time.perf_counter() - t
                 m["first_pps"] = first.meta["points_per_second"]
                 surf, m["warm"] = first, False
                 if m["first_s"] < repeat_below_s and left() > 2 * m["first_s"]:
                     t = time.perf_counter()
-                    surf = surface()
+                    surf = surface(dtype=dtype)
                     m["warm"], m["warm_wall_s"] = True, time.perf_counter() - t
                 m["pps"] = surf.meta["points_per_second"]
                 m["eval_s"] = surf.meta["seconds"]
@@ -213,8 +224,8 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
                 # the per-point loop in the same mode, on the same device, same weights and data
                 sub = coords_of(surf, loop_idx)
                 loop_s = min(10.0, max(1.0, left() / 6))
-                _, m["loop_pps"] = loop_values(wd, sub, dirs, origin, warmup=2 if cuda else 1,
-                                               max_seconds=loop_s)
+                _, m["loop_pps"] = loop_values(wd, sub, dirs, origin, warmup=2 if cuda else 1, max_seconds=loop_s,
+                                               dtype=torch.bfloat16 if dtype == "bfloat16" else None)
                 m["ratio"] = m["pps"] / m["loop_pps"]
                 peak = limits.get("matmul", {}).get(mode, limits.get("matmul_flops"))
                 m["matmul_peak_flops"] = peak
@@ -237,6 +248,31 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
             if cuda:
                 torch.cuda.empty_cache()
         _emit(result)
+    base = result["modes"].get("fp32", {})
+    if sweep and "strategy" in base:
+        result["sweep"] = []
+        for factor in sweep:
+            chunk = max(1, int(base["chunk"] * factor))
+            if left() < 10 or chunk == base["chunk"]:
+                continue
+            entry = {"factor": factor, "chunk": chunk}
+            try:
+                with precision("fp32", dev.type):
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(dev)
+                    fastscape.loss_surface(model, data, dirs, origin=origin, loss_fn=w["loss_fn"], grid=w["grid"],
+                                           device=device, progress=False, strategy=base["strategy"],
+                                           chunk_size=chunk, batch_size=base["batch"])  # warm-up: compiles
+                    s2 = fastscape.loss_surface(model, data, dirs, origin=origin, loss_fn=w["loss_fn"],
+                                                grid=w["grid"], device=device, progress=False,
+                                                strategy=base["strategy"], chunk_size=chunk, batch_size=base["batch"])
+                entry.update(pps=s2.meta["points_per_second"], final_chunk=s2.meta["chunk_size"],
+                             oom_backoffs=s2.meta.get("oom_backoffs", 0),
+                             peak_mib=torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None)
+            except Exception as err:  # record and go on
+                entry["error"] = _err(err)
+            result["sweep"].append(entry)
+            _emit(result)
     if compiled_variant and "fp32" in result["modes"] and "strategy" in result["modes"]["fp32"] and left() > 0:
         # the compiled variant of auto's eager pick, warm (its first call compiles): the speed
         # of repeated surfaces of one model, which auto does not assume for a single call
@@ -264,13 +300,14 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
 
 
 def run_workload(name: str, *, device: str, quick: bool, sizes: str, precisions: list[str], limits: dict,
-                 timeout_s: float, compiled_variant: bool = False, log=print, env=None) -> dict:
+                 timeout_s: float, compiled_variant: bool = False, log=print, env=None, sweep: tuple = ()) -> dict:
     """:func:`run_one` in a subprocess (its own process group), killed after ``timeout_s``.
     Returns the last result it printed, with ``status`` "ok", "failed" or "timeout"."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--limits", json.dumps(limits),
            "--device", device, "--sizes", sizes, "--precisions", ",".join(precisions),
            "--budget", str(max(1.0, timeout_s - 15))] + (["--quick"] if quick else []) \
-        + (["--compiled-variant"] if compiled_variant else ["--no-compiled-variant"])
+        + (["--compiled-variant"] if compiled_variant else ["--no-compiled-variant"]) \
+        + (["--sweep", ",".join(str(f) for f in sweep)] if sweep else [])
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=env)
@@ -362,6 +399,7 @@ def main(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--limits", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, default=float("inf"), help=argparse.SUPPRESS)
+    p.add_argument("--sweep", default="", help="multiples of the planned chunk to time too, e.g. 0.25,4,16")
     args = p.parse_args(argv)
     sizes = args.sizes or ("gpu" if args.device == "cuda" else "cpu")
     precisions = (args.precisions.split(",") if args.precisions else [args.precision or "fp32"])
@@ -374,7 +412,8 @@ def main(argv=None):
         return 0
     if args.worker:
         run_one(args.worker, args.quick, args.device, json.loads(args.limits), precisions, sizes,
-                budget_s=args.budget, compiled_variant=compiled_variant)
+                budget_s=args.budget, compiled_variant=compiled_variant,
+                sweep=tuple(float(f) for f in args.sweep.split(",") if f))
         return 0
     names = args.only.split(",") if args.only else (GPU_WORKLOADS if sizes == "gpu" else WORKLOADS)
     limits = machine_limits(args.device, args.quick)
@@ -387,7 +426,8 @@ def main(argv=None):
     rows = []
     for name in names:
         r = run_workload(name, device=args.device, quick=args.quick, sizes=sizes, precisions=precisions,
-                         limits=limits, timeout_s=args.timeout, compiled_variant=compiled_variant)
+                         limits=limits, timeout_s=args.timeout, compiled_variant=compiled_variant,
+                         sweep=tuple(float(f) for f in args.sweep.split(",") if f))
         rows.append(r)
         for line in row_lines(r):
             print(line, flush=True)

@@ -187,23 +187,21 @@ def directions_of(w: dict):
 
 
 @contextlib.contextmanager
-def precision(mode: str, device_type: str):
-    """Run a block in one of the GPU check's precision modes.
+def precision(mode: str, device_type: str = "cuda"):
+    """Run a block in one of the GPU check's precision modes; yields the ``dtype`` to
+    pass to :func:`fastscape.loss_surface` ("float32" or "bfloat16").
 
-    ``"fp32"``: TF32 off for cuBLAS matmuls *and* cuDNN convolutions (cuDNN's
-    TF32 is on by default in PyTorch); ``"tf32"``: both on; ``"bf16"``: TF32 off
-    and ``torch.autocast(device_type, dtype=torch.bfloat16)`` around the block
-    (matmuls and convolutions in bf16, losses and reductions in float32). The
-    flags are global switches of PyTorch; they are restored on exit.
+    ``"fp32"``: TF32 off for cuBLAS matmuls *and* cuDNN convolutions (cuDNN's TF32
+    is on by default in PyTorch); ``"tf32"``: both on; ``"bf16"``: TF32 off and
+    ``dtype="bfloat16"`` (parameters, data and activations in bf16, the loss in
+    float32). The TF32 flags are PyTorch's global switches; they are restored on exit.
     """
     if mode not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}; got {mode!r}.")
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
-    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
     try:
-        with ctx:
-            yield
+        yield "bfloat16" if mode == "bf16" else "float32"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
