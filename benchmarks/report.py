@@ -32,6 +32,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -176,6 +177,7 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
     flops, trans = work_per_point(wd)
     result["gflop_per_point"] = flops / 1e9
     result["transcendentals_per_point"] = trans
+    _emit(result)  # built: a time-out from here on says so
     rng = np.random.default_rng(0)
     loop_idx = rng.choice(res * res, size=min(res * res, w["loop_points"]), replace=False)
     ref_idx = loop_idx[:ref_points]
@@ -375,8 +377,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def describe_limits(limits: dict) -> str:
     mm = limits["matmul"]
-    return (f"machine: matmul {limits['matmul_size']}^3 fp32 {mm['fp32'] / 1e12:.2f} TFLOP/s, "
-            f"tf32 {mm['tf32'] / 1e12:.2f}, bf16 {mm['bf16'] / 1e12:.2f}; copy "
+    return (f"machine: matmul {limits['matmul_size']}^3 fp32 {mm['fp32'] / 1e12:.3g} TFLOP/s, "
+            f"tf32 {mm['tf32'] / 1e12:.3g}, bf16 {mm['bf16'] / 1e12:.3g}; copy "
             f"{limits['copy_bytes_per_s'] / 1e9:.0f} GB/s (read + write); tanh {limits['tanh_elems'] / 1e9:.2f} Gelem/s")
 
 
@@ -416,6 +418,8 @@ def main(argv=None):
                 sweep=tuple(float(f) for f in args.sweep.split(",") if f))
         return 0
     names = args.only.split(",") if args.only else (GPU_WORKLOADS if sizes == "gpu" else WORKLOADS)
+    # a worker killed at --timeout mid-compile can leave a half-written kernel in inductor's cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fastscape_report_inductor_"))
     limits = machine_limits(args.device, args.quick)
     dev_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev_name}; torch {torch.__version__}; sizes {sizes}{' quick' if args.quick else ''}; "
