@@ -144,7 +144,8 @@ class _Opaque:
 def test_an_unfingerprintable_loss_is_refused_and_says_how_to_force(tmp_path):
     model, data, dirs = make_case()
     out = tmp_path / "s.h5"
-    fastscape.loss_surface(model, data, dirs, out=out, **kwargs(loss_fn=_Opaque()))
+    with pytest.warns(UserWarning, match=r"`loss_fn` .*cannot be fingerprinted.*fastscape_fingerprint"):
+        fastscape.loss_surface(model, data, dirs, out=out, **kwargs(loss_fn=_Opaque()))
     with pytest.raises(ValueError, match=r"`loss_fn` .*cannot be fingerprinted.*fastscape_fingerprint"):
         fastscape.loss_surface(model, data, dirs, out=out, **kwargs(loss_fn=_Opaque()))
     # the documented way to force: the callable names its own version
