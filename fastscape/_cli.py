@@ -129,7 +129,19 @@ def load_checkpoint(path, *, what: str) -> dict:
     return obj
 
 
+def _check_shapes(model, state: dict, *, what: str) -> None:
+    """A CLIError naming every tensor of ``state`` whose shape is not the model's."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    wrong = [f"{k} {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CLIError(f"`{what}` has the model's tensor names but other shapes: {'; '.join(wrong[:4])}"
+                       + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                       + ". Was it saved from another configuration of the model?")
+
+
 def _load_into(model, state: dict, *, what: str) -> None:
+    _check_shapes(model, state, what=what)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CLIError(
@@ -166,6 +178,7 @@ def _pca_from_checkpoints(model, folder: Path, n: int):
         missing = [k for k in keys if k not in state]
         if missing:
             raise CLIError(f"`--pca-dir` checkpoint {f.name!r} lacks parameter(s) {missing[:4]}.")
+        _check_shapes(model, state, what=f"--pca-dir` checkpoint `{f.name}")
         rows.append(flatten(state, keys).double() - centre)
     matrix = torch.stack(rows)
     matrix = matrix - matrix.mean(dim=0, keepdim=True)
@@ -201,6 +214,7 @@ def _directions(args, model, n: int):
         missing = [k for k in moving if k not in target]
         if missing:
             raise CLIError(f"`--to` checkpoint lacks {missing[:4]}.")
+        _check_shapes(model, target, what="--to")
         # in float64, so that coordinate 1 lands on the checkpoint up to the evaluation's rounding
         line = {k: target[k].double() - state[k].detach().double() for k in moving}
         if not any(bool(t.any()) for t in line.values()):
