@@ -537,13 +537,26 @@ class SurfaceStore:
         check_settings(settings, found, where=f"`out` {str(self.path)!r}",
                        remedy="Choose another `out` path, or delete the file to recompute.", why=why)
         surface = load_surface(self.path)  # verifies the checksums
-        if locked and self.parts.exists():  # finished, but killed before the sidecar was removed
-            shutil.rmtree(self.parts, ignore_errors=True)
+        if self.parts.exists():  # finished, but killed before the sidecar was removed
+            self._remove_sidecar(locked)
         logger.info("%s is complete with these settings; nothing to compute", self.path)
         run = surface.meta.get("run")
         if run:  # nothing was computed this time
             surface.meta["run"] = {**run, "reused_units": run["units"]}
         return surface
+
+    def _remove_sidecar(self, locked: bool) -> None:
+        """Remove the sidecar of a finished run, unless another live process holds its lock."""
+        if not locked:
+            try:
+                self.acquire()
+            except (RuntimeError, OSError):
+                return  # busy, or a read-only folder: leave it
+        try:
+            shutil.rmtree(self.parts, ignore_errors=True)
+        finally:
+            if not locked:
+                self.release()
 
     def finish(self, surface) -> Path:
         """Write ``surface`` onto ``path`` atomically, then remove the sidecar folder."""
