@@ -285,12 +285,15 @@ def _surface(args) -> int:
         surface = fastscape.loss_surface(model, data, directions, loss_fn=loss_fn, grid=axes, metrics=metrics,
                                          device=device, dtype=args.dtype, chunk_size=args.chunk_size,
                                          strategy=args.strategy, batch_size=args.batch_size,
-                                         progress=args.progress, out=args.out, path=path)
+                                         progress=args.progress, out=args.out)
     finally:
         if owned:
             dist.destroy_process_group()
     if rank == 0:
         if path is not None:
+            surface.path = path  # kept with the surface: `fastscape plot` draws it
+            if args.out is not None:
+                surface.save(args.out)
             _check_path_in_grid(surface)
         print(_summary(surface, args.out))
     return 0

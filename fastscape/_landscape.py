@@ -16,7 +16,6 @@ from ._core.grid import make_axes, mesh
 from ._core.params import check_directions, check_origin, fingerprint, flatten, resolve_device, resolve_dtype
 from ._core.points import AffinePoints
 from ._distributed import rank_world
-from ._pca import project
 from ._store import SurfaceStore, grid_fingerprint, on_rank0, run_grid
 from ._surface import Surface
 
@@ -39,7 +38,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
                  strategy: str = "auto", progress: bool | Callable | None = None,
-                 out=None, path=None) -> Surface:
+                 out=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -95,11 +94,6 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         a complete file with the same settings is returned without computing.
         A file with other settings (model, origin, directions, grid, data
         size, loss, metrics, dtype) is refused with a ``ValueError``.
-    path : ndarray of shape (T, k), Trajectory or list of parameter dicts, optional
-        A training path to keep with the surface (``Surface.path``, and in
-        ``out``) for the views to draw: plane coordinates as they are, or
-        snapshots projected onto ``directions`` around the origin with
-        :func:`fastscape.project`. It does not change the values.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -129,7 +123,6 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         batches = NamedBatches(data, batch_size=batch_size, device=dev, dtype=dt)
     else:
         batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
-    path = _as_path(path, directions, orig, k)
     coords = torch.from_numpy(mesh(axes))
     buffers = None
     if isinstance(origin, nn.Module):
@@ -153,8 +146,6 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     if store is not None:
         found = on_rank0(lambda: store.completed(settings))
         if found is not None:
-            if path is not None:
-                found.path = path
             return found
     bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
                     show=rank == 0)
@@ -210,25 +201,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
-        path=path,
     )
     if store is not None:
         on_rank0(lambda: store.finish(surface))
     return surface
-
-
-def _as_path(path, directions, origin, k: int) -> np.ndarray | None:
-    """``path`` as plane coordinates (T, k), float64: an array as is, snapshots projected."""
-    if path is None:
-        return None
-    if isinstance(path, (np.ndarray, torch.Tensor)):
-        arr = np.asarray(path.detach().cpu() if isinstance(path, torch.Tensor) else path, dtype=np.float64)
-    else:
-        arr = project(path, directions, origin=origin)
-    if arr.ndim != 2 or arr.shape[1] != k or arr.shape[0] < 1:
-        raise ValueError(f"`path` must hold plane coordinates of shape (T, {k}) (one column per direction); "
-                         f"got shape {arr.shape}.")
-    return arr
 
 
 def callable_name(fn) -> str:

@@ -38,8 +38,10 @@ class Surface:
         number of samples (``meta["datasets"]``: samples per dataset), chunk and
         batch sizes, timings, cosines between directions, model fingerprint.
     path : ndarray of shape (T, k) or None
-        A training path in the surface's coordinates (e.g. the checkpoints of
-        ``fastscape surface --pca-dir``, projected), drawn by the views.
+        A training path in the surface's coordinates, drawn by the views and
+        kept by :meth:`save`. Not a constructor argument (the constructor's
+        signature is fixed): assign it, e.g.
+        ``surface.path = fastscape.project(trajectory, directions, origin=model)``.
 
     Every value (the loss, each metric, each dataset's) is read the same way
     with :meth:`value`, which also says how to draw it.
@@ -49,7 +51,7 @@ class Surface:
     loss: np.ndarray
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    path: np.ndarray | None = None
+    path: np.ndarray | None = field(default=None, init=False)
 
     @property
     def datasets(self) -> list[str]:
@@ -288,4 +290,6 @@ def load_surface(path) -> Surface:
             metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
         path_ = np.asarray(g["path"][()]) if "path" in g else None
         meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
-    return Surface(coords=coords, loss=loss, metrics=metrics, meta=meta, path=path_)
+    surface = Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
+    surface.path = path_
+    return surface
