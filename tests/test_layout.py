@@ -11,6 +11,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastscape"
 #: modules that present results (drawing, the command line, the demo): they may import `plot`
