@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, NamedBatches
 from ._core.evaluator import evaluate
 from ._core.grid import make_axes, mesh
 from ._core.metrics import check_metrics
@@ -67,8 +67,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Parameters
     ----------
     model : nn.Module
-    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
-        The loss is the sample-weighted mean over all of it.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs; or a dict of them
+        The loss is the sample-weighted mean over all of it. A dict name -> data,
+        e.g. ``{"train": (x, y), "test": test_loader}``, evaluates every dataset
+        in the same pass over the grid (each chunk of points runs over all of
+        them); the values are then keyed ``"train/loss"``, ``"train/accuracy"``,
+        ``"test/loss"``, ... (see :meth:`Surface.value`), and ``Surface.loss`` is
+        the first dataset's loss. Names are non-empty and hold no ``"/"``.
     directions : list of 1, 2 or 3 dicts name -> Tensor
         Keyed like ``model.named_parameters()`` (floating buffers may be
         included to move BatchNorm statistics too), e.g. from
@@ -143,7 +148,11 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     _warn_nonfinite(directions, orig)
     dev = resolve_device(device, model)
     dt = resolve_dtype(dtype)
-    given = Batches(data, device=dev, dtype=dt)
+    if isinstance(data, Mapping):
+        given = NamedBatches(data, device=dev, dtype=dt)
+    else:
+        given = Batches(data, device=dev, dtype=dt)
+    # the data as given, and cut to `batch_size`: a file's plan records how it cut the given data
     batches = given if batch_size is None else given.resplit(positive_int(batch_size, "batch_size"))
     bad = given.nonfinite()
     if bad is not None:
@@ -176,7 +185,8 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
         "grid_shape": list(shape),
         "grid_fingerprint": grid_fingerprint(axes),
-        "n_samples": batches.n_samples,
+        # several datasets: samples per name, so that another split is another request
+        "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
         "data_fingerprint": data_fp,
         "loss": callable_name(loss_fn),
         "loss_fingerprint": loss_fp,
@@ -277,12 +287,15 @@ def _compute(model, given, batches, orig, directions, coords, axes, shape, info,
         "torch_version": torch.__version__,
         "settings": settings,
     }
+    if batches.names is not None:
+        meta["datasets"] = dict(zip(batches.names, batches.counts))
     if run is not None:
         meta["run"] = run
     meta["directions"] = info
+    first = next(iter(values))  # "loss", or the first dataset's "train/loss"
     surface = Surface(
         coords=axes,
-        loss=values.pop("loss").reshape(shape),
+        loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )

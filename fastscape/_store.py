@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._core.evaluator import EvalReport, FallbackWarning, evaluate
+from ._core.evaluator import EvalReport, FallbackWarning, evaluate, value_names
 from ._core.params import positive_int
 from ._distributed import all_gather_object, broadcast_object, rank_world
 from ._optional import require
@@ -116,6 +116,11 @@ def data_fingerprint(batches) -> str:
     (larger data: about :data:`DATA_HASH_BYTES` of them, the stride counted over
     the whole data so that the batching does not matter).
     """
+    if getattr(batches, "names", None) is not None:  # several datasets: one fingerprint each, by name
+        top = hashlib.sha256(b"datasets")
+        for name, part in batches.parts.items():
+            top.update(f"{name}={data_fingerprint(part)};".encode())
+        return top.hexdigest()
     pairs = list(batches.tensors())
     n = batches.n_samples
 
@@ -774,7 +779,7 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
     return {"chunk": int(chunk), "strategy": strategy, "fallback": fallback is not None,
             "batch": batch, "batching": _batches_for(given, batch).batch_sizes, "unit": int(unit),
             "n_units": math.ceil(n_points / unit), "n_points": int(n_points),
-            "width": 1 + len(metrics), "memory_plan": memory_plan}
+            "width": len(value_names(batches, metrics)), "memory_plan": memory_plan}
 
 
 def run_grid(model, given, make_points, n_points: int, *, loss_fn, metrics: dict, chunk_size,
@@ -851,7 +856,7 @@ def run_grid(model, given, make_points, n_points: int, *, loss_fn, metrics: dict
                         dtype=str(batches.dtype).replace("torch.", ""),
                         memory_plan=dict(manifest["memory_plan"]), fallback=bool(manifest.get("fallback")))
     new: dict[int, np.ndarray] = {}
-    names = ["loss", *metrics]
+    names = value_names(batches, metrics)
     t0 = time.perf_counter()
     for u in mine:
         lo = u * manifest["unit"]

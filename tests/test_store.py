@@ -304,7 +304,7 @@ def test_vtp_line_log_and_errors(tmp_path):
     vtp = _read_vtp(fastscape.save_vtp(surf, tmp_path / "l.vtp", log=True))
     np.testing.assert_allclose(vtp["Points/Points"][:, 2], [0, 1, 2, 1, 0])
     np.testing.assert_array_equal(vtp["Lines/connectivity"], np.arange(5))
-    with pytest.raises(ValueError, match="`path` must end in '.vtp'; got 'l.vtk'"):
+    with pytest.raises(ValueError, match="`out` must end in '.vtp'; got 'l.vtk'"):
         fastscape.save_vtp(surf, tmp_path / "l.vtk")
     with pytest.raises(ValueError, match="`log` needs a positive loss"):
         fastscape.save_vtp(fastscape.Surface(coords=[x], loss=x.copy()), tmp_path / "m.vtp", log=True)
