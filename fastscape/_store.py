@@ -736,6 +736,12 @@ def _quiet_fallback(call):
     return result, first
 
 
+def _batching(batches) -> str:
+    """The batch sizes a plan cut the data into, compactly: ``"12 batches, sha1 ..."``."""
+    sizes = list(batches.batch_sizes)
+    return f"{len(sizes)} batches, sha1 {hashlib.sha1(json.dumps(sizes).encode()).hexdigest()[:16]}"
+
+
 def _batches_for(given, batch):
     """The data as the plan cuts it: ``given`` with batches larger than ``batch`` split."""
     if batch is not None and max(given.batch_sizes) > batch:
@@ -777,7 +783,7 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
     unit = chunk * per_unit
     batch = None if batch is None else int(batch)
     return {"chunk": int(chunk), "strategy": strategy, "fallback": fallback is not None,
-            "batch": batch, "batching": _batches_for(given, batch).batch_sizes, "unit": int(unit),
+            "batch": batch, "batching": _batching(_batches_for(given, batch)), "unit": int(unit),
             "n_units": math.ceil(n_points / unit), "n_points": int(n_points),
             "width": len(value_names(batches, metrics)), "memory_plan": memory_plan}
 
@@ -820,10 +826,9 @@ def run_grid(model, given, make_points, n_points: int, *, loss_fn, metrics: dict
     def reproducible(manifest):
         if "batching" not in manifest or "batch" not in manifest:
             return "the manifest records no data batching"
-        now = _batches_for(given, manifest["batch"]).batch_sizes
+        now = _batching(_batches_for(given, manifest["batch"]))
         if now != manifest["batching"]:
-            return (f"the data now comes in {len(now)} batches, not the {len(manifest['batching'])} "
-                    "the plan recorded")
+            return f"the data now comes in other batches ({now}) than the plan recorded ({manifest['batching']})"
         return None
 
     done: dict[int, np.ndarray] = {}

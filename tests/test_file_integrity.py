@@ -282,6 +282,19 @@ def test_resume_with_another_batch_size_reproduces_the_recorded_plan(tmp_path, f
     assert np.array_equal(surf.loss, recorded.loss) or np.array_equal(surf.loss, asked.loss)
 
 
+def test_data_cut_into_other_batches_is_recomputed_not_mixed(tmp_path):
+    # the content is the same (the file is this request's), but the recorded plan cannot be
+    # reproduced: every unit is recomputed, so the result is exactly a fresh run's
+    model, (x, y), dirs = make_case()
+    ds = torch.utils.data.TensorDataset(x, y)
+    out = tmp_path / "s.h5"
+    _partial(out, model, torch.utils.data.DataLoader(ds, batch_size=10), dirs, 4, **kwargs())
+    by20 = torch.utils.data.DataLoader(ds, batch_size=20)
+    surf = fastscape.loss_surface(model, by20, dirs, out=out, **kwargs())
+    assert surf.meta["run"]["reused_units"] == 0
+    _same(surf, _fresh(tmp_path, "20", model, by20, dirs, **kwargs()))
+
+
 # --------------------------------------------------------------------------- 3 and 9. two processes
 
 
