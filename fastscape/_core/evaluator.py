@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from .data import Batches, NamedBatches, as_args
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .metrics import check_metrics
 from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
@@ -219,7 +220,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         ``"train/accuracy"``, ``"test/loss"``, ... (see :func:`value_names`).
     report : EvalReport
     """
-    metrics = dict(metrics or {})
+    metrics = check_metrics(metrics)
     if not points.moving and points.n > 1:
         # every point has the same parameters (all directions zero): evaluate one, repeat it
         values, report = evaluate(model, batches, points.first_only(), loss_fn=loss_fn, metrics=metrics,
@@ -483,8 +484,14 @@ def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b,
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return vals
     except RuntimeError as err:
-        if strategy != "auto" or _is_oom(err):
+        if _is_oom(err):
             raise
+        if strategy != "auto":
+            # the named strategy was checked against the model, but vmap meets an operation
+            # without a batching rule only now (nn.LSTM, nn.GRU): say what to use instead
+            raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: "
+                             f"{str(err).splitlines()[0]}. Use strategy='auto' (it falls back to the "
+                             "per-point loop) or strategy='loop'.") from err
         # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
         # numbers; if it fails too, its error is the real one and propagates.
         vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)
