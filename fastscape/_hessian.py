@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import grad, jvp, vmap
 
 from ._core.data import Batches, as_args
-from ._core.objective import batch_loss
+from ._core.objective import batch_loss, check_differentiable
 from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
                            resolve_device, resolve_dtype, unflatten)
 from ._directions import Directions, _generator
@@ -78,6 +78,7 @@ class _HVP:
         self.params = {k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()}
         if not self.params:
             raise ValueError("`model` has no parameters; its Hessian is empty.")
+        check_differentiable(model, "the Hessian")
         self.buffers = {k: (b.detach().to(self.device, self.dtype) if b.is_floating_point()
                             else b.detach().to(self.device)) for k, b in model.named_buffers()}
         self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype)
