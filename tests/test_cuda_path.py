@@ -190,8 +190,9 @@ def test_a_small_budget_gives_the_unconstrained_result(strategy, gen, monkeypatc
 
 
 def _wide_case(gen, device):
+    """16 MiB of hidden activations per point (4096 samples x 1024 units)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 10)).to(device)
+    model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 10)).to(device)
     x = torch.randn(4096, 64, generator=gen).to(device)
     y = torch.randint(0, 10, (4096,), generator=gen).to(device)
     return model, x, y, fastscape.random_directions(model, 2, seed=0)
@@ -201,15 +202,16 @@ def _wide_case(gen, device):
 @needs_cuda
 @pytest.mark.parametrize("strategy, chunk", [("vmap", 256), ("mlp", 256), ("auto", "auto")])
 def test_cuda_out_of_memory_backs_off_for_real(strategy, chunk, gen, monkeypatch):
-    """The allocator capped at 1 GiB: a chunk of 256 points needs 16 GiB per activation and
-    fails for real; the evaluator halves it until it fits and gives the same surface."""
+    """The allocator capped at 256 MiB: a chunk of 256 points needs 4 GiB per activation, and
+    "auto" plans 16 points (its speed target) inside a budget that claims 64 GiB: both fail for
+    real; the evaluator halves the chunk until it fits and gives the same surface."""
     model, x, y, dirs = _wide_case(gen, "cuda")
     ref = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=(-1, 1, 16), device="cuda",
                                  chunk_size=2, strategy="vmap")
-    monkeypatch.setenv(ENV_BUDGET, "64G")  # a plan that believes in 64 GiB, on an allocator that has 1
+    monkeypatch.setenv(ENV_BUDGET, "64G")  # a plan that believes in 64 GiB, on an allocator that has 1/4
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction((GIB + torch.cuda.memory_allocated()) / total)
+    torch.cuda.set_per_process_memory_fraction(((256 << 20) + torch.cuda.memory_allocated()) / total)
     try:
         surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=(-1, 1, 16),
                                       device="cuda", chunk_size=chunk, strategy=strategy)
@@ -278,6 +280,8 @@ def test_cuda_agrees_with_float64_on_cpu(dtype, rtol, gen):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # cuDNN's is on by default
     try:
         for name, model, x, y, loss_fn in _agreement_cases(gen):
+            if name == "lstm" and dtype == "bfloat16":
+                continue  # bf16 RNN kernels depend on the cuDNN build; the GPU check states that case
             dirs = fastscape.random_directions(model, 2, seed=0)
             axes = [np.linspace(-1, 1, 5)] * 2
             ref = loop_surface(model, x, y, loss_fn, model_parameters(model), dirs, axes)
