@@ -25,7 +25,7 @@ LOSSES = {
     "bce_with_logits": "torch.nn.functional:binary_cross_entropy_with_logits",
 }
 #: metric names accepted by ``--metric``.
-METRICS = {"accuracy": "fastscape._metrics:accuracy"}
+METRICS = {"accuracy": "fastscape:accuracy"}
 _NORMS = {"filter": "filter", "layer": "layer", "model": "model", "none": None}
 _IGNORES = {"biasbn": "biasbn", "none": None}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -149,7 +149,7 @@ def _pca_from_checkpoints(model, folder: Path, n: int):
     import torch
 
     from ._directions import Directions
-    from ._params import flatten, model_parameters, unflatten
+    from ._core.params import flatten, model_parameters, unflatten
 
     if not folder.is_dir():
         raise CLIError(f"`--pca-dir` {str(folder)!r} is not a folder.")
@@ -181,7 +181,7 @@ def _directions(args, model, n: int):
     import torch
 
     from ._directions import Directions, random_directions
-    from ._params import perturbable_names
+    from ._core.params import perturbable_names
 
     given_norm = args.norm is not None or args.ignore is not None
     norm = _NORMS[args.norm or "filter"]
@@ -230,7 +230,7 @@ def _surface(args) -> int:
     from torch import nn
 
     from ._distributed import env_world_size, init_distributed
-    from ._surface import loss_surface
+    from ._landscape import loss_surface
 
     axes = [parse_axis(args.x, what="--x")]
     if args.y is not None:
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=_chunk, default="auto", metavar="N|auto",
                    help="grid points evaluated at once (default: planned from free memory)")
     s.add_argument("--batch-size", type=_positive, metavar="N", help="largest data batch")
-    from ._strategies import strategy_names
+    from ._core.strategies import strategy_names
 
     s.add_argument("--strategy", choices=strategy_names(), default="auto",
                    help="how chunks are evaluated (default: %(default)s, a measured choice kept in the file)")

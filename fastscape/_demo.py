@@ -47,10 +47,8 @@ def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr
 
     Returns a dict of what was written and measured.
     """
-    from ._directions import axis_directions, axis_origin
-    from ._plotting import plot_contour, plot_surface3d, save_figure
-    from ._surface import loss_surface
-    from ._trajectory import train
+    # the demo is a user of the public API, nothing more
+    from fastscape import axis_directions, axis_origin, loss_surface, plot_contour, plot_surface3d, save_figure, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

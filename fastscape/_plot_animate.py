@@ -148,7 +148,7 @@ def snapshot_predictions(model: torch.nn.Module, snapshots, x: torch.Tensor) -> 
     """
     from torch.func import functional_call, vmap
 
-    from ._params import model_buffers, model_device, model_parameters, model_state_guard
+    from ._core.params import model_buffers, model_device, model_parameters, model_state_guard
 
     snaps = _snapshots(snapshots)
     device = model_device(model)

@@ -34,34 +34,27 @@ def loss_and_gradient(model: torch.nn.Module, data, *, loss_fn: Callable, batch_
     gradient : dict name -> Tensor
         Keyed and shaped like ``model.named_parameters()``, on the model's device.
     """
-    from torch.func import functional_call, grad
+    from torch.func import grad
 
-    from ._data import Batches, as_args
-    from ._params import model_buffers, model_device, model_parameters, model_state_guard
+    from ._core.data import Batches
+    from ._core.objective import mean_loss
+    from ._core.params import model_device, model_parameters
 
     params = model_parameters(model)
     dtype = next(iter(params.values())).dtype
     batches = Batches(data, batch_size=batch_size, device=model_device(model), dtype=dtype)
-    buffers = model_buffers(model)
-
-    def mean_loss(p):
-        total = 0.0
-        for x, y, n in batches:
-            total = total + loss_fn(functional_call(model, {**buffers, **p}, as_args(x)), y) * n
-        return total / batches.n_samples
 
     def with_aux(p):
-        value = mean_loss(p)
+        value = mean_loss(model, p, batches, loss_fn)
         return value, value.detach()
 
-    with model_state_guard(model):
-        g, value = grad(with_aux, has_aux=True)(params)
+    g, value = grad(with_aux, has_aux=True)(params)
     return float(value), {k: v.detach() for k, v in g.items()}
 
 
 def _entries(model, names):
     from ._directions import _locate
-    from ._params import model_parameters
+    from ._core.params import model_parameters
 
     weights = model_parameters(model)
     if names is None:
@@ -109,7 +102,7 @@ def plot_cross_sections(model: torch.nn.Module, data, *, loss_fn: Callable, name
     from matplotlib.figure import Figure
 
     from ._directions import axis_directions
-    from ._surface import loss_surface
+    from ._landscape import loss_surface
 
     if not np.isfinite(span) or span <= 0:
         raise ValueError(f"`span` must be a positive number; got {span!r}.")
@@ -163,9 +156,10 @@ def lr_steps(model: torch.nn.Module, data, directions, *, loss_fn: Callable, lrs
         The loss at the model, then at each full (unprojected) stepped point,
         computed by the evaluator.
     """
-    from ._data import Batches
-    from ._evaluator import ExplicitPoints, evaluate
-    from ._params import check_directions, check_origin, model_device, model_parameters
+    from ._core.data import Batches
+    from ._core.evaluator import evaluate
+    from ._core.points import ExplicitPoints
+    from ._core.params import check_directions, check_origin, model_device, model_parameters
 
     lrs = [float(v) for v in lrs]
     if not lrs or any(not np.isfinite(v) or v <= 0 for v in lrs):
@@ -217,7 +211,7 @@ def plot_lr_steps(model: torch.nn.Module, data, directions, *, loss_fn: Callable
     matplotlib.axes.Axes
     """
     from ._plotting import plot_contour
-    from ._surface import loss_surface
+    from ._landscape import loss_surface
 
     start, ends, losses = lr_steps(model, data, directions, loss_fn=loss_fn, lrs=lrs, origin=origin,
                                    batch_size=batch_size)

@@ -71,7 +71,7 @@ def hidden_activations(model: nn.Module, x, *, layer: str | None = None) -> np.n
     -------
     ndarray of shape (N, units)
     """
-    from ._params import model_state_guard
+    from ._core.params import model_state_guard
 
     modules = dict(model.named_modules())
     if layer is None:
@@ -214,7 +214,7 @@ def thresholded_prediction(model: nn.Module, x, *, layer: str | None = None, on:
     the output layer; ``thresholds`` are the inputs ``-b / w`` where units switch.
     Shapes: (N,), (N,), (H,).
     """
-    from ._params import model_state_guard
+    from ._core.params import model_state_guard
 
     name, first = _linear(model, layer, "plot_thresholded")
     linears = _linears(model)

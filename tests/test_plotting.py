@@ -235,7 +235,7 @@ def test_animate_fit_matches_the_model_at_each_snapshot():
     x = torch.linspace(-2, 2, 40).reshape(-1, 1)
     y = torch.sin(x)
     traj = fastscape.train(net, [(x, y)], loss_fn=F.mse_loss,
-                           optimizer=torch.optim.SGD(net.parameters(), lr=0.1), epochs=6, record_every=2)
+                           optimizer=torch.optim.SGD(net.parameters(), lr=0.1), epochs=6, every=2)
     snap = _snapshot(net)
     fig = fastscape.animate_fit(net, traj, x, y, num=50)
     _assert_unchanged(net, snap)
