@@ -309,6 +309,9 @@ def _plot(args) -> int:
     from ._vtk import save_vtp
 
     path = Path(args.file)
+    if path.is_dir():
+        raise CLIError(f"`FILE` {str(path)!r} is a folder; expected a surface file (.h5) written by "
+                       "`fastscape surface`.")
     if not path.is_file():
         raise CLIError(f"`FILE` {str(path)!r} does not exist.")
     surface = load_surface(path)

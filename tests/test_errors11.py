@@ -96,8 +96,7 @@ def test_cli_plot_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
 
 
 def test_feature_width_mismatch_names_the_input_shape_and_the_layer():
-    model, x, y = _setup(d_in=5)  # the model takes 3 features
-    model = Net(d_in=3)
+    model, x, y = _setup(d_in=5)  # data with 5 features; the model takes 3
     dirs = fastscape.random_directions(model, 1, seed=0)
     with pytest.raises(RuntimeError) as info:
         fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, device="cpu")
@@ -127,7 +126,7 @@ def test_mse_broadcast_warning_reaches_the_user_once(strategy):
 def test_mse_broadcast_warning_reaches_the_user_once_from_the_hessian():
     model, x, y = _setup()
     with pytest.warns(UserWarning, match="target size") as record:
-        fastscape.hessian_eigenpairs(model, (x, y[:, 0]), loss_fn=F.mse_loss, k=1, device="cpu", batch_size=3)
+        fastscape.hessian_eigenpairs(model, (x, y[:, 0]), loss_fn=F.mse_loss, n=1, device="cpu", batch_size=3)
     assert len(_target_size_warnings(record)) == 1
 
 
@@ -164,7 +163,7 @@ def test_top_eigenpairs_agree_with_scipy_arpack_on_the_same_products():
 
     op = sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
     theirs = np.sort(sla.eigsh(op, k=2, which="LA", tol=1e-12, v0=np.ones(n))[0])[::-1]
-    ours, _ = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, k=2, tol=1e-8, max_iter=n,
+    _, ours = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=2, tol=1e-8, max_iter=n,
                                            device="cpu", dtype="float64")
     np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-12)
 
