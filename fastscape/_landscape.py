@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, NamedBatches
 from ._core.evaluator import evaluate
 from ._core.grid import make_axes, mesh
 from ._core.guards import warn_once
@@ -51,8 +51,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Parameters
     ----------
     model : nn.Module
-    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
-        The loss is the sample-weighted mean over all of it.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs; or a dict of them
+        The loss is the sample-weighted mean over all of it. A dict name -> data,
+        e.g. ``{"train": (x, y), "test": test_loader}``, evaluates every dataset
+        in the same pass over the grid (each chunk of points runs over all of
+        them); the values are then keyed ``"train/loss"``, ``"train/accuracy"``,
+        ``"test/loss"``, ... (see :meth:`Surface.value`), and ``Surface.loss`` is
+        the first dataset's loss. Names are non-empty and hold no ``"/"``.
     directions : list of 1, 2 or 3 dicts name -> Tensor
         Keyed like ``model.named_parameters()`` (floating buffers may be
         included to move BatchNorm statistics too), e.g. from
@@ -116,7 +121,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     orig = check_origin(model, origin, keys)
     dev = resolve_device(device, model)
     dt = resolve_dtype(dtype)
-    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    if isinstance(data, Mapping):
+        batches = NamedBatches(data, batch_size=batch_size, device=dev, dtype=dt)
+    else:
+        batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
     coords = torch.from_numpy(mesh(axes))
     buffers = None
     if isinstance(origin, nn.Module):
@@ -130,7 +138,8 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
         "grid_shape": list(shape),
         "grid_fingerprint": grid_fingerprint(axes),
-        "n_samples": batches.n_samples,
+        # several datasets: samples per name, so that another split is another request
+        "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
         "loss": callable_name(loss_fn),
         "metrics": list(metrics or {}),
         "dtype": str(dt).replace("torch.", ""),
@@ -183,12 +192,15 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "torch_version": torch.__version__,
         "settings": settings,
     }
+    if batches.names is not None:
+        meta["datasets"] = dict(zip(batches.names, batches.counts))
     if run is not None:
         meta["run"] = run
     meta["directions"] = info
+    first = next(iter(values))  # "loss", or the first dataset's "train/loss"
     surface = Surface(
         coords=axes,
-        loss=values.pop("loss").reshape(shape),
+        loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )

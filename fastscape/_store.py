@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core.evaluator import EvalReport, evaluate
+from ._core.evaluator import EvalReport, evaluate, value_names
 from ._core.params import positive_int
 from ._distributed import all_gather_object, broadcast_object, rank_world
 from ._optional import require
@@ -277,7 +277,7 @@ def _plan(model, batches, make_points, n_points, *, loss_fn, metrics, chunk_size
     return {"chunk": int(chunk), "strategy": strategy,
             "batch": None if batch is None else int(batch), "unit": int(unit),
             "n_units": math.ceil(n_points / unit), "n_points": int(n_points),
-            "width": 1 + len(metrics), "memory_plan": memory_plan}
+            "width": len(value_names(batches, metrics)), "memory_plan": memory_plan}
 
 
 def run_grid(model, batches, make_points, n_points: int, *, loss_fn, metrics: dict, chunk_size,
@@ -339,7 +339,7 @@ def run_grid(model, batches, make_points, n_points: int, *, loss_fn, metrics: di
                         dtype=str(batches.dtype).replace("torch.", ""),
                         memory_plan=dict(manifest["memory_plan"]))
     new: dict[int, np.ndarray] = {}
-    names = ["loss", *metrics]
+    names = value_names(batches, metrics)
     t0 = time.perf_counter()
     for u in mine:
         lo = u * manifest["unit"]

@@ -6,11 +6,15 @@ batches on the evaluation device.
 ``targets`` is a tensor whose first dimension counts the samples. Floating
 tensors are cast to the evaluation dtype; integer tensors (class labels, token
 ids) keep theirs.
+
+Several datasets (say a train and a test split) evaluated together are
+:class:`NamedBatches`: the evaluator runs each chunk of grid points over the
+batches of every dataset in turn and averages each dataset over its own samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -134,6 +138,19 @@ class Batches:
         n = _first_dim(y)
         return [(_slice(x, s, s + size), _slice(y, s, s + size)) for s in range(0, n, size)]
 
+    #: one dataset, unnamed (see :class:`NamedBatches`)
+    names = None
+
+    @property
+    def groups(self) -> list[int]:
+        """The dataset of each batch: all 0."""
+        return [0] * len(self._raw)
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples per dataset: ``[n_samples]``."""
+        return [self.n_samples]
+
     def __len__(self):
         return len(self._raw)
 
@@ -154,6 +171,60 @@ class Batches:
         new._raw = [p for x, y in self._raw for p in self._split(x, y, batch_size)]
         new.n_samples = self.n_samples
         new.batch_sizes = [_first_dim(y) for _, y in new._raw]
+        return new
+
+
+class NamedBatches:
+    """Several datasets, each a :class:`Batches`, walked one after the other as one list of
+    batches; ``groups[b]`` is the dataset of batch ``b``.
+
+    Parameters
+    ----------
+    data : dict name -> data
+        Each value anything :class:`Batches` takes; names are non-empty strings
+        without ``"/"`` (values are keyed ``"name/loss"``), in the order given.
+    batch_size, device, dtype, cache_bytes
+        As in :class:`Batches`, for every dataset.
+    """
+
+    def __init__(self, data: Mapping, *, batch_size=None, device="cpu", dtype=torch.float32,
+                 cache_bytes: int = 2 << 30):
+        if len(data) == 0:
+            raise ValueError("`data` must name at least one dataset, e.g. {'train': (x, y)}; got an empty dict.")
+        for name in data:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"`data` names must be non-empty strings; got {name!r}.")
+            if "/" in name:
+                raise ValueError(f"`data` names may not contain '/' (values are keyed 'name/loss'); got {name!r}.")
+        self._parts = {name: Batches(d, batch_size=batch_size, device=device, dtype=dtype,
+                                     cache_bytes=cache_bytes) for name, d in data.items()}
+        self._index()
+
+    def _index(self):
+        parts = list(self._parts.values())
+        self.names = list(self._parts)
+        self.device, self.dtype = parts[0].device, parts[0].dtype
+        self.counts = [p.n_samples for p in parts]
+        self.n_samples = sum(self.counts)
+        self.groups = [g for g, p in enumerate(parts) for _ in range(len(p))]
+        self.batch_sizes = [n for p in parts for n in p.batch_sizes]
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __iter__(self):
+        for part in self._parts.values():
+            yield from part
+
+    def first(self):
+        """The first batch of the first dataset ``(inputs, targets, n)`` on the device."""
+        return next(iter(self))
+
+    def resplit(self, batch_size: int) -> "NamedBatches":
+        """Every dataset in batches of at most ``batch_size`` (a new object)."""
+        new = object.__new__(NamedBatches)
+        new._parts = {name: p.resplit(batch_size) for name, p in self._parts.items()}
+        new._index()
         return new
 
 

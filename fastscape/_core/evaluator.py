@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .data import Batches, as_args
+from .data import Batches, NamedBatches, as_args
 from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
 from .objective import check_scalar
@@ -46,7 +46,7 @@ from .strategies import (
     time_call,
 )
 
-__all__ = ["evaluate", "FallbackWarning", "EvalReport"]
+__all__ = ["evaluate", "value_names", "FallbackWarning", "EvalReport"]
 
 #: bytes of one intermediate tensor a chunk aims at on CPU: past a few MiB every
 #: allocation page-faults and the same grid runs several times slower.
@@ -189,7 +189,7 @@ def check_metrics(metrics) -> dict[str, Callable]:
 
 
 @warn_once()  # a warning of the model or loss (e.g. broadcasting) once, not once per chunk and batch
-def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
+def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_fn: Callable,
              metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
              strategy: str = "auto", buffers: ParamDict | None = None,
              progress: Callable[[int], None] | None = None, expected_points: int | None = None,
@@ -200,8 +200,10 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     ----------
     model : nn.Module
         Evaluated in eval mode through ``functional_call``; never written.
-    batches : Batches
-        The data, already on the evaluation device and dtype.
+    batches : Batches or NamedBatches
+        The data, already on the evaluation device and dtype. Several named
+        datasets are evaluated in the same pass: each chunk of stacked
+        parameters runs over every dataset's batches.
     points : AffinePoints or ExplicitPoints
         The points; ``points.n`` of them.
     loss_fn : callable ``(output, target) -> scalar tensor``
@@ -228,7 +230,9 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     Returns
     -------
     values : dict name -> ndarray of shape (N,)
-        ``"loss"`` and one entry per metric, float64.
+        ``"loss"`` and one entry per metric, float64, each dataset averaged over
+        its own samples; with :class:`NamedBatches` keyed ``"train/loss"``,
+        ``"train/accuracy"``, ``"test/loss"``, ... (see :func:`value_names`).
     report : EvalReport
     """
     metrics = check_metrics(metrics)
@@ -298,18 +302,20 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
                     chunk = ctx.chunk = max(1, chunk // 2)
                     report.oom_backoffs += 1
                     report.notes.append(f"out of memory while choosing a strategy; chunk halved to {chunk}")
-            sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
+            # one row per point, one block of (loss, *metrics) per dataset
+            n_sets, width = len(batches.counts), 1 + len(metrics)
+            sums = torch.zeros(points.n, n_sets, width, dtype=torch.float64, device=device)
             start = 0
             while start < points.n:
                 stop = min(start + chunk, points.n)
                 try:
                     moving = points.stack(start, stop)
-                    acc = torch.zeros(stop - start, 1 + len(metrics), dtype=torch.float64, device=device)
-                    for b, (x, y, n) in enumerate(batches):
+                    acc = torch.zeros(stop - start, n_sets, width, dtype=torch.float64, device=device)
+                    for b, (g, (x, y, n)) in enumerate(zip(batches.groups, batches)):
                         vals = _run(runner, strategy, ctx, start, stop, moving, b, as_args(x), y, report)
                         if report.fallback and not isinstance(runner, LoopStrategy):
                             runner = LoopStrategy(ctx)
-                        acc += vals.to(torch.float64) * n
+                        acc[:, g] += vals.to(torch.float64) * n
                 except RuntimeError as err:
                     if not _is_oom(err) or chunk == 1:
                         raise
@@ -331,11 +337,18 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         report.seconds = time.perf_counter() - t0
         report.strategy = runner.name
         report.chunk_size = chunk
-    means = (sums / batches.n_samples).cpu().numpy()
-    values = {"loss": means[:, 0]}
-    for j, name in enumerate(metrics, start=1):
-        values[name] = means[:, j]
-    return values, report
+    counts = torch.tensor(batches.counts, dtype=torch.float64, device=device)
+    means = (sums / counts[:, None]).reshape(points.n, -1).cpu().numpy()
+    return {name: means[:, j] for j, name in enumerate(value_names(batches, metrics))}, report
+
+
+def value_names(batches, metrics) -> list[str]:
+    """Names of the values :func:`evaluate` returns, in order: ``["loss", *metrics]`` for one
+    dataset, ``["train/loss", "train/accuracy", "test/loss", ...]`` for :class:`NamedBatches`."""
+    base = ["loss", *(metrics or {})]
+    if batches.names is None:
+        return base
+    return [f"{d}/{m}" for d in batches.names for m in base]
 
 
 def _build(name: str, ctx: _Context, args0) -> Strategy:
