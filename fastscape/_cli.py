@@ -136,7 +136,19 @@ def load_checkpoint(path, *, what: str) -> dict:
     return obj
 
 
+def _check_shapes(model, state: dict, *, what: str) -> None:
+    """A CLIError naming every tensor of ``state`` whose shape is not the model's."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    wrong = [f"{k} {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CLIError(f"`{what}` has the model's tensor names but other shapes: {'; '.join(wrong[:4])}"
+                       + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                       + ". Was it saved from another configuration of the model?")
+
+
 def _load_into(model, state: dict, *, what: str) -> None:
+    _check_shapes(model, state, what=what)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CLIError(
@@ -171,6 +183,7 @@ def _pca(model, folder: Path, n: int):
         missing = [k for k in weights if k not in state]
         if missing:
             raise CLIError(f"`--pca-dir` checkpoint {f.name!r} lacks parameter(s) {missing[:4]}.")
+        _check_shapes(model, state, what=f"--pca-dir` checkpoint `{f.name}")
         snapshots.append({k: state[k] for k in weights})
     dirs, _ = fastscape.pca_directions(snapshots, n=n)
     path = fastscape.project(snapshots, dirs, origin=weights)
@@ -188,6 +201,7 @@ def _interpolation(args, model, n: int, norm, ignore):
     import fastscape
 
     target = load_checkpoint(args.to, what="--to")
+    _check_shapes(model, target, what="--to")
     try:
         line = fastscape.interpolation_directions(copy.deepcopy(model).double(), target)[0]
     except ValueError as err:

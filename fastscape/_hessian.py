@@ -40,7 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ._core.data import Batches, as_args
 from ._core.evaluator import _is_oom
 from ._core.guards import named_failure, warn_once
-from ._core.objective import batch_loss, sample_mean
+from ._core.objective import batch_loss, check_differentiable, sample_mean
 from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
                            resolve_device, resolve_dtype, unflatten)
 from ._directions import Directions, _generator
@@ -110,6 +110,7 @@ class _HVP:
         self.params = {k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()}
         if not self.params:
             raise ValueError("`model` has no parameters; its Hessian is empty.")
+        check_differentiable(model, "the Hessian")
         self.buffers = {k: (b.detach().to(self.device, self.dtype) if b.is_floating_point()
                             else b.detach().to(self.device)) for k, b in model.named_buffers()}
         self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype)

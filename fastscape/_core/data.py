@@ -52,7 +52,8 @@ def _nbytes(t) -> int:
     return sum(_nbytes(x) for x in t)
 
 
-def _as_pair(item, i):
+def as_pair(item, i):
+    """``(inputs, targets)`` of batch ``i`` of ``data``, or a TypeError naming the batch."""
     if isinstance(item, dict) or not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(
             f"`data` batch {i} must be an (inputs, targets) pair; got {type(item).__name__}"
@@ -122,7 +123,7 @@ class Batches:
             )
         out = []
         for i, item in enumerate(data):
-            x, y = _as_pair(item, i)
+            x, y = as_pair(item, i)
             if not isinstance(y, torch.Tensor):
                 y = torch.as_tensor(y)
             if _first_dim(x) != _first_dim(y):
@@ -159,6 +160,20 @@ class Batches:
             if not self.on_device:
                 x, y = _cast(x, self.device, self.dtype), _cast(y, self.device, self.dtype)
             yield x, y, _first_dim(y)
+
+    def tensors(self):
+        """The ``(inputs, targets)`` batches as stored, without moving or casting them."""
+        return iter(self._raw)
+
+    def nonfinite(self) -> str | None:
+        """Where the data first holds NaN or inf, e.g. ``"NaN in its inputs (batch 0)"``; None if nowhere."""
+        for b, (x, y) in enumerate(self._raw):
+            for what, group in (("inputs", x if isinstance(x, (tuple, list)) else (x,)), ("targets", (y,))):
+                for t in group:
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
+                        return f"{kind} in its {what} (batch {b})"
+        return None
 
     def first(self):
         """The first batch ``(inputs, targets, n)`` on the device."""
@@ -219,6 +234,24 @@ class NamedBatches:
     def first(self):
         """The first batch of the first dataset ``(inputs, targets, n)`` on the device."""
         return next(iter(self))
+
+    @property
+    def parts(self) -> dict[str, Batches]:
+        """Each dataset's :class:`Batches`, by name, in order."""
+        return dict(self._parts)
+
+    def tensors(self):
+        """Every dataset's ``(inputs, targets)`` batches as stored, one dataset after the other."""
+        for part in self._parts.values():
+            yield from part.tensors()
+
+    def nonfinite(self) -> str | None:
+        """Where the data first holds NaN or inf, naming the dataset; None if nowhere."""
+        for name, part in self._parts.items():
+            found = part.nonfinite()
+            if found is not None:
+                return found.replace(" (batch", f" (dataset {name!r}, batch")
+        return None
 
     def resplit(self, batch_size: int) -> "NamedBatches":
         """Every dataset in batches of at most ``batch_size`` (a new object)."""

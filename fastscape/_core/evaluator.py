@@ -31,6 +31,7 @@ from torch.func import functional_call
 from .data import Batches, NamedBatches, as_args
 from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .metrics import check_metrics
 from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
@@ -172,20 +173,6 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
         batches = batches.resplit(plan.batch)
     return plan.chunk, batches, {**plan.as_dict(), "largest_sample_bytes": per_sample * itemsize,
                                  "device_type": device.type}
-
-
-def check_metrics(metrics) -> dict[str, Callable]:
-    """``metrics`` as a dict, or an error naming the entry that is not a callable."""
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"`metrics` must be a dict name -> callable (output, target) -> scalar tensor; "
-                        f"got {type(metrics).__name__}.")
-    for name, m in metrics.items():
-        if not callable(m):
-            raise TypeError(f"`metrics[{name!r}]` must be callable (output, target) -> scalar tensor; "
-                            f"got {type(m).__name__}.")
-    return dict(metrics)
 
 
 @warn_once()  # a warning of the model or loss (e.g. broadcasting) once, not once per chunk and batch
@@ -499,8 +486,14 @@ def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b,
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return vals
     except RuntimeError as err:
-        if strategy != "auto" or _is_oom(err):
+        if _is_oom(err):
             raise
+        if strategy != "auto":
+            # the named strategy was checked against the model, but vmap meets an operation
+            # without a batching rule only now (nn.LSTM, nn.GRU): say what to use instead
+            raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: "
+                             f"{str(err).splitlines()[0]}. Use strategy='auto' (it falls back to the "
+                             "per-point loop) or strategy='loop'.") from err
         # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
         # numbers; if it fails too, its error is the real one and propagates.
         vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)

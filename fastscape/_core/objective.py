@@ -22,7 +22,30 @@ from torch.func import functional_call
 from .data import Batches, as_args
 from .params import ParamDict, model_buffers, model_state_guard
 
-__all__ = ["batch_loss", "mean_loss", "sample_mean", "check_scalar"]
+__all__ = ["batch_loss", "mean_loss", "sample_mean", "check_scalar", "check_differentiable"]
+
+
+def check_differentiable(model: nn.Module, what: str) -> None:
+    """A ``ValueError`` naming the submodules whose full backward hooks ``torch.func`` cannot run.
+
+    ``register_full_backward_hook`` and ``register_full_backward_pre_hook`` wrap
+    a module's inputs and outputs in an ``autograd.Function`` that the
+    ``torch.func`` transforms (``grad``, ``jvp``, ``vmap``) reject with an error
+    about ``setup_context``; ``what`` names the caller (the Hessian, a gradient view).
+    """
+    from torch.nn.modules import module as _module
+
+    hooked = [name or "(the model itself)" for name, m in model.named_modules()
+              if m._backward_pre_hooks or (m._backward_hooks and m._is_full_backward_hook)]
+    global_hooks = bool(_module._global_backward_pre_hooks) or (
+        bool(_module._global_backward_hooks) and bool(getattr(_module, "_global_is_full_backward_hook", False)))
+    if hooked or global_hooks:
+        where = (f"on {', '.join(repr(n) for n in hooked[:5])}" + (" and more" if len(hooked) > 5 else "")
+                 if hooked else "registered globally (register_module_full_backward_hook)")
+        raise ValueError(
+            f"`model` has full backward hooks {where}; {what} differentiates with torch.func, which cannot "
+            "run them. Remove them for this call (keep the handle that register_full_backward_hook "
+            "returned and call handle.remove()), then register them again.")
 
 
 def check_scalar(value, what: str) -> torch.Tensor:
