@@ -356,6 +356,9 @@ def _plot(args) -> int:
     import fastscape
 
     path = Path(args.file)
+    if path.is_dir():
+        raise CLIError(f"`FILE` {str(path)!r} is a folder; expected a surface file (.h5) written by "
+                       "`fastscape surface`.")
     if not path.is_file():
         raise CLIError(f"`FILE` {str(path)!r} does not exist.")
     surface = fastscape.load_surface(path)

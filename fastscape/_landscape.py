@@ -14,6 +14,7 @@ from torch import nn
 from ._core.data import Batches, NamedBatches
 from ._core.evaluator import evaluate
 from ._core.grid import make_axes, mesh
+from ._core.guards import warn_once
 from ._core.metrics import check_metrics
 from ._core.params import (
     check_directions,
@@ -52,6 +53,7 @@ def _cosines(directions) -> list[list[float]]:
     return cos.tolist()
 
 
+@warn_once()  # a file-backed or sharded run evaluates in units: a loss's warning once for all of them
 def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,

@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .data import Batches, NamedBatches, as_args
+from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
 from .metrics import check_metrics
 from .objective import check_scalar
@@ -174,6 +175,7 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
                                  "device_type": device.type}
 
 
+@warn_once()  # a warning of the model or loss (e.g. broadcasting) once, not once per chunk and batch
 def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_fn: Callable,
              metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
              strategy: str = "auto", buffers: ParamDict | None = None,
@@ -256,7 +258,8 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         first = points.stack(0, 1)
         p0 = {**shared, **{k: v[0] for k, v in first.items()}}
         with torch.no_grad():
-            out0 = functional_call(model, p0, args0)
+            with named_failure(model, args0):  # data the model does not take: say which layer and shape
+                out0 = functional_call(model, p0, args0)
             check_scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 check_scalar(m(out0, y0), f"metrics[{name!r}]")
@@ -405,8 +408,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
             return
         n = min(len(vals), len(ref))
-        if not torch.allclose(vals[:n], ref[:n], rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6,
-                              equal_nan=True):
+        if not values_agree(vals[:n], ref[:n], rtol=1e-3):
             report.notes.append(f"auto: {name} skipped (values differ from vmap)")
             return
         timings[name], built[name] = t, (s, ctx.chunk)

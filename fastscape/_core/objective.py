@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .data import Batches, as_args
 from .params import ParamDict, model_buffers, model_state_guard
 
-__all__ = ["batch_loss", "mean_loss", "check_scalar", "check_differentiable"]
+__all__ = ["batch_loss", "mean_loss", "sample_mean", "check_scalar", "check_differentiable"]
 
 
 def check_differentiable(model: nn.Module, what: str) -> None:
@@ -71,6 +71,25 @@ def batch_loss(model: nn.Module, params: ParamDict, args: tuple, y, loss_fn: Cal
     return check_scalar(loss_fn(out, y), "loss_fn")
 
 
+def sample_mean(per_batch: Callable[[tuple, object], torch.Tensor], batches: Batches, *,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The sample-weighted mean over ``batches`` of ``per_batch(args, y)``, a batch's mean
+    of anything: its loss, the loss's gradient, Hessian-vector products.
+
+    ``sum_b n_b * per_batch(args_b, y_b) / sum_b n_b``; each batch's term is
+    computed and weighted before the next batch is read, so whatever graph or
+    transform a term builds is released with its batch. ``dtype``, if given, is
+    the dtype the terms are summed in (e.g. float64 for many small terms).
+    """
+    total = None
+    for x, y, n in batches:
+        term = per_batch(as_args(x), y)
+        if dtype is not None:
+            term = term.to(dtype)
+        total = term * n if total is None else total + term * n
+    return total / batches.n_samples
+
+
 def mean_loss(model: nn.Module, params: ParamDict, batches: Batches, loss_fn: Callable, *,
               buffers: ParamDict | None = None) -> torch.Tensor:
     """The sample-weighted mean of ``loss_fn`` over all of ``batches``, at ``params``.
@@ -94,9 +113,5 @@ def mean_loss(model: nn.Module, params: ParamDict, batches: Batches, loss_fn: Ca
         Differentiable with respect to ``params``.
     """
     buffers = model_buffers(model) if buffers is None else buffers
-    total = None
     with model_state_guard(model):
-        for x, y, n in batches:
-            term = batch_loss(model, params, as_args(x), y, loss_fn, buffers) * n
-            total = term if total is None else total + term
-    return total / batches.n_samples
+        return sample_mean(lambda args, y: batch_loss(model, params, args, y, loss_fn, buffers), batches)
