@@ -230,13 +230,17 @@ def resolve_device(device, model: nn.Module) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype) -> torch.dtype:
+def resolve_dtype(dtype, *, bfloat16: bool = False) -> torch.dtype:
+    """``dtype`` ("float32", "float64" or the torch dtype) as a torch dtype; with
+    ``bfloat16=True`` (evaluating surfaces) also "bfloat16"."""
+    valid = {**_DTYPES, "bfloat16": torch.bfloat16} if bfloat16 else _DTYPES
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"`dtype` must be one of {list(_DTYPES)}; got {dtype!r}.")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype!r}.")
+        if dtype not in valid:
+            raise ValueError(f"`dtype` must be one of {list(valid)}; got {dtype!r}.")
+        return valid[dtype]
+    if dtype not in valid.values():
+        names = " or ".join(f"torch.{n}" for n in valid)
+        raise ValueError(f"`dtype` must be {names}; got {dtype!r}.")
     return dtype
 
 

@@ -78,6 +78,11 @@ TINY_LINEAR = 16
 #: bytes of cached per-batch tensors (first-layer outputs, channels-last inputs) kept
 #: across chunks by one strategy, i.e. per evaluate call
 AFFINE_CACHE_BYTES = 512 << 20
+#: device types on which the affine path finds the distinct coordinate rows of each chunk
+#: anew; elsewhere (GPUs) it finds those of the whole grid once, because ``torch.unique``
+#: makes the host wait for the device to learn its output size (measured on CPU: per chunk
+#: is 2-3x cheaper than once over a 1001 x 1001 grid)
+PER_CHUNK_UNIQUE_DEVICES = frozenset({"cpu"})
 
 #: first points the loop probes for its channels-last decision before it keeps the
 #: plain layout, when each of them diverges (no finite output to compare)
@@ -125,6 +130,11 @@ class _TinyLinear(TorchFunctionMode):
 
 
 def _values(loss_fn, metrics, out, y):
+    if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
+        # a bf16 evaluation: the loss of the model's output in float32 (as autocast does),
+        # not rounded to 8 bits of mantissa itself
+        out = out.float()
+        y = y.float() if isinstance(y, torch.Tensor) and y.is_floating_point() else y
     vals = [loss_fn(out, y)] + [m(out, y) for m in metrics.values()]
     return torch.stack([v.to(vals[0].dtype) for v in vals])
 
@@ -413,6 +423,8 @@ class AffineStrategy(Strategy):
         self.clone = _shallow_clone_with(ctx.model, path, _Injected(layer), folded)
         self.pre_key = prefix + "pre"
         self._cache = _PerBatch()  # (base, z) per data batch
+        self._grid_rows = None  # (distinct rows, each point's row, the same on the host): see _distinct
+        self._used_index = None  # dirs_used on the device, when they are not consecutive
         clone, loss_fn, metrics, pre_key = self.clone, ctx.loss_fn, ctx.metrics, self.pre_key
         mode = _mode(self.compiled)
 
@@ -454,17 +466,13 @@ class AffineStrategy(Strategy):
     def run(self, start, stop, moving, batch_index, args, y):
         c = stop - start
         base, z = self._layer_outputs(batch_index, args[0])
-        coords = self.ctx.points._coords[start:stop][:, self.dirs_used]
+        coords = self._used_coords(start, stop)
         if self.compiled:
             moving = {k: _pad_rows(v, self.ctx.chunk) for k, v in moving.items()}
             coords = _pad_rows(coords, self.ctx.chunk)
         if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1]:
             # the layer depends on some coordinates only: once per distinct value
-            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
-                values, index = torch.unique(coords[:, 0], return_inverse=True)
-                distinct = values[:, None]
-            else:
-                distinct, index = torch.unique(coords, dim=0, return_inverse=True)
+            distinct, index = self._distinct(start, stop, coords)
             if self.compiled:
                 # fixed shapes for the compiled function: a few power-of-two table sizes, not
                 # the chunk size (padding the seed-000 table to 2096 rows took a quarter of its run)
@@ -476,6 +484,52 @@ class AffineStrategy(Strategy):
             table = act(table)
         with _math_attention():
             return self.fn(self.ctx.shared, moving, table, index, args, y)[:c]
+
+
+    def _used_coords(self, start: int, stop: int) -> torch.Tensor:
+        """Coordinates of points ``start:stop`` along the directions that move the layer,
+        shape (stop-start, len(dirs_used)): a slice when those directions are consecutive
+        (always, for 1 or 2 directions); a Python list as an index would be copied to the
+        device, and waited for, at every chunk."""
+        c = self.ctx.points._coords[start:stop]
+        used = self.dirs_used
+        if not used:
+            return c[:, :0]
+        if used == list(range(used[0], used[-1] + 1)):
+            return c[:, used[0]:used[-1] + 1]
+        if self._used_index is None or self._used_index.device != c.device:
+            self._used_index = torch.tensor(used, device=c.device)
+        return c.index_select(1, self._used_index)
+
+    def _distinct(self, start: int, stop: int, coords: torch.Tensor):
+        """``(distinct, index)``: the distinct rows of the used coordinates of points
+        ``start:stop`` and each point's row (``coords`` is those coordinates, padded to
+        the chunk on the compiled path).
+
+        On CPU per chunk. On a GPU the whole grid's distinct rows (sorted) and each
+        point's row are found once, with the one host wait of an evaluation, and a
+        chunk takes the consecutive range of rows its points use, decided on the
+        host copy of the index: no wait per chunk.
+        """
+        if coords.device.type in PER_CHUNK_UNIQUE_DEVICES:
+            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
+                values, index = torch.unique(coords[:, 0], return_inverse=True)
+                return values[:, None], index
+            return torch.unique(coords, dim=0, return_inverse=True)
+        if self._grid_rows is None:
+            used = self._used_coords(0, self.ctx.points.n)
+            if used.shape[1] == 1:
+                rows, inverse = torch.unique(used[:, 0], return_inverse=True)
+                rows = rows[:, None]
+            else:
+                rows, inverse = torch.unique(used, dim=0, return_inverse=True)
+            self._grid_rows = (rows, inverse, inverse.cpu().numpy())
+        rows, inverse, host = self._grid_rows
+        part = host[start:stop]
+        lo, hi = int(part.min()), int(part.max()) + 1
+        if hi - lo > coords.shape[0]:  # rows far apart in this chunk: one row per point
+            return coords, torch.arange(coords.shape[0], device=coords.device)
+        return rows[lo:hi], _pad_rows(inverse[start:stop] - lo, coords.shape[0])
 
 
 class AffineCompiled(AffineStrategy):
@@ -563,7 +617,7 @@ class MlpStrategy(AffineStrategy):
 
     def run(self, start, stop, moving, batch_index, args, y):
         base, z = self._layer_outputs(batch_index, args[0])
-        coords = self.ctx.points._coords[start:stop][:, self.dirs_used]
+        coords = self._used_coords(start, stop)
         table = self._buffer("first", (stop - start, base.numel()), base)
         h = torch.addmm(base.reshape(1, -1), coords, z, out=table).view(stop - start, *base.shape)  # (P, n, ..., F)
         for act in self.first_acts:
