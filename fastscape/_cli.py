@@ -136,7 +136,19 @@ def load_checkpoint(path, *, what: str) -> dict:
     return obj
 
 
+def _check_shapes(model, state: dict, *, what: str) -> None:
+    """A CLIError naming every tensor of ``state`` whose shape is not the model's."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    wrong = [f"{k} {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CLIError(f"`{what}` has the model's tensor names but other shapes: {'; '.join(wrong[:4])}"
+                       + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                       + ". Was it saved from another configuration of the model?")
+
+
 def _load_into(model, state: dict, *, what: str) -> None:
+    _check_shapes(model, state, what=what)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CLIError(
@@ -171,6 +183,7 @@ def _pca(model, folder: Path, n: int):
         missing = [k for k in weights if k not in state]
         if missing:
             raise CLIError(f"`--pca-dir` checkpoint {f.name!r} lacks parameter(s) {missing[:4]}.")
+        _check_shapes(model, state, what=f"--pca-dir` checkpoint `{f.name}")
         snapshots.append({k: state[k] for k in weights})
     dirs, _ = fastscape.pca_directions(snapshots, n=n)
     path = fastscape.project(snapshots, dirs, origin=weights)
@@ -188,6 +201,7 @@ def _interpolation(args, model, n: int, norm, ignore):
     import fastscape
 
     target = load_checkpoint(args.to, what="--to")
+    _check_shapes(model, target, what="--to")
     try:
         line = fastscape.interpolation_directions(copy.deepcopy(model).double(), target)[0]
     except ValueError as err:
@@ -285,12 +299,15 @@ def _surface(args) -> int:
         surface = fastscape.loss_surface(model, data, directions, loss_fn=loss_fn, grid=axes, metrics=metrics,
                                          device=device, dtype=args.dtype, chunk_size=args.chunk_size,
                                          strategy=args.strategy, batch_size=args.batch_size,
-                                         progress=args.progress, out=args.out, path=path)
+                                         progress=args.progress, out=args.out)
     finally:
         if owned:
             dist.destroy_process_group()
     if rank == 0:
         if path is not None:
+            surface.path = path  # kept with the surface: `fastscape plot` draws it
+            if args.out is not None:
+                surface.save(args.out)
             _check_path_in_grid(surface)
         print(_summary(surface, args.out))
     return 0
@@ -339,6 +356,9 @@ def _plot(args) -> int:
     import fastscape
 
     path = Path(args.file)
+    if path.is_dir():
+        raise CLIError(f"`FILE` {str(path)!r} is a folder; expected a surface file (.h5) written by "
+                       "`fastscape surface`.")
     if not path.is_file():
         raise CLIError(f"`FILE` {str(path)!r} does not exist.")
     surface = fastscape.load_surface(path)

@@ -37,9 +37,10 @@ def loss_and_gradient(model: torch.nn.Module, data, *, loss_fn: Callable, batch_
     from torch.func import grad
 
     from ._core.data import Batches
-    from ._core.objective import mean_loss
+    from ._core.objective import check_differentiable, mean_loss
     from ._core.params import model_device, model_parameters
 
+    check_differentiable(model, "the gradient")
     params = model_parameters(model)
     dtype = next(iter(params.values())).dtype
     batches = Batches(data, batch_size=batch_size, device=model_device(model), dtype=dtype)

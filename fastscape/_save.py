@@ -108,6 +108,25 @@ def _kaleido_write(fig, path: Path, chrome: str, scale: float) -> None:
     )
 
 
+def _has_finite_values(fig) -> bool:
+    """Whether any trace of a plotly figure holds a finite number to draw (its z, else its y)."""
+    import numpy as np
+
+    for trace in fig.data:
+        values = getattr(trace, "z", None)
+        if values is None:
+            values = getattr(trace, "y", None)
+        if values is None:
+            return True  # a trace of another kind (text, images, ...): let it draw
+        try:
+            arr = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            return True  # categorical values
+        if np.isfinite(arr).any():
+            return True
+    return False
+
+
 def _gif(images, path: Path, duration_ms: int) -> None:
     first, *rest = [im.convert("RGB").quantize(colors=255, method=2) for im in images]
     first.save(path, save_all=True, append_images=rest, duration=duration_ms, loop=0, optimize=False)
@@ -181,14 +200,22 @@ def save_figure(fig, path, *, dpi: int = 150, scale: float = 2.0, fallback: bool
         _gif(images, path, frame_ms)
         return path
 
+    if not _has_finite_values(fig):
+        # kaleido renders such a figure to nothing and reports success
+        raise ValueError(f"`fig` has no finite values to draw (every value is NaN or inf, e.g. a surface whose "
+                         f"every point diverged), so no {suffix} was written to {str(path)!r}; check "
+                         "`np.isfinite(surface.loss).any()` first, or save it as '.html'.")
     chrome = find_chrome()
     err = None
     if chrome is not None:
         try:
             _kaleido_write(fig, path, chrome, scale)
-            return path
         except Exception as e:  # noqa: BLE001 - reported in the message below
             err = e
+        else:
+            if not path.is_file() or path.stat().st_size == 0:
+                raise RuntimeError(f"kaleido reported success but wrote no file at {str(path)!r}.")
+            return path
     message = _no_browser_message(chrome, err)
     if not fallback:
         raise RuntimeError(message.replace(" A matplotlib rendering of the same data was written instead.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +40,10 @@ class Surface:
         number of samples (``meta["datasets"]``: samples per dataset), chunk and
         batch sizes, timings, cosines between directions, model fingerprint.
     path : ndarray of shape (T, k) or None
-        A training path in the surface's coordinates (e.g. the checkpoints of
-        ``fastscape surface --pca-dir``, projected), drawn by the views.
+        A training path in the surface's coordinates, drawn by the views and
+        kept by :meth:`save`. Not a constructor argument (the constructor's
+        signature is fixed): assign it, e.g.
+        ``surface.path = fastscape.project(trajectory, directions, origin=model)``.
 
     Every value (the loss, each metric, each dataset's) is read the same way
     with :meth:`value`, which also says how to draw it.
@@ -49,7 +53,7 @@ class Surface:
     loss: np.ndarray
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    path: np.ndarray | None = None
+    path: np.ndarray | None = field(default=None, init=False)
 
     @property
     def datasets(self) -> list[str]:
@@ -153,6 +157,10 @@ class Surface:
         ``test_acc`` from a dataset named ``"test"``. Our own arrays live under
         ``fastscape/``: ``loss``, ``metrics/<name>`` (``metrics/test/accuracy``
         for several datasets) and ``path`` when the surface has one.
+
+        Every array and every attribute (the metadata included) get a SHA-256,
+        stored in the attribute ``fastscape_checksums``: :func:`load_surface`
+        refuses a file whose contents no longer match them.
         """
         h5py = require("h5py", what="Writing a surface file")
 
@@ -178,6 +186,7 @@ class Surface:
             if self.path is not None:
                 g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
             f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
+            f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
         return path
 
 
@@ -267,25 +276,85 @@ def _li_layout(arr: np.ndarray) -> np.ndarray:
     return arr.T if arr.ndim == 2 else arr
 
 
+def _digest(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(f"{a.shape} {a.dtype.str}".encode() + a.tobytes()).hexdigest()
+
+
+def _checksums(f) -> dict[str, str]:
+    """SHA-256 of every dataset (as read back) and every attribute of an open HDF5 file, keyed
+    ``"fastscape/loss"`` and ``"fastscape/metrics@order"``, ``"@fastscape_meta"``."""
+    sums = {}
+
+    def attrs(name, obj):
+        for key, value in obj.attrs.items():
+            if key != "fastscape_checksums":
+                text = value if isinstance(value, str) else None
+                sums[f"{name}@{key}"] = (hashlib.sha256(text.encode()).hexdigest() if text is not None
+                                         else _digest(np.asarray(value)))
+
+    def visit(name, obj):
+        if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a dataset
+            sums[name] = _digest(np.asarray(obj[()]))
+        attrs(name, obj)
+
+    attrs("", f)
+    f.visititems(visit)
+    return sums
+
+
 def load_surface(path) -> Surface:
-    """Read a surface written by :meth:`Surface.save`."""
+    """Read a surface written by :meth:`Surface.save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is not a readable HDF5 file (a text file, a truncated copy), is
+        not a fastscape surface file, or its arrays or metadata no longer match
+        the checksums written with them (the message names the file and the
+        damaged entries).
+    """
     h5py = require("h5py", what="Reading a surface file")
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    with h5py.File(path, "r") as f:
-        if "fastscape" not in f:
-            raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
-        coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
-        g = f["fastscape"]
-        loss = np.asarray(g["loss"][()])
-        metrics = {}
-        if "metrics" in g:
-            g["metrics"].visititems(lambda name, obj: metrics.__setitem__(name, np.asarray(obj[()]))
-                                    if isinstance(obj, h5py.Dataset) else None)
-            order = json.loads(g["metrics"].attrs.get("order", "[]"))
-            metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
-        path_ = np.asarray(g["path"][()]) if "path" in g else None
-        meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
-    return Surface(coords=coords, loss=loss, metrics=metrics, meta=meta, path=path_)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"`path` {str(path)!r} is not a readable HDF5 file ({str(err).splitlines()[0]}); "
+                         "a surface file may be truncated by an interrupted copy.") from err
+    try:
+        with f:
+            if "fastscape" not in f:
+                raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
+            raw = f.attrs.get("fastscape_checksums")
+            if raw is None:
+                warnings.warn(f"{str(path)!r} holds no checksums (written by an older fastscape or another "
+                              "tool); its values cannot be verified.", UserWarning, stacklevel=2)
+            else:
+                want = json.loads(raw)
+                have = _checksums(f)
+                bad = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
+                if bad:
+                    raise ValueError(f"{str(path)!r} fails its checksum for {', '.join(bad[:5])}: the file was "
+                                     "changed or damaged after it was written. Delete it and compute it again.")
+            coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
+            g = f["fastscape"]
+            loss = np.asarray(g["loss"][()])
+            metrics = {}
+            if "metrics" in g:
+                g["metrics"].visititems(lambda name, obj: metrics.__setitem__(name, np.asarray(obj[()]))
+                                        if isinstance(obj, h5py.Dataset) else None)
+                order = json.loads(g["metrics"].attrs.get("order", "[]"))
+                metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
+            path_ = np.asarray(g["path"][()]) if "path" in g else None
+            meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"`path` {str(path)!r} is a damaged surface file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}).") from err
+    surface = Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
+    surface.path = path_
+    return surface

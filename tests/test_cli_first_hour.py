@@ -225,20 +225,16 @@ def test_data_may_name_several_datasets(tmp_path, monkeypatch, capsys):
     assert "`value` must be one of ['train/loss', 'train/accuracy', 'test/loss', 'test/accuracy']" in err
 
 
-def test_loss_surface_keeps_a_path(checkpoints, tmp_path):
-    """From Python too: ``path=`` takes snapshots (projected around the origin) or coordinates."""
+def test_a_surface_keeps_its_path(checkpoints, tmp_path):
+    """From Python too: a projected path assigned to the surface is saved and read back exactly."""
     final, folder = checkpoints
     model = make_model()
     model.load_state_dict(torch.load(final, weights_only=True))
     snaps = _snapshots(folder)
     dirs, _ = fastscape.pca_directions(snaps, n=2)
-    kw = {"loss_fn": F.cross_entropy, "grid": 3, "chunk_size": 9}
-    surf = fastscape.loss_surface(model, make_data(), dirs, path=snaps, **kw)
-    want = fastscape.project(snaps, dirs, origin=dict(model.named_parameters()))
-    np.testing.assert_allclose(surf.path, want)
+    surf = fastscape.loss_surface(model, make_data(), dirs, loss_fn=F.cross_entropy, grid=3, chunk_size=9)
+    assert surf.path is None
+    surf.path = fastscape.project(snaps, dirs, origin=model)
     back = fastscape.load_surface(surf.save(tmp_path / "s.h5"))
     np.testing.assert_array_equal(back.path, surf.path)
-    coords = fastscape.loss_surface(model, make_data(), dirs, path=want, **kw)
-    np.testing.assert_array_equal(coords.path, want)
-    with pytest.raises(ValueError, match=r"`path` must hold plane coordinates of shape \(T, 2\).*got shape \(6, 3\)"):
-        fastscape.loss_surface(model, make_data(), dirs, path=np.zeros((6, 3)), **kw)
+    assert back.path.shape == (len(snaps), 2)

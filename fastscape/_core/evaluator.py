@@ -29,7 +29,9 @@ from torch import nn
 from torch.func import functional_call
 
 from .data import Batches, NamedBatches, as_args
+from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .metrics import check_metrics
 from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
@@ -169,6 +171,7 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
                                  "device_type": device.type}
 
 
+@warn_once()  # a warning of the model or loss (e.g. broadcasting) once, not once per chunk and batch
 def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_fn: Callable,
              metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
              strategy: str = "auto", buffers: ParamDict | None = None,
@@ -217,7 +220,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         ``"train/accuracy"``, ``"test/loss"``, ... (see :func:`value_names`).
     report : EvalReport
     """
-    metrics = dict(metrics or {})
+    metrics = check_metrics(metrics)
     if not points.moving and points.n > 1:
         # every point has the same parameters (all directions zero): evaluate one, repeat it
         values, report = evaluate(model, batches, points.first_only(), loss_fn=loss_fn, metrics=metrics,
@@ -253,7 +256,8 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         first = points.stack(0, 1)
         p0 = {**shared, **{k: v[0] for k, v in first.items()}}
         with torch.no_grad():
-            out0 = functional_call(model, p0, args0)
+            with named_failure(model, args0):  # data the model does not take: say which layer and shape
+                out0 = functional_call(model, p0, args0)
             check_scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 check_scalar(m(out0, y0), f"metrics[{name!r}]")
@@ -365,7 +369,8 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     if n_chunks * len(batches) <= 1:
         return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
     key = auto_key(ctx.user_model, points, batches.device, batches.dtype, ctx.chunk,
-                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches], job_class(total))
+                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches], job_class(total),
+                   (_name_of(ctx.loss_fn), *sorted(ctx.metrics)))
     if key in AUTO_CHOICES:
         eager_chunk = ctx.chunk
         try:
@@ -382,8 +387,16 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
         except NotApplicable:
             ctx.chunk = eager_chunk
     runner = _choose(ctx, batches, args0, report, total)
-    AUTO_CHOICES[key] = runner.name
+    if not report.fallback:  # a model vmap cannot batch warns again on its next call
+        AUTO_CHOICES[key] = runner.name
     return runner
+
+
+def _name_of(fn) -> str:
+    """What the choice depends on in a loss function: which one it is ("quadratic" needs MSE)."""
+    if isinstance(fn, nn.Module):
+        return repr(fn)
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 #: strategy="auto" weighs each timed candidate by TIE ** its structural rank (RANK): a path that
@@ -458,15 +471,15 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
             report.notes.append(f"auto: {name} skipped ({err})")
             return None
         except RuntimeError as err:
-            if _is_oom(err):
-                raise
-            report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
+            if _is_oom(err) and (enlarge is None or ctx.chunk <= eager_chunk):
+                raise  # the planned chunk does not fit: the caller halves it
+            report.notes.append(f"auto: {name} " + ("skipped (out of memory at its larger chunk)" if _is_oom(err)
+                                                     else f"failed ({str(err).splitlines()[0]})"))
             return None
         finally:
             ctx.chunk = eager_chunk
         n = min(len(vals), len(ref))
-        if not torch.allclose(vals[:n], ref[:n], rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6,
-                              equal_nan=True):
+        if not values_agree(vals[:n], ref[:n], rtol=1e-3):
             report.notes.append(f"auto: {name} skipped (values differ from vmap)")
             return None
         built[name] = (s, chunk, fn, size)
@@ -610,8 +623,14 @@ def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b,
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return vals
     except RuntimeError as err:
-        if strategy != "auto" or _is_oom(err):
+        if _is_oom(err):
             raise
+        if strategy != "auto":
+            # the named strategy was checked against the model, but vmap meets an operation
+            # without a batching rule only now (nn.LSTM, nn.GRU): say what to use instead
+            raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: "
+                             f"{str(err).splitlines()[0]}. Use strategy='auto' (it falls back to the "
+                             "per-point loop) or strategy='loop'.") from err
         # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
         # numbers; if it fails too, its error is the real one and propagates.
         vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)
