@@ -92,3 +92,21 @@ def test_a_new_grid_size_does_not_recompile(strategy):
         np.testing.assert_allclose(surf.loss, ref[n], rtol=1e-5, atol=1e-6)
     assert _graphs() - before == compiled, "a new grid size compiled again"
     np.testing.assert_allclose(first.loss, ref[40], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_cache_defaults_to_a_directory_that_outlives_the_process(tmp_path, monkeypatch):
+    from fastscape._core.strategies import _persistent_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _persistent_compile_cache()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "fastscape" / "torchinductor")
+    assert (tmp_path / "fastscape" / "torchinductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stands
+    _persistent_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.fx_graph_cache
