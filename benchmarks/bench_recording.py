@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         "no recording": None,
         "record every step": dict(every=1),
         "record every 10 steps": dict(every=10),
-        "every step, spilled to disk": dict(every=1, path=tmp / "path.f32"),
+        "every step, spilled to disk": dict(every=1, out=tmp / "path.f32"),
     }
     models = {name: copy.deepcopy(base) for name in variants}
     opts = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for name, m in models.items()}
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         print(f"{name:30s} {1e3 * best:9.3f} {best / best0:7.3f} {1e3 * med:10.3f} {med / med0:7.3f}")
 
     # the snapshot alone (one flat copy of the parameters), which is all recording adds to a step
-    for label, spec in (("one snapshot in memory", {}), ("one snapshot spilled to disk", dict(path=tmp / "s.f32"))):
+    for label, spec in (("one snapshot in memory", {}), ("one snapshot spilled to disk", dict(out=tmp / "s.f32"))):
         rec = fastscape.record(models["no recording"], every=None, **spec)
         cost = []
         for _ in range(max(20, args.rounds * 3)):

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fastscape._evaluator import COMPILED_VARIANT  # noqa: E402  (after the path is set)
+from fastscape._core.evaluator import COMPILED_VARIANT  # noqa: E402  (after the path is set)
 
 
 def machine_limits(device: str) -> dict:
@@ -72,7 +72,7 @@ def work_per_point(w: dict) -> tuple[float, float]:
 def run_one(name: str, quick: bool, device: str, limits: dict, precision: str) -> dict:
     import fastscape
     from benchmarks.workloads import build, directions_of, loop_points_per_second
-    from fastscape._grid import make_axes, mesh
+    from fastscape._core.grid import make_axes, mesh
 
     w = build(name, quick)
     dirs, origin = directions_of(w)

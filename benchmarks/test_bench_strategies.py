@@ -10,7 +10,7 @@ import torch
 
 import fastscape
 from benchmarks.workloads import build, directions_of, loop_points_per_second
-from fastscape._grid import make_axes, mesh
+from fastscape._core.grid import make_axes, mesh
 
 STRATEGIES = ["vmap", "affine", "loop"]
 

@@ -25,7 +25,7 @@ LOSSES = {
     "bce_with_logits": "torch.nn.functional:binary_cross_entropy_with_logits",
 }
 #: metric names accepted by ``--metric``.
-METRICS = {"accuracy": "fastscape._metrics:accuracy"}
+METRICS = {"accuracy": "fastscape:accuracy"}
 _NORMS = {"filter": "filter", "layer": "layer", "model": "model", "none": None}
 _IGNORES = {"biasbn": "biasbn", "none": None}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -149,7 +149,7 @@ def _pca_from_checkpoints(model, folder: Path, n: int):
     import torch
 
     from ._directions import Directions
-    from ._params import flatten, model_parameters, unflatten
+    from ._core.params import flatten, model_parameters, unflatten
 
     if not folder.is_dir():
         raise CLIError(f"`--pca-dir` {str(folder)!r} is not a folder.")
@@ -181,7 +181,7 @@ def _directions(args, model, n: int):
     import torch
 
     from ._directions import Directions, random_directions
-    from ._params import perturbable_names
+    from ._core.params import perturbable_names
 
     given_norm = args.norm is not None or args.ignore is not None
     norm = _NORMS[args.norm or "filter"]
@@ -230,7 +230,7 @@ def _surface(args) -> int:
     from torch import nn
 
     from ._distributed import env_world_size, init_distributed
-    from ._surface import loss_surface
+    from ._landscape import loss_surface
 
     axes = [parse_axis(args.x, what="--x")]
     if args.y is not None:
@@ -291,20 +291,9 @@ def _summary(surface, out) -> str:
             f"{run['world_size']} process(es); {lowest}")
 
 
-def _line_figure(surface, log: bool):
-    from matplotlib.figure import Figure
-
-    ax = Figure(figsize=(6.4, 4.2), layout="constrained").add_subplot()
-    ax.plot(surface.coords[0], surface.loss, label="loss")
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("loss")
-    return ax.figure
-
-
 def _plot(args) -> int:
-    from ._plotting import plot_contour, plot_surface3d, save_figure
+    from fastscape import plot
+
     from ._surface import load_surface
     from ._vtk import save_vtp
 
@@ -316,11 +305,10 @@ def _plot(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if surface.ndim == 2:
-        ax = plot_contour(surface)
-        written.append(save_figure(ax.figure, out / "contour.png"))
-        written.append(save_figure(plot_surface3d(surface, log=args.log), out / "surface3d.html"))
+        written.append(plot.save(plot.contour(surface), out / "contour.png"))
+        written.append(plot.save(plot.surface3d(surface, log=args.log), out / "surface3d.html"))
     elif surface.ndim == 1:
-        written.append(save_figure(_line_figure(surface, args.log), out / "line.png"))
+        written.append(plot.save(plot.line(surface, metric=None, log=args.log), out / "line.png"))
     if args.vtp:
         written.append(save_vtp(surface, out / "surface.vtp", log=args.log))
     for p in written:
@@ -370,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=_chunk, default="auto", metavar="N|auto",
                    help="grid points evaluated at once (default: planned from free memory)")
     s.add_argument("--batch-size", type=_positive, metavar="N", help="largest data batch")
-    from ._strategies import strategy_names
+    from ._core.strategies import strategy_names
 
     s.add_argument("--strategy", choices=strategy_names(), default="auto",
                    help="how chunks are evaluated (default: %(default)s, a measured choice kept in the file)")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._params import ParamDict, model_device, model_parameters
+from ._core.params import ParamDict, flatten, is_int, model_device, model_parameters, positive_int
 
 __all__ = ["Directions", "random_directions", "orthogonalize", "axis_directions", "axis_origin",
            "interpolation_directions", "interpolation_plane", "NORMS", "IGNORES", "normalize"]
@@ -84,10 +84,6 @@ class Directions(list):
 def _check_choice(value, valid, name):
     if value not in valid:
         raise ValueError(f"`{name}` must be one of {list(valid)}; got {value!r}.")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def normalize(direction: ParamDict, weights: ParamDict, *, norm: str | None = "filter",
@@ -158,7 +154,7 @@ def _generator(seed, generator) -> torch.Generator:
     if seed is None:
         g.seed()
     else:
-        if not _is_int(seed):
+        if not is_int(seed):
             raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
         g.manual_seed(int(seed))
     return g
@@ -212,8 +208,7 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         normalisation (each is i.i.d. N(0, 1)). ``.info`` records kind, norm,
         ignore, seed and states.
     """
-    if not _is_int(n) or n < 1:
-        raise ValueError(f"`n` must be a positive integer; got {n!r}.")
+    positive_int(n, "n")
     _check_choice(norm, NORMS, "norm")
     _check_choice(ignore, IGNORES, "ignore")
     if not isinstance(states, bool):
@@ -228,10 +223,6 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         out.append(normalize(raw, weights, norm=norm, ignore=ignore))
     return Directions(out, kind="random", norm=norm, ignore=ignore, seed=seed, states=states,
                       device=str(device))
-
-
-def _flat64(d: Mapping[str, torch.Tensor], keys) -> torch.Tensor:
-    return torch.cat([d[k].detach().reshape(-1).to("cpu", torch.float64) for k in keys])
 
 
 def orthogonalize(directions) -> Directions:
@@ -265,7 +256,7 @@ def orthogonalize(directions) -> Directions:
     for i, d in enumerate(directions):
         if set(d) != set(keys):
             raise ValueError(f"`directions[{i}]` has different keys from `directions[0]`.")
-    flat = [_flat64(d, keys) for d in directions]
+    flat = [flatten(d, keys, dtype=torch.float64, device="cpu") for d in directions]
     basis: list[torch.Tensor] = []
     out = []
     for i, v in enumerate(flat):
@@ -473,7 +464,7 @@ def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
         raise TypeError("`model_c` is required: a plane needs three models.")
     u, v = _differences(model_a, [("model_b", model_b), ("model_c", model_c)], states)
     pkeys = [k for k, _ in model_a.named_parameters()]
-    fu, fv = _flat64(u, pkeys), _flat64(v, pkeys)
+    fu, fv = (flatten(t, pkeys, dtype=torch.float64, device="cpu") for t in (u, v))
     nu = float(fu.norm())
     if nu == 0.0:
         raise ValueError("`model_b` has the same parameters as `model_a`; a plane needs three "

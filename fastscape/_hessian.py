@@ -30,13 +30,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
-from ._data import Batches, as_args
-from ._directions import Directions, _generator, _is_int
-from ._evaluator import _scalar
-from ._params import ParamDict, model_device, model_state_guard
-from ._surface import resolve_device, resolve_dtype
+from ._core.data import Batches, as_args
+from ._core.objective import batch_loss
+from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
+                           resolve_device, resolve_dtype, unflatten)
+from ._directions import Directions, _generator
 
 __all__ = ["ConvergenceWarning", "hessian_vector_product", "hessian_eigenpairs", "hessian_trace"]
 
@@ -88,17 +88,16 @@ class _HVP:
         self.vectorise = True
 
         def loss_of(params, args, y):
-            out = functional_call(model, {**self.buffers, **params}, args)
-            return _scalar(loss_fn(out, y), "loss_fn")
+            return batch_loss(model, params, args, y, loss_fn, self.buffers)
 
         self._grad = grad(loss_of)
         _load_jvp_decompositions()
 
     def unflatten(self, vec: torch.Tensor) -> ParamDict:
-        return {k: t.view(self.shapes[k]) for k, t in zip(self.params, torch.split(vec, self.sizes))}
+        return unflatten(vec, self.shapes)
 
     def flatten(self, d: ParamDict) -> torch.Tensor:
-        return torch.cat([d[k].reshape(-1) for k in self.params])
+        return flatten(d, self.params)
 
     def __call__(self, vec: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat ``vec`` of shape (numel,)."""
@@ -126,13 +125,6 @@ class _HVP:
             total += rows.to(torch.float64) * n
         self.calls += vecs.shape[0]
         return (total / self.batches.n_samples).to(self.dtype)
-
-
-def _check_positive(value, name, *, integer):
-    ok = _is_int(value) if integer else isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if not ok or not value > 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
 
 
 def _to_model(d: ParamDict, model: nn.Module) -> ParamDict:
@@ -244,10 +236,10 @@ def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
     return theta, Y, resid, len(alphas), converged
 
 
-def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, k: int = 2, tol: float = 1e-4,
+def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2, tol: float = 1e-4,
                        max_iter: int = 100, seed: int | None = 0, device=None, dtype=torch.float32,
-                       batch_size: int | None = None) -> tuple[np.ndarray, Directions]:
-    """The ``k`` largest eigenvalues of the loss Hessian and their eigenvectors.
+                       batch_size: int | None = None) -> tuple[Directions, np.ndarray]:
+    """The ``n`` largest eigenvalues of the loss Hessian and their eigenvectors.
 
     Lanczos iteration with full reorthogonalisation on Hessian-vector
     products (see the module docstring); each iteration is one pass over the
@@ -260,7 +252,7 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, k: int = 2,
     data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
         The loss is the sample-weighted mean over all of it.
     loss_fn : callable ``(output, target) -> scalar tensor``
-    k : int
+    n : int
         How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …).
     tol : float
         Stop when every returned pair has ``||H y - λ y|| <= tol * |λ|_max``
@@ -280,32 +272,32 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, k: int = 2,
 
     Returns
     -------
-    eigenvalues : ndarray of shape (k,)
-        Descending, float64.
     eigenvectors : Directions
-        ``k`` unit-norm dicts keyed like ``model.named_parameters()``, on the
+        ``n`` unit-norm dicts keyed like ``model.named_parameters()``, on the
         model's device in its dtype; the sign is fixed so that the entry of
         largest magnitude is positive. ``.info`` holds ``kind="hessian"``,
         the eigenvalues, residuals, iterations and whether it converged.
+    eigenvalues : ndarray of shape (n,)
+        Descending, float64.
     """
-    _check_positive(k, "k", integer=True)
-    _check_positive(tol, "tol", integer=False)
-    _check_positive(max_iter, "max_iter", integer=True)
+    positive_int(n, "n")
+    positive_number(tol, "tol")
+    positive_int(max_iter, "max_iter")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
-    if k > op.numel:
-        raise ValueError(f"`k` must be at most the number of parameters ({op.numel}); got {k}.")
-    if max_iter < k:
-        raise ValueError(f"`max_iter` must be at least `k` ({k}); got {max_iter}.")
+    if n > op.numel:
+        raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
+    if max_iter < n:
+        raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = _generator(seed, None)
     with model_state_guard(model):
-        theta, Y, resid, iters, converged = _lanczos(op, op.numel, k, tol=tol, max_iter=max_iter,
+        theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
                                                      generator=g, device=op.device, dtype=op.dtype)
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
                       f"above `tol`={tol}; raise `max_iter` or `tol`.", ConvergenceWarning, stacklevel=2)
     vectors = []
-    for i in range(k):
+    for i in range(n):
         y = Y[:, i]
         y = y / y.norm()
         if y[int(y.abs().argmax())] < 0:
@@ -313,7 +305,7 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, k: int = 2,
         vectors.append(_to_model(op.unflatten(y), model))
     info = {"kind": "hessian", "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
             "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model))}
-    return np.asarray(theta, dtype=np.float64), Directions(vectors, **info)
+    return Directions(vectors, **info), np.asarray(theta, dtype=np.float64)
 
 
 def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-2, max_iter: int = 200,
@@ -349,10 +341,10 @@ def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-
     stderr : float
         Its standard error (sample standard deviation over ``sqrt(probes)``).
     """
-    _check_positive(tol, "tol", integer=False)
-    _check_positive(max_iter, "max_iter", integer=True)
-    _check_positive(min_iter, "min_iter", integer=True)
-    _check_positive(block, "block", integer=True)
+    positive_number(tol, "tol")
+    positive_int(max_iter, "max_iter")
+    positive_int(min_iter, "min_iter")
+    positive_int(block, "block")
     if min_iter < 2 or min_iter > max_iter:
         raise ValueError(f"`min_iter` must be at least 2 and at most `max_iter` ({max_iter}); got {min_iter}.")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._data import Batches
+from ._core.data import Batches
+from ._core.evaluator import evaluate
+from ._core.params import (ParamDict, as_param_dict, check_directions, check_origin, flatten, positive_int, unflatten,
+                           resolve_device, resolve_dtype)
+from ._core.points import AffinePoints, ExplicitPoints
 from ._directions import Directions
-from ._evaluator import AffinePoints, ExplicitPoints, evaluate
-from ._params import ParamDict, as_param_dict, check_directions, check_origin, flatten
 from ._trajectory import Trajectory
 
 __all__ = ["pca_directions", "project", "path_loss"]
@@ -85,19 +87,14 @@ class _Path:
             if d[k].shape != shape:
                 raise ValueError(f"`{what}[{k!r}]` has shape {tuple(d[k].shape)}; the trajectory's "
                                  f"parameter has shape {tuple(shape)}.")
-        return torch.cat([d[k].reshape(-1).to("cpu", torch.float64) for k in self.names])
+        return flatten(d, self.names, dtype=torch.float64, device="cpu")
 
     def unflatten(self, vec: torch.Tensor) -> ParamDict:
-        out, pos = {}, 0
-        for k, shape in zip(self.names, self.shapes):
-            out[k] = vec[pos : pos + shape.numel()].view(shape)
-            pos += shape.numel()
-        return out
+        return unflatten(vec, dict(zip(self.names, self.shapes)))
 
 
 def _check_n(n, T):
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"`n` must be a positive integer; got {n!r}.")
+    positive_int(n, "n")
     if n > T - 1:
         raise ValueError(f"`n` must be at most the number of snapshots minus one ({T - 1}): T "
                          f"centred snapshots span at most T - 1 directions. Got n={n}.")
@@ -253,7 +250,6 @@ def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directio
     ndarray of shape (T,)
         Sample-weighted mean loss over ``data`` at each point, float64.
     """
-    from ._surface import resolve_device, resolve_dtype
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")

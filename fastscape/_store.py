@@ -42,8 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ._core.evaluator import EvalReport, evaluate
+from ._core.params import positive_int
 from ._distributed import all_gather_object, broadcast_object, rank_world
-from ._evaluator import EvalReport, evaluate
+from ._optional import require
+from ._surface import load_surface
 
 __all__ = ["SurfaceStore", "run_grid", "on_rank0", "SETTINGS_KEYS", "grid_fingerprint"]
 
@@ -155,9 +158,8 @@ class SurfaceStore:
         """
         if not self.path.exists():
             return None
-        import h5py
+        h5py = require("h5py", what="Writing or reading a surface file")
 
-        from ._surface import load_surface
 
         try:
             with h5py.File(self.path, "r") as f:
@@ -261,9 +263,7 @@ def _plan(model, batches, make_points, n_points, *, loss_fn, metrics, chunk_size
         batch = probe.memory_plan["batch"]
         memory_plan = {**probe.memory_plan, "chunk": chunk}
     else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
-        chunk, batch, memory_plan = min(int(chunk_size), n_points), batch_size, {}
+        chunk, batch, memory_plan = min(positive_int(chunk_size, "chunk_size"), n_points), batch_size, {}
     if strategy == "auto":
         # choose once, on one chunk, for the whole run: units computed in other runs or
         # on other ranks then use the same strategy, so a resumed or sharded result is
@@ -293,7 +293,7 @@ def run_grid(model, batches, make_points, n_points: int, *, loss_fn, metrics: di
         What a file must match to be resumed (see :data:`SETTINGS_KEYS`).
     store : SurfaceStore or None
         ``None`` keeps units in memory (a distributed run without a file).
-    progress : callable ``(n_done) -> None`` or None; see :func:`fastscape._surface._progress`.
+    progress : callable ``(n_done) -> None`` or None; see :func:`fastscape._landscape._progress`.
 
     Returns
     -------

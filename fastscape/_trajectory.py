@@ -12,29 +12,25 @@ Recording is one line around any training loop::
 The optimizer's step post-hook counts steps and copies the parameters every
 ``every`` steps into one flat vector (float32, CPU by default), or appends it to
 a file on disk for models too large to keep many copies of in memory.
-:func:`train` is the common loop with recording built in, and
-:func:`compare_optimizers` trains copies of one model with several optimizers
-and lays every path on one shared PCA plane.
+:func:`train` is the common loop with recording built in
+(:func:`fastscape.compare_optimizers` runs it once per optimizer).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._data import Batches, as_args
-from ._params import ParamDict, model_parameters, model_state_guard
+from ._core import objective
+from ._core.data import Batches, as_args
+from ._core.params import (ParamDict, flatten, model_parameters, positive_int, resolve_dtype,
+                           unflatten)
 
-__all__ = ["Trajectory", "Recorder", "record", "train", "compare_optimizers", "OptimizerComparison"]
-
-_DTYPES = (torch.float32, torch.float64)
-
+__all__ = ["Trajectory", "Recorder", "record", "train"]
 
 class Trajectory:
     """Snapshots of a model's parameters, each stored as one flat vector.
@@ -44,14 +40,14 @@ class Trajectory:
     model : nn.Module
         Fixes the parameter names, shapes and their order
         (``model.named_parameters()``); the model is not kept.
-    path : str or Path, optional
+    out : str or Path, optional
         Spill snapshots to this file instead of memory: each snapshot is
         appended as one row of raw ``dtype`` values (C order), so the file
         holds a (T, P) matrix that ``np.fromfile(path, dtype).reshape(T, P)``
         reads back. An existing file is overwritten.
     device : str or torch.device
         Where in-memory snapshots live (default: the CPU, whatever the model's
-        device). Must be the CPU when ``path`` is given.
+        device). Must be the CPU when ``out`` is given.
     dtype : torch.float32 (default) or torch.float64
 
     Attributes
@@ -65,9 +61,8 @@ class Trajectory:
         Loss recorded with each snapshot (NaN where none was given).
     """
 
-    def __init__(self, model: nn.Module, *, path=None, device="cpu", dtype: torch.dtype = torch.float32):
-        if dtype not in _DTYPES:
-            raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype!r}.")
+    def __init__(self, model: nn.Module, *, out=None, device="cpu", dtype: torch.dtype = torch.float32):
+        dtype = resolve_dtype(dtype)
         params = model_parameters(model)
         if not params:
             raise ValueError("`model` has no parameters to record.")
@@ -76,12 +71,12 @@ class Trajectory:
         self.numel = sum(s.numel() for s in self.shapes)
         self.dtype = dtype
         self.device = torch.device(device)
-        self.path = None if path is None else Path(path)
-        if self.path is not None:
+        self.out = None if out is None else Path(out)
+        if self.out is not None:
             if self.device.type != "cpu":
-                raise ValueError(f"`device` must be 'cpu' when `path` is given; got {device!r}.")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(b"")
+                raise ValueError(f"`device` must be 'cpu' when `out` is given; got {device!r}.")
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_bytes(b"")
         self._flat: list[torch.Tensor] = []
         self._count = 0
         self.steps: list[int] = []
@@ -95,8 +90,8 @@ class Trajectory:
             raise ValueError(f"`flat` must be a 1-D tensor of {self.numel} elements; got shape "
                              f"{tuple(flat.shape)}.")
         flat = flat.detach().to(self.device, self.dtype)
-        if self.path is not None:
-            with open(self.path, "ab") as f:
+        if self.out is not None:
+            with open(self.out, "ab") as f:
                 flat.numpy().tofile(f)
         else:
             if flat.device.type == "cpu" and flat.untyped_storage().size() != flat.numel() * flat.element_size():
@@ -108,7 +103,7 @@ class Trajectory:
 
     def snapshot(self, model: nn.Module, step: int, loss: float | None = None) -> None:
         """Append the model's current parameters (one copy, never written back)."""
-        self.append(_flat_params(list(model.parameters()), self.dtype), step, loss)
+        self.append(flatten(dict(model.named_parameters()), dtype=self.dtype), step, loss)
 
     # ------------------------------------------------------------------ reading
 
@@ -118,47 +113,36 @@ class Trajectory:
     def _memmap(self) -> np.ndarray:
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
         # copy-on-write: writable for torch.from_numpy, yet the file is never changed
-        return np.memmap(self.path, dtype=np_dtype, mode="c", shape=(self._count, self.numel))
+        return np.memmap(self.out, dtype=np_dtype, mode="c", shape=(self._count, self.numel))
 
     def flat(self, i: int) -> torch.Tensor:
         """Snapshot ``i`` as one vector of shape (P,)."""
         if not -self._count <= i < self._count:
             raise IndexError(f"snapshot index {i} is out of range for {self._count} snapshots.")
         i = i % self._count
-        if self.path is None:
+        if self.out is None:
             return self._flat[i]
         return torch.from_numpy(np.array(self._memmap()[i]))
 
     def __getitem__(self, i: int) -> ParamDict:
         """Snapshot ``i`` as a parameter dict (views into one vector)."""
-        flat = self.flat(i)
-        out, pos = {}, 0
-        for name, shape in zip(self.names, self.shapes):
-            n = shape.numel()
-            out[name] = flat[pos : pos + n].view(shape)
-            pos += n
-        return out
+        return unflatten(self.flat(i), dict(zip(self.names, self.shapes)))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
     def matrix(self) -> torch.Tensor:
-        """All snapshots as a (T, P) tensor (memory-mapped from ``path`` when spilled)."""
+        """All snapshots as a (T, P) tensor (memory-mapped from ``out`` when spilled)."""
         if self._count == 0:
             return torch.empty(0, self.numel, dtype=self.dtype, device=self.device)
-        if self.path is not None:
+        if self.out is not None:
             return torch.from_numpy(self._memmap())
         return torch.stack(self._flat)
 
     def __repr__(self) -> str:
-        where = f"file {str(self.path)!r}" if self.path else str(self.device)
+        where = f"file {str(self.out)!r}" if self.out else str(self.device)
         return (f"Trajectory({len(self)} snapshots of {self.numel} parameters, "
                 f"{str(self.dtype).replace('torch.', '')} on {where})")
-
-
-def _flat_params(params: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    # one concatenation on the parameters' own device, then one transfer
-    return torch.cat([p.detach().reshape(-1).to(dtype=dtype) for p in params])
 
 
 def _add(window, value):
@@ -190,17 +174,16 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 every: int | None = 1, path=None, device="cpu", dtype: torch.dtype = torch.float32):
+                 every: int | None = 1, out=None, device="cpu", dtype: torch.dtype = torch.float32):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-            raise ValueError(f"`every` must be a positive integer or None; got {every!r}.")
+        positive_int(every, "every", allow=(None,))
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None; got "
                             f"{type(optimizer).__name__}.")
         self.model = model
         self.every = every
-        self.trajectory = Trajectory(model, path=path, device=device, dtype=dtype)
+        self.trajectory = Trajectory(model, out=out, device=device, dtype=dtype)
         self._params = list(model.parameters())
         self.n_steps = 0
         # (sum, count) of logged losses: of the latest snapshot's steps, and of later steps
@@ -264,7 +247,8 @@ class Recorder:
         """
         self._check_open()
         self._close_window()
-        self.trajectory.append(_flat_params(self._params, self.trajectory.dtype), self.n_steps,
+        self.trajectory.append(torch.cat([p.detach().reshape(-1) for p in self._params]).to(self.trajectory.dtype),
+                               self.n_steps,
                                None if loss is None else float(_loss_value(loss)))
         self._open = self._next if loss is None else None
         self._next = None
@@ -299,7 +283,7 @@ class Recorder:
 
 
 def record(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int | None = 1,
-           path=None, device="cpu", dtype: torch.dtype = torch.float32) -> Recorder:
+           out=None, device="cpu", dtype: torch.dtype = torch.float32) -> Recorder:
     """Record a model's parameters while any training loop runs.
 
     The starting point is recorded at once; then a snapshot every ``every``
@@ -317,7 +301,7 @@ def record(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, 
     every : int or None
         Snapshot every ``every`` steps; ``None`` takes snapshots only when
         :meth:`Recorder.snapshot` is called (e.g. once per epoch).
-    path : str or Path, optional
+    out : str or Path, optional
         Spill snapshots to this file (one raw row per snapshot) instead of
         keeping them in memory; for models with many parameters.
     device : where in-memory snapshots live (default "cpu").
@@ -340,21 +324,16 @@ def record(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, 
     ...         rec.log_loss(loss)
     >>> pcs, ratio = fastscape.pca_directions(rec.trajectory)  # doctest: +SKIP
     """
-    return Recorder(model, optimizer, every=every, path=path, device=device, dtype=dtype)
-
-
-def _positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return Recorder(model, optimizer, every=every, out=out, device=device, dtype=dtype)
 
 
 def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-          epochs: int, record_every: int = 1, record_every_steps: int | None = None, eval_data=None,
-          path=None) -> Trajectory:
+          epochs: int, every: int = 1, every_steps: int | None = None, eval_data=None,
+          out=None) -> Trajectory:
     """Train ``model`` in place and record its path.
 
-    Snapshots are taken before training, every ``record_every`` epochs (or
-    every ``record_every_steps`` optimizer steps) and after the last step.
+    Snapshots are taken before training, every ``every`` epochs (or
+    every ``every_steps`` optimizer steps) and after the last step.
 
     Parameters
     ----------
@@ -367,26 +346,26 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     optimizer : torch.optim.Optimizer
         Built over ``model.parameters()``.
     epochs : int
-    record_every : int
+    every : int
         Snapshot every this many epochs.
-    record_every_steps : int, optional
+    every_steps : int, optional
         Snapshot every this many optimizer steps instead.
     eval_data : optional
         Data on which the loss stored with each snapshot is measured (eval
         mode, whole-dataset mean, at the snapshot's weights); default: ``data``.
-    path : str or Path, optional
+    out : str or Path, optional
         Spill the snapshots to this file (see :class:`Trajectory`).
 
     Returns
     -------
     Trajectory
-        With ``record_every=1``: ``epochs + 1`` snapshots, the first before training.
+        With ``every=1``: ``epochs + 1`` snapshots, the first before training.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer; got {epochs!r}.")
-    _positive_int(record_every, "record_every")
-    if record_every_steps is not None:
-        _positive_int(record_every_steps, "record_every_steps")
+    positive_int(every, "every")
+    if every_steps is not None:
+        positive_int(every_steps, "every_steps")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
     first = next(model.parameters())
@@ -394,13 +373,10 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
 
     def mean_loss():
-        with model_state_guard(model), torch.no_grad():
-            total = 0.0
-            for x, y, n in eval_batches:
-                total += float(loss_fn(model(*as_args(x)), y)) * n
-        return total / eval_batches.n_samples
+        with torch.no_grad():
+            return float(objective.mean_loss(model, model_parameters(model), eval_batches, loss_fn))
 
-    rec = Recorder(model, every=None, path=path)
+    rec = Recorder(model, every=None, out=out)
     rec.trajectory.losses[0] = mean_loss()
     model.train()
     for epoch in range(1, epochs + 1):
@@ -411,167 +387,10 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
             loss.backward()
             optimizer.step()
             rec.step()
-            if record_every_steps is not None and rec.n_steps % record_every_steps == 0:
+            if every_steps is not None and rec.n_steps % every_steps == 0:
                 rec.snapshot(loss=mean_loss())
-        if record_every_steps is None and epoch % record_every == 0:
+        if every_steps is None and epoch % every == 0:
             rec.snapshot(loss=mean_loss())
     if rec.trajectory.steps[-1] != rec.n_steps:
         rec.snapshot(loss=mean_loss())
     return rec.close()
-
-
-# --------------------------------------------------------------------------- several optimizers
-
-
-@dataclass
-class OptimizerComparison:
-    """Several optimizers trained from the same weights, on one shared plane.
-
-    Attributes
-    ----------
-    trajectories : dict name -> Trajectory
-        One recorded path per optimizer, in the order given.
-    models : dict name -> nn.Module
-        The trained copies (the model given is never trained).
-    directions : Directions
-        Two unit-norm PCA directions of all snapshots pooled.
-    explained_variance_ratio : ndarray of shape (2,)
-    origin : dict name -> Tensor
-        The plane's origin: the final weights of ``origin_name``'s run.
-    origin_name : str
-    coords : dict name -> ndarray of shape (T_name, 2)
-        Each path projected (least squares) onto the plane.
-    residuals : dict name -> ndarray of shape (T_name,)
-        Distance of each snapshot from the plane (Euclidean, parameter units).
-    """
-
-    trajectories: dict[str, Trajectory]
-    models: dict[str, nn.Module]
-    directions: list
-    explained_variance_ratio: np.ndarray
-    origin: ParamDict
-    origin_name: str
-    coords: dict[str, np.ndarray]
-    residuals: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def span(self, margin: float = 0.25) -> list[tuple[float, float]]:
-        """Per-axis (min, max) that holds every path, widened by ``margin`` of its extent."""
-        allc = np.concatenate(list(self.coords.values()))
-        lo, hi = allc.min(axis=0), allc.max(axis=0)
-        pad = margin * np.maximum(hi - lo, 1e-12)
-        return [(float(a - p), float(b + p)) for a, b, p in zip(lo, hi, pad)]
-
-    def loss_surface(self, data, *, loss_fn: Callable, num: int = 41, margin: float = 0.25, **kwargs):
-        """The loss on the shared plane over :meth:`span` (``num`` points per axis).
-
-        Extra keyword arguments go to :func:`fastscape.loss_surface`.
-        """
-        from ._surface import loss_surface
-
-        grid = [(lo, hi, num) for lo, hi in self.span(margin)]
-        model = self.models[self.origin_name]
-        return loss_surface(model, data, self.directions, loss_fn=loss_fn, grid=grid, origin=self.origin,
-                            **kwargs)
-
-    def plot(self, surface, *, ax=None, title: str | None = None, **kwargs):
-        """Contours of ``surface`` (from :meth:`loss_surface`) with every path, labelled.
-
-        Extra keyword arguments go to :func:`fastscape.plot_contour`.
-        Returns the matplotlib Axes.
-        """
-        from ._plotting import plot_contour
-
-        ratio = self.explained_variance_ratio
-        labels = kwargs.pop("axis_labels", (f"PC1 ({100 * ratio[0]:.1f}% of variance)",
-                                            f"PC2 ({100 * ratio[1]:.1f}% of variance)"))
-        ax = plot_contour(surface, ax=ax, axis_labels=labels, title=title, **kwargs)
-        colors = ["#d62728", "#ffffff", "#ff7f0e", "#17becf", "#e377c2", "#bcbd22", "#1f77b4"]
-        for i, (name, c) in enumerate(self.coords.items()):
-            color = colors[i % len(colors)]
-            ax.plot(c[:, 0], c[:, 1], "-", color=color, lw=1.4, label=name, zorder=4)
-            ax.plot(c[0, 0], c[0, 1], "o", color=color, mec="k", ms=6, zorder=5)
-            ax.plot(c[-1, 0], c[-1, 1], "*", color=color, mec="k", ms=11, zorder=5)
-        ax.legend(loc="upper right", fontsize=8)
-        return ax
-
-
-def compare_optimizers(model: nn.Module | Callable[[], nn.Module], data,
-                       optimizers: Mapping[str, Callable], *, loss_fn: Callable, epochs: int,
-                       record_every: int = 1, record_every_steps: int | None = None, eval_data=None,
-                       origin: str | None = None, seed: int | None = 0) -> OptimizerComparison:
-    """Train copies of one model with several optimizers and project every path on one plane.
-
-    Each optimizer trains its own deep copy of the same initial weights (the
-    model given is left untouched) with :func:`train`. The plane is spanned by
-    the two principal components of all snapshots of all runs pooled
-    (:func:`fastscape.pca_directions`); its origin is the final weights of one
-    run, and every path is projected onto it by least squares.
-
-    Parameters
-    ----------
-    model : nn.Module, or a callable returning one
-        The initial weights (a callable is called once).
-    data : iterable of (inputs, targets) batches
-    optimizers : dict name -> callable(params) -> torch.optim.Optimizer
-        E.g. ``{"SGD": lambda p: torch.optim.SGD(p, lr=0.1), "Adam": lambda p: torch.optim.Adam(p)}``.
-    loss_fn, epochs, record_every, record_every_steps, eval_data
-        As in :func:`train`.
-    origin : str, optional
-        Name of the run whose final weights are the plane's origin (default: the first).
-    seed : int or None
-        The global torch RNG is seeded with this before each run (inside
-        ``torch.random.fork_rng``, so the caller's RNG state is kept): shuffling
-        DataLoaders and dropout then see the same random numbers in every run.
-        None leaves the RNG alone.
-
-    Returns
-    -------
-    OptimizerComparison
-    """
-    from ._pca import pca_directions, project
-
-    if not isinstance(model, nn.Module):
-        if not callable(model):
-            raise TypeError(f"`model` must be an nn.Module or a callable returning one; got "
-                            f"{type(model).__name__}.")
-        model = model()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model()` must return an nn.Module; got {type(model).__name__}.")
-    if not isinstance(optimizers, Mapping) or len(optimizers) == 0:
-        raise ValueError("`optimizers` must be a non-empty dict name -> callable(params) -> Optimizer; "
-                         f"got {optimizers!r}.")
-    for name, make in optimizers.items():
-        if not callable(make):
-            raise TypeError(f"`optimizers[{name!r}]` must be callable(params) -> Optimizer; got "
-                            f"{type(make).__name__}.")
-    names = list(optimizers)
-    origin = names[0] if origin is None else origin
-    if origin not in optimizers:
-        raise ValueError(f"`origin` must be one of {names}; got {origin!r}.")
-
-    trajectories, models = {}, {}
-    for name in names:
-        m = copy.deepcopy(model)
-        opt = optimizers[name](m.parameters())
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"`optimizers[{name!r}]` must return a torch.optim.Optimizer; got "
-                            f"{type(opt).__name__}.")
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            trajectories[name] = train(m, data, loss_fn=loss_fn, optimizer=opt, epochs=epochs,
-                                       record_every=record_every, record_every_steps=record_every_steps,
-                                       eval_data=eval_data)
-        models[name] = m
-
-    pooled = [snap for t in trajectories.values() for snap in t]
-    directions, ratio = pca_directions(pooled, n=2)
-    directions.info["pooled_runs"] = names
-    centre = {k: v.clone() for k, v in trajectories[origin][-1].items()}
-    coords, residuals = {}, {}
-    for name, t in trajectories.items():
-        coords[name], residuals[name] = project(t, directions, origin=centre, return_residuals=True)
-    return OptimizerComparison(trajectories=trajectories, models=models, directions=directions,
-                               explained_variance_ratio=ratio, origin=centre, origin_name=origin,
-                               coords=coords, residuals=residuals)

@@ -52,14 +52,14 @@ def _filled(values: np.ndarray, fill: float) -> np.ndarray:
     return out
 
 
-def save_vtp(surface, path, *, log: bool = False, binary: bool = True) -> Path:
+def save_vtp(surface, out, *, log: bool = False, binary: bool = True) -> Path:
     """Write ``surface`` as VTK XML PolyData for ParaView.
 
     Parameters
     ----------
     surface : Surface
         A line, plane or volume.
-    path : str or Path
+    out : str or Path
         Ends in ``.vtp``.
     log : bool
         Heights are ``log10(loss)`` (the ``loss`` point array stays linear).
@@ -72,9 +72,9 @@ def save_vtp(surface, path, *, log: bool = False, binary: bool = True) -> Path:
     Path
         The file written.
     """
-    path = Path(path)
+    path = Path(out)
     if path.suffix.lower() != ".vtp":
-        raise ValueError(f"`path` must end in '.vtp'; got {path.name!r}.")
+        raise ValueError(f"`out` must end in '.vtp'; got {path.name!r}.")
     loss = np.asarray(surface.loss, dtype=np.float64)
     finite = np.isfinite(loss)
     top = float(loss[finite].max()) if finite.any() else 0.0

@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
 
     # 3. top-two Hessian plane, eigenvectors filter-normalised like random directions
     t0 = time.perf_counter()
-    evals, evecs = fastscape.hessian_eigenpairs(model, train_data, loss_fn=F.cross_entropy, k=2,
+    evecs, evals = fastscape.hessian_eigenpairs(model, train_data, loss_fn=F.cross_entropy, n=2,
                                                 max_iter=top_iters)
     weights = dict(model.named_parameters())
     hess = [fastscape.normalize(v, weights, norm="filter", ignore="biasbn") for v in evecs]

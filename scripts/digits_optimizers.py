@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     cmp = fastscape.compare_optimizers(DigitsCNN(), loader(xtr, ytr, 64, args.seed), OPTIMIZERS,
                                        loss_fn=F.cross_entropy, epochs=epochs, eval_data=train, seed=args.seed)
     t_train = time.perf_counter() - t0
-    surface = cmp.loss_surface(train, loss_fn=F.cross_entropy, num=res, metrics={"accuracy": fastscape.accuracy},
+    surface = cmp.loss_surface(train, loss_fn=F.cross_entropy, n=res, metrics={"accuracy": fastscape.accuracy},
                                device="cpu", progress=False)
     ax = cmp.plot(surface, title="SGD, SGD + momentum and Adam on one PCA plane")
     written = [fastscape.save_figure(ax.figure, out / "optimizers_pca_plane.png")]

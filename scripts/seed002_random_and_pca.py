@@ -108,7 +108,7 @@ def main(argv=None) -> int:
          "SGD + momentum": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
          "Adam": lambda p: torch.optim.Adam(p, lr=3e-3)},
         loss_fn=F.mse_loss, epochs=cmp_epochs, origin="Adam", seed=0)
-    c_surf = result.loss_surface((x, y), loss_fn=F.mse_loss, num=res, device="cpu", progress=False)
+    c_surf = result.loss_surface((x, y), loss_fn=F.mse_loss, n=res, device="cpu", progress=False)
     ax = result.plot(c_surf, title="SGD, SGD with momentum and Adam on one PCA plane")
     written.append(fastscape.save_figure(ax.figure, out / "optimizers.png"))
 

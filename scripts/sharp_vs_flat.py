@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         done = 0
         while done < cap:
             traj = fastscape.train(m, data, loss_fn=F.cross_entropy, optimizer=opt, epochs=rounds,
-                                   record_every=rounds, eval_data=train)
+                                   every=rounds, eval_data=train)
             done += rounds
             if traj.losses[-1] <= target:
                 break
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         d = fastscape.random_directions(m, 1, norm="filter", ignore="biasbn", seed=args.seed)
         rand[label] = {name: fastscape.loss_surface(m, data, d, grid=(-1, 1, res), **common)
                        for name, data in (("train", train), ("test", test))}
-    top = {label: float(fastscape.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, k=1, max_iter=iters)[0][0])
+    top = {label: float(fastscape.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
            for label, m in models.items()}
 
     written = [fastscape.save_figure(_interpolation_figure(line), out / "sharp_flat_interpolation.png"),

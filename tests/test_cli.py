@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import fastscape
 from fastscape._cli import main
-from fastscape._params import model_parameters
+from fastscape._core.params import model_parameters
 from tests.cli_models import make_data, make_model
 from tests.reference import loop_surface
 

@@ -14,8 +14,8 @@ from torch import nn
 
 import fastscape
 from fastscape._demo import TwoWeightNet
-from fastscape._grid import make_axes
-from fastscape._params import model_parameters
+from fastscape._core.grid import make_axes
+from fastscape._core.params import model_parameters
 from tests.models import assert_unchanged as _assert_unchanged
 from tests.models import snapshot as _state
 from tests.models import MLP, SmallCNN, trained_bn_stats

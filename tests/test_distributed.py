@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fastscape
 from fastscape import _distributed
 from fastscape._cli import main
-from fastscape._params import model_parameters
+from fastscape._core.params import model_parameters
 from tests.cli_models import make_data, make_model
 from tests.dist_worker import AXES, cli_args, in_memory
 from tests.reference import loop_surface

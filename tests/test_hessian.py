@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import fastscape
 from fastscape._hessian import _lanczos
-from fastscape._params import model_parameters
+from fastscape._core.params import model_parameters
 from tests.models import assert_unchanged as _assert_unchanged
 from tests.models import snapshot as _snapshot
 from tests.reference import loop_surface
@@ -88,7 +88,7 @@ def test_eigenpairs_match_dense_hessian(gen):
     H, names = _dense(model, x, y)
     evals, evecs = torch.linalg.eigh(H)
     k = 3
-    vals, vecs = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, k=k, tol=1e-10,
+    vecs, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=k, tol=1e-10,
                                               max_iter=80, device="cpu", dtype=torch.float64, batch_size=20)
     _assert_unchanged(model, snap)
     ref = evals.flip(0)[:k].numpy()
@@ -109,7 +109,7 @@ def test_float32_default_agrees_with_float64(gen):
     H, _ = _dense(model, x, y)
     top = float(torch.linalg.eigvalsh(H)[-1])
     m32 = copy.deepcopy(model).float()
-    vals, vecs = fastscape.hessian_eigenpairs(m32, (x.float(), y), loss_fn=F.cross_entropy, k=1, device="cpu")
+    vecs, vals = fastscape.hessian_eigenpairs(m32, (x.float(), y), loss_fn=F.cross_entropy, n=1, device="cpu")
     assert vals[0] == pytest.approx(top, rel=1e-4)
     assert vecs[0]["fc1.weight"].dtype == torch.float32
 
@@ -117,7 +117,7 @@ def test_float32_default_agrees_with_float64(gen):
 def test_top_eigenvector_is_a_direction_sharpness_view(gen):
     # along a unit eigenvector, the second difference of the surface is the eigenvalue
     model, x, y = _setup(gen)
-    vals, vecs = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, k=2, tol=1e-10,
+    vecs, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-10,
                                               device="cpu", dtype=torch.float64)
     h = 1e-3
     line = fastscape.loss_surface(model, (x, y), vecs[:1], loss_fn=F.cross_entropy,
@@ -167,7 +167,7 @@ def test_eigenpairs_warn_at_the_iteration_cap(gen):
     model, x, y = _setup(gen)
     with pytest.warns(fastscape.ConvergenceWarning,
                       match=r"hessian_eigenpairs stopped at `max_iter`=3 Hessian-vector products"):
-        _, vecs = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, k=2, tol=1e-12,
+        vecs, _ = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-12,
                                                max_iter=3, device="cpu", dtype=torch.float64)
     assert vecs.info["converged"] is False and vecs.info["iterations"] == 3
 
@@ -188,10 +188,10 @@ def test_lanczos_restarts_after_an_invariant_subspace():
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    (dict(k=0), ValueError, "`k` must be a positive integer; got 0"),
-    (dict(k=1000), ValueError, r"`k` must be at most the number of parameters \(48\); got 1000"),
+    (dict(n=0), ValueError, "`n` must be a positive integer; got 0"),
+    (dict(n=1000), ValueError, r"`n` must be at most the number of parameters \(48\); got 1000"),
     (dict(tol=0.0), ValueError, "`tol` must be a positive number; got 0.0"),
-    (dict(max_iter=1, k=2), ValueError, r"`max_iter` must be at least `k` \(2\); got 1"),
+    (dict(max_iter=1, n=2), ValueError, r"`max_iter` must be at least `n` \(2\); got 1"),
     (dict(loss_fn=lambda o, t: F.cross_entropy(o, t, reduction="none")), ValueError,
      "`loss_fn` must return a scalar tensor"),
     (dict(loss_fn="mse"), TypeError, "`loss_fn` must be callable"),
@@ -224,9 +224,9 @@ def test_trace_and_product_errors(gen):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_eigenpairs_match_cpu(gen):
     model, x, y = _setup(gen)
-    cpu, _ = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, k=2, tol=1e-8, device="cpu",
+    _, cpu = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cpu",
                                           dtype=torch.float64)
-    gpu, vecs = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, k=2, tol=1e-8, device="cuda",
+    vecs, gpu = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cuda",
                                              dtype=torch.float64)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-6)
     assert vecs[0]["fc1.weight"].device.type == "cpu"  # on the model's device

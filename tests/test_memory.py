@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape import _evaluator
-from fastscape._memory import ENV_BUDGET, free_memory, parse_bytes, plan_chunk
-from fastscape._params import model_parameters
+from fastscape._core import evaluator as _evaluator
+from fastscape._core import points as _points
+from fastscape._core.memory import ENV_BUDGET, free_memory, parse_bytes, plan_chunk
+from fastscape._core.params import model_parameters
 from tests.models import MLP
 from tests.reference import loop_surface
 
@@ -65,8 +66,8 @@ def test_plan_shortens_the_batch_when_one_point_does_not_fit(monkeypatch):
 
 def test_plan_uses_half_of_free_memory(monkeypatch):
     monkeypatch.delenv(ENV_BUDGET, raising=False)
-    monkeypatch.setattr("fastscape._memory._meminfo_available", lambda: 1 << 20)
-    monkeypatch.setattr("fastscape._memory._cgroup_available", lambda: None)
+    monkeypatch.setattr("fastscape._core.memory._meminfo_available", lambda: 1 << 20)
+    monkeypatch.setattr("fastscape._core.memory._cgroup_available", lambda: None)
     plan = plan_chunk("cpu", n_points=10**6, target_chunk=10**6, batch=1, param_bytes=1024, sample_bytes=1024)
     assert plan.budget_bytes == 1 << 19 and plan.chunk == (1 << 19) // 2048
 
@@ -88,7 +89,7 @@ def test_small_budget_forces_chunks_and_oom_backoff_with_identical_result(gen, m
     # a 200 KiB budget: a few points per chunk
     monkeypatch.setenv(ENV_BUDGET, "200K")
     # and an allocator that fails whenever a chunk holds more than 5 points
-    real_stack = _evaluator.AffinePoints.stack
+    real_stack = _points.AffinePoints.stack
     failures = []
 
     def failing_stack(self, start, stop):
@@ -97,7 +98,7 @@ def test_small_budget_forces_chunks_and_oom_backoff_with_identical_result(gen, m
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return real_stack(self, start, stop)
 
-    monkeypatch.setattr(_evaluator.AffinePoints, "stack", failing_stack)
+    monkeypatch.setattr(_points.AffinePoints, "stack", failing_stack)
     with caplog.at_level(logging.INFO, logger="fastscape"):
         surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, device="cpu")
     plan = surf.meta["memory_plan"]
@@ -109,7 +110,7 @@ def test_small_budget_forces_chunks_and_oom_backoff_with_identical_result(gen, m
     np.testing.assert_allclose(surf.loss, ref, rtol=2e-5, atol=1e-6)
 
     # identical to a run told the final chunk, batch and strategy up front
-    monkeypatch.setattr(_evaluator.AffinePoints, "stack", real_stack)
+    monkeypatch.setattr(_points.AffinePoints, "stack", real_stack)
     monkeypatch.delenv(ENV_BUDGET)
     same = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, device="cpu",
                                   chunk_size=surf.meta["chunk_size"], batch_size=surf.meta["batch_size"],

@@ -176,7 +176,7 @@ def test_project_accepts_a_model_as_origin_and_spilled_trajectories(gen, tmp_pat
     model = MLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     x, y = torch.randn(32, 5, generator=gen), torch.randint(0, 3, (32,), generator=gen)
-    with fastscape.record(model, opt, path=tmp_path / "p.f32") as rec:
+    with fastscape.record(model, opt, out=tmp_path / "p.f32") as rec:
         for _ in range(6):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()

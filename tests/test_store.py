@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import fastscape
 from fastscape import _store
 from fastscape._cli import main
-from fastscape._params import model_parameters
+from fastscape._core.params import model_parameters
 from tests.cli_models import make_model
 from tests.models import MLP
 from tests.reference import loop_surface
@@ -161,7 +161,7 @@ def test_complete_file_is_returned_without_computing(gen, monkeypatch, tmp_path)
         raise AssertionError("evaluated again")
 
     monkeypatch.setattr(_store, "evaluate", no_work)
-    monkeypatch.setattr("fastscape._surface.evaluate", no_work)
+    monkeypatch.setattr("fastscape._landscape.evaluate", no_work)
     again = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=AXES, out=out)
     np.testing.assert_array_equal(again.loss, first.loss)
 
@@ -304,7 +304,7 @@ def test_vtp_line_log_and_errors(tmp_path):
     vtp = _read_vtp(fastscape.save_vtp(surf, tmp_path / "l.vtp", log=True))
     np.testing.assert_allclose(vtp["Points/Points"][:, 2], [0, 1, 2, 1, 0])
     np.testing.assert_array_equal(vtp["Lines/connectivity"], np.arange(5))
-    with pytest.raises(ValueError, match="`path` must end in '.vtp'; got 'l.vtk'"):
+    with pytest.raises(ValueError, match="`out` must end in '.vtp'; got 'l.vtk'"):
         fastscape.save_vtp(surf, tmp_path / "l.vtk")
     with pytest.raises(ValueError, match="`log` needs a positive loss"):
         fastscape.save_vtp(fastscape.Surface(coords=[x], loss=x.copy()), tmp_path / "m.vtp", log=True)

@@ -8,11 +8,12 @@ from torch import nn
 
 import fastscape
 from fastscape._demo import TwoWeightNet, piecewise_data
-from fastscape._data import Batches
-from fastscape._evaluator import AffinePoints, evaluate
-from fastscape._grid import make_axes, mesh
-from fastscape._params import model_parameters
-from fastscape._strategies import AUTO_CHOICES, STRATEGIES, compiler_available
+from fastscape._core.data import Batches
+from fastscape._core.evaluator import evaluate
+from fastscape._core.points import AffinePoints
+from fastscape._core.grid import make_axes, mesh
+from fastscape._core.params import model_parameters
+from fastscape._core.strategies import AUTO_CHOICES, STRATEGIES, compiler_available
 from tests.models import MLP, SmallCNN, WithBuffer, assert_unchanged, snapshot, trained_bn_stats
 from tests.reference import loop_surface
 
@@ -75,7 +76,7 @@ def test_strategy_matches_loop_reference(case, strategy, gen):
 def test_affine_folds_activation_and_deduplicates(gen):
     # the seed-000 first layer moves with w1 only: tanh(w1 x) is computed once per distinct w1
     model, x, y, loss_fn, dirs, origin = _case("seed000", gen)
-    from fastscape._strategies import AffineStrategy, _Context
+    from fastscape._core.strategies import AffineStrategy, _Context
 
     points = AffinePoints(origin, dirs, torch.zeros(3, 2))
     points.to(torch.device("cpu"), torch.float32)
@@ -253,7 +254,7 @@ class _ViewCNN(nn.Module):
 
 @pytest.mark.parametrize("make, channels, expected", [(SmallCNN, 1, True), (_ViewCNN, 2, False)])
 def test_loop_feeds_images_channels_last_only_where_the_model_takes_it(make, channels, expected, gen):
-    from fastscape._strategies import LoopStrategy, _Context
+    from fastscape._core.strategies import LoopStrategy, _Context
 
     torch.manual_seed(0)
     model = make().eval()

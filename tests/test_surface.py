@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape._params import model_parameters
+from fastscape._core.params import model_parameters
 from tests.models import assert_unchanged as _assert_unchanged
 from tests.models import snapshot as _snapshot
 from tests.models import MLP, LSTMRegressor, SmallCNN, TinyTransformer, WithBuffer, trained_bn_stats

@@ -9,20 +9,16 @@ to install.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _optional
+
 __all__ = ["require", "finite", "check_surface", "check_path", "check_points", "Value", "resolve_value",
            "axis_titles", "auto_zmax", "new_axes", "new_figure", "MplForm", "attach_mpl", "mpl_form",
            "check_backend", "BACKENDS", "PATH_LABEL"]
-
-#: the extra that installs every drawing dependency.
-EXTRA = "pip install torch-fastscape[plot]"
-
-_PACKAGES = {"plotly": "plotly", "matplotlib": "matplotlib", "kaleido": "kaleido", "PIL": "Pillow"}
 
 #: what the colour of a path's markers counts, unless the caller says otherwise.
 PATH_LABEL = "recorded snapshot"
@@ -32,14 +28,8 @@ BACKENDS = ("plotly", "matplotlib")
 
 
 def require(module: str, what: str = "this view"):
-    """Import ``module`` (e.g. ``"plotly.graph_objects"``) or raise an ImportError naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        package = _PACKAGES.get(module.split(".")[0], module.split(".")[0])
-        raise ImportError(
-            f"{what} needs {package}, which is not installed; install the plotting extra: `{EXTRA}`."
-        ) from err
+    """Import ``module`` (e.g. ``"plotly.graph_objects"``) or raise an ImportError naming the ``plot`` extra."""
+    return _optional.require(module, what=what)
 
 
 def check_backend(backend: str, what: str) -> str:
@@ -113,16 +103,19 @@ def _letter(i: int) -> str:
 
 @dataclass(frozen=True)
 class Value:
-    """What a view draws: the array, its name, a label for axes and colour bars, and whether it is a loss.
+    """What a view draws: the array, its name, a label for axes and colour bars, and how to scale it.
 
-    A loss is drawn on a log scale where the view allows it; a metric such as
-    accuracy always on a linear one.
+    ``is_loss``: a loss, drawn on a log scale where the view allows it (a metric
+    such as accuracy never is); ``limits``: a fixed colour range, e.g. (0, 1)
+    for accuracy; ``best``: "min", "max" or None, where a best-point marker goes.
     """
 
     array: np.ndarray
     name: str
     label: str
     is_loss: bool
+    limits: tuple[float, float] | None = None
+    best: str | None = None
 
 
 def _is_loss(name: str) -> bool:
@@ -132,27 +125,39 @@ def _is_loss(name: str) -> bool:
 def resolve_value(surface, value: str = "loss") -> Value:
     """The array a view draws from ``surface`` for ``value`` ("loss", "accuracy", "test/accuracy", ...).
 
-    A surface with a ``value(name)`` accessor answers itself; otherwise
-    ``"loss"`` reads ``surface.loss`` and any other name ``surface.metrics[name]``.
+    A surface with the ``value(name)`` accessor (:class:`fastscape.Surface`)
+    answers itself: its data, label, log hint, colour limits and best side.
+    Otherwise ``"loss"`` reads ``surface.loss`` and any other name
+    ``surface.metrics[name]``.
     """
     if not isinstance(value, str) or not value:
         raise TypeError(f"`value` must be the name of a value of the surface, e.g. 'loss'; got {value!r}.")
     getter = getattr(surface, "value", None)
     if callable(getter):
-        arr = getter(value)  # the surface's own contract (raises for an unknown name)
-    elif value == "loss":
-        arr = surface.loss
+        v = getter(value)  # the surface's own contract (raises ValueError for an unknown name)
+        arr = np.asarray(v.data)
+        out = Value(array=arr, name=v.name, label=v.label, is_loss=bool(v.log),
+                    limits=None if v.limits is None else tuple(float(q) for q in v.limits), best=v.best)
     else:
-        metrics = getattr(surface, "metrics", None) or {}
-        if value not in metrics:
-            raise ValueError(
-                f"`value` must be 'loss' or a metric of the surface, one of {sorted(metrics)}; got {value!r}."
-            )
-        arr = metrics[value]
-    arr = np.asarray(arr)
-    if arr.shape != np.shape(surface.loss):
-        raise ValueError(f"`value` {value!r} has shape {arr.shape}; the surface's grid is {np.shape(surface.loss)}.")
-    return Value(array=arr, name=value, label=value.replace("/", " "), is_loss=_is_loss(value))
+        if value == "loss":
+            arr = surface.loss
+        else:
+            metrics = getattr(surface, "metrics", None) or {}
+            if value not in metrics:
+                raise ValueError(
+                    f"`value` must be 'loss' or a metric of the surface, one of {sorted(metrics)}; got {value!r}."
+                )
+            arr = metrics[value]
+        arr = np.asarray(arr)
+        metric = value.rsplit("/", 1)[-1]
+        accuracy = metric in ("accuracy", "acc")
+        out = Value(array=arr, name=value, label=value.replace("/", " "), is_loss=_is_loss(value),
+                    limits=(0.0, 1.0) if accuracy else None,
+                    best="min" if _is_loss(value) else ("max" if accuracy else None))
+    if out.array.shape != np.shape(surface.loss):
+        raise ValueError(f"`value` {value!r} has shape {out.array.shape}; the surface's grid is "
+                         f"{np.shape(surface.loss)}.")
+    return out
 
 
 def _ratios(surface, explained_variance):

@@ -192,6 +192,10 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         ax.text(0.5, 0.5, f"no finite {v.label} on this grid", transform=ax.transAxes, ha="center")
         return ax
     lv, norm, is_log = _levels(float(vals.min()), float(vals.max()), levels, log and v.is_loss)
+    if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
+        from matplotlib.colors import Normalize
+
+        norm = Normalize(*v.limits)
     X, Y = surface.coords
     zm = np.ma.masked_invalid(z)
     fmt_level = (lambda q: f"{q:.2g}") if is_log else (lambda q: f"{q:.3g}")
@@ -354,8 +358,9 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
                 )
         h = transform(h)
     ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value))
+    limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
-                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label)
+                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits)
     if isinstance(camera, str):
         if camera != "auto":
             raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
@@ -370,13 +375,14 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera):
+                      path_label, camera, limits):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
     lo, hi, size = _floor_levels(zt)
     fig = go.Figure()
     fig.add_trace(go.Surface(
-        x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name="loss",
+        x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name=zlabel,
+        cmin=None if limits is None else limits[0], cmax=None if limits is None else limits[1],
         colorbar=dict(title=dict(text=zlabel), x=0.86, xanchor="left", len=0.8),
         contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
                              usecolormap=True, highlightcolor="white", width=1)),
@@ -429,7 +435,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None):
+                   camera=None, limits=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
@@ -440,7 +446,8 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
     lo, hi, size = _floor_levels(zt)
     stride = max(1, max(Z.shape) // 120)
     ax.computed_zorder = False  # the path and labels stay on top of the surface
-    surf = ax.plot_surface(X, Y, np.ma.masked_invalid(Z), cmap=cmap, vmin=lo, vmax=hi, linewidth=0,
+    vmin, vmax = (lo, hi) if limits is None else limits
+    surf = ax.plot_surface(X, Y, np.ma.masked_invalid(Z), cmap=cmap, vmin=vmin, vmax=vmax, linewidth=0,
                            antialiased=False, alpha=0.92, rstride=stride, cstride=stride, zorder=1)
     floor = lo - 0.05 * (hi - lo)
     if floor_contours:

@@ -46,7 +46,8 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
         between the minimum and the top of the colour range (:func:`shell_levels`),
         the colour bar ticked at each shell's value; "slices": the planes
         through ``at`` parallel to each pair of directions, coloured by value.
-        Either way the lowest grid point is marked and labelled with its value.
+        Either way the best grid point (the lowest loss, the highest accuracy)
+        is marked and labelled with its value.
     log : bool
         Colour by log10 of a loss (colour-bar ticks still read in loss units).
     levels : int
@@ -88,8 +89,12 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
     hi = float(cmax if cmax is not None else vals.max())
     if hi <= lo:
         hi = lo + 1.0
-    idx_min = np.unravel_index(int(np.argmin(np.where(np.isfinite(v), v, np.inf))), v.shape)
-    minimum = (tuple(float(c[i]) for c, i in zip(surface.coords, idx_min)), float(finite(val.array)[idx_min]))
+    # the best grid point: lowest for a loss, highest for accuracy
+    best = "max" if val.best == "max" else "min"
+    scores = np.where(np.isfinite(v), v if best == "min" else -v, np.inf)
+    idx_best = np.unravel_index(int(np.argmin(scores)), v.shape)
+    minimum = (tuple(float(c[i]) for c, i in zip(surface.coords, idx_best)), float(finite(val.array)[idx_best]),
+               "minimum" if best == "min" else "maximum")
     labels = [*axis_titles(surface, axis_labels, explained_variance), val.label]
     unlog = (lambda q: 10.0**q) if log else (lambda q: q)
     args = dict(surface=surface, v=v, lo=lo, hi=hi, labels=labels, levels=int(levels), opacity=float(opacity),
@@ -102,15 +107,15 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
         raise ValueError("`ax` is for backend='matplotlib'; a plotly view makes its own figure.")
     go = require("plotly.graph_objects", "`fastscape.plot.volume`")
     traces = (_iso_plotly if kind == "isosurface" else _slices_plotly)(go, **args)
-    (mx, my, mz), mloss = minimum
-    traces.append(go.Scatter3d(x=[mx], y=[my], z=[mz], mode="markers", name=f"minimum: {val.label} {fmt(mloss)}",
+    (mx, my, mz), mloss, word = minimum
+    traces.append(go.Scatter3d(x=[mx], y=[my], z=[mz], mode="markers", name=f"{word}: {val.label} {fmt(mloss)}",
                                marker=dict(size=7, color="red", symbol="diamond", line=dict(width=2, color="black"))))
     fig = go.Figure(traces)
     fig.update_layout(
         title=dict(text=title) if title else None, template="plotly_white", autosize=True,
         margin=dict(l=10, r=10, t=50 if title else 10, b=10), legend=dict(x=0.01, y=0.98),
         scene=dict(xaxis_title=labels[0], yaxis_title=labels[1], zaxis_title=labels[2], aspectmode="cube",
-                   annotations=[dict(x=mx, y=my, z=mz, text=f"<b>minimum</b><br>{val.label} {fmt(mloss)}",
+                   annotations=[dict(x=mx, y=my, z=mz, text=f"<b>{word}</b><br>{val.label} {fmt(mloss)}",
                                      showarrow=True, arrowhead=0, ax=40, ay=-40, bgcolor="rgba(255,255,255,0.85)",
                                      bordercolor="black", borderwidth=1)]),
     )
@@ -170,10 +175,10 @@ def _mpl_axes(ax):
 
 
 def _finish_mpl(ax, labels, minimum, title, label):
-    (mx, my, mz), mloss = minimum
+    (mx, my, mz), mloss, word = minimum
     ax.scatter([mx], [my], [mz], marker="D", s=70, color="red", edgecolors="k", depthshade=False, zorder=20,
-               label=f"minimum: {label} {fmt(mloss)}")
-    ax.text(mx, my, mz, f"  minimum\n  {label} {fmt(mloss)}", fontsize=8, zorder=21,
+               label=f"{word}: {label} {fmt(mloss)}")
+    ax.text(mx, my, mz, f"  {word}\n  {label} {fmt(mloss)}", fontsize=8, zorder=21,
             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="k", lw=0.5, alpha=0.85))
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])

@@ -61,6 +61,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from .points import AffinePoints
+
 __all__ = ["STRATEGIES", "AUTO_CHOICES", "Strategy", "NotApplicable", "make_strategy", "strategy_names",
            "auto_key", "compiler_available"]
 
@@ -352,7 +354,6 @@ class AffineStrategy(Strategy):
 
     def __init__(self, ctx, args0: tuple):
         super().__init__(ctx)
-        from ._evaluator import AffinePoints
 
         points = ctx.points
         if not isinstance(points, AffinePoints):

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .params import positive_int
+
 
 def _cast(t, device, dtype):
     if isinstance(t, torch.Tensor):
@@ -78,9 +80,8 @@ class Batches:
         self.dtype = dtype
         raw = self._collect(data)
         if batch_size is not None:
-            if int(batch_size) < 1:
-                raise ValueError(f"`batch_size` must be a positive integer; got {batch_size}.")
-            raw = [piece for x, y in raw for piece in self._split(x, y, int(batch_size))]
+            batch_size = positive_int(batch_size, "batch_size")
+            raw = [piece for x, y in raw for piece in self._split(x, y, batch_size)]
         self.n_samples = sum(_first_dim(y) for _, y in raw)
         if self.n_samples == 0:
             raise ValueError("`data` is empty: it holds no samples to evaluate the loss on.")

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._data import Batches, as_args
-from ._memory import LIVE_FACTOR, peak_memory, plan_chunk
-from ._params import ParamDict, model_state_guard
-from ._strategies import (
+from .data import Batches, as_args
+from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .objective import check_scalar
+from .params import ParamDict, model_state_guard, positive_int
+from .strategies import (
     AUTO_CHOICES,
     LoopStrategy,
     NotApplicable,
@@ -44,7 +45,7 @@ from ._strategies import (
     time_call,
 )
 
-__all__ = ["AffinePoints", "ExplicitPoints", "evaluate", "FallbackWarning", "EvalReport"]
+__all__ = ["evaluate", "FallbackWarning", "EvalReport"]
 
 #: bytes of one intermediate tensor a chunk aims at on CPU: past a few MiB every
 #: allocation page-faults and the same grid runs several times slower.
@@ -60,93 +61,6 @@ CPU_LOOP_TARGET_BYTES = 16 << 20
 
 class FallbackWarning(UserWarning):
     """The model could not be vectorised with vmap; points are evaluated one by one."""
-
-
-# --------------------------------------------------------------------------- points
-
-
-class AffinePoints:
-    """Points ``origin + sum_i coords[:, i] * directions[i]``.
-
-    Parameters
-    ----------
-    origin : dict name -> Tensor
-        The point the directions start from, over the moving names.
-    directions : list of k dicts name -> Tensor
-        Same keys and shapes as ``origin``.
-    coords : Tensor of shape (N, k)
-        One row of coordinates per point.
-    """
-
-    def __init__(self, origin: ParamDict, directions: list[ParamDict], coords: torch.Tensor):
-        if coords.dim() != 2 or coords.shape[1] != len(directions):
-            raise ValueError(
-                f"`coords` must have shape (N, {len(directions)}); got {tuple(coords.shape)}."
-            )
-        self.origin = origin
-        self.directions = directions
-        self.coords = coords
-        self.n = coords.shape[0]
-        # tensors that no direction moves are shared by all points, like buffers
-        self.moving = [k for k in origin if any(bool(d[k].any()) for d in directions)]
-        self.fixed = {k: origin[k] for k in origin if k not in self.moving}
-
-    def to(self, device, dtype):
-        """Move and cast; direction matrices are flattened to (k, numel) once."""
-        self._origin = {k: self.origin[k].to(device, dtype).reshape(1, -1) for k in self.moving}
-        self._dirs = {
-            k: torch.stack([d[k].to(device, dtype).reshape(-1) for d in self.directions])
-            for k in self.moving
-        }
-        self._coords = self.coords.to(device, dtype)
-        self._shapes = {k: self.origin[k].shape for k in self.moving}
-        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
-        return self
-
-    def stack(self, start: int, stop: int) -> ParamDict:
-        """Moving tensors of points ``start:stop``, each of shape (stop-start, *shape)."""
-        c = self._coords[start:stop]
-        return {
-            k: torch.addmm(self._origin[k], c, self._dirs[k]).view(c.shape[0], *self._shapes[k])
-            for k in self.moving
-        }
-
-    def moving_numel(self) -> int:
-        return sum(self.origin[k].numel() for k in self.moving)
-
-    def first_only(self) -> "AffinePoints":
-        """The first point alone (all points are equal when nothing moves)."""
-        return AffinePoints(self.origin, self.directions, self.coords[:1])
-
-
-class ExplicitPoints:
-    """Points given one by one, as a list of parameter dicts (e.g. training snapshots)."""
-
-    def __init__(self, points: list[ParamDict]):
-        if len(points) == 0:
-            raise ValueError("`points` must hold at least one parameter dict.")
-        self.points = points
-        keys = list(points[0])
-        self.moving = [k for k in keys if any(not torch.equal(p[k], points[0][k]) for p in points)]
-        self.fixed = {k: points[0][k] for k in keys if k not in self.moving}
-        self.n = len(points)
-
-    def to(self, device, dtype):
-        self._device, self._dtype = device, dtype
-        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
-        return self
-
-    def stack(self, start: int, stop: int) -> ParamDict:
-        return {
-            k: torch.stack([p[k] for p in self.points[start:stop]]).to(self._device, self._dtype)
-            for k in self.moving
-        }
-
-    def moving_numel(self) -> int:
-        return sum(self.points[0][k].numel() for k in self.moving)
-
-    def first_only(self) -> "ExplicitPoints":
-        return ExplicitPoints(self.points[:1])
 
 
 # --------------------------------------------------------------------------- planning
@@ -212,17 +126,6 @@ def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: i
 # --------------------------------------------------------------------------- evaluation
 
 
-def _scalar(value, what: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`{what}` must return a scalar tensor; got {type(value).__name__}.")
-    if value.numel() != 1 or value.dim() != 0:
-        raise ValueError(
-            f"`{what}` must return a scalar tensor (the mean over the batch); got shape "
-            f"{tuple(value.shape)}. Use reduction='mean'."
-        )
-    return value
-
-
 def _is_oom(err: BaseException) -> bool:
     msg = str(err)
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in msg \
@@ -250,9 +153,7 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
     :func:`plan_sizes`) and fits it into the free memory (:mod:`._memory`).
     """
     if chunk_size != "auto":
-        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive integer or 'auto'; got {chunk_size!r}.")
-        return int(chunk_size), batches, {}
+        return positive_int(chunk_size, "chunk_size", allow=("auto",)), batches, {}
     with peak_memory(device) as peak:
         per_sample = _per_sample_elements(model, p0, args0, n0)
     target = CUDA_TARGET_BYTES if device.type == "cuda" else CPU_TARGET_BYTES
@@ -351,9 +252,9 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         p0 = {**shared, **{k: v[0] for k, v in first.items()}}
         with torch.no_grad():
             out0 = functional_call(model, p0, args0)
-            _scalar(loss_fn(out0, y0), "loss_fn")
+            check_scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
-                _scalar(m(out0, y0), f"metrics[{name!r}]")
+                check_scalar(m(out0, y0), f"metrics[{name!r}]")
         given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 

@@ -15,6 +15,8 @@ from torch import nn
 
 ParamDict = dict[str, torch.Tensor]
 
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
 
 def model_parameters(model: nn.Module) -> ParamDict:
     """The model's named parameters, detached (no copy, no grad)."""
@@ -136,17 +138,27 @@ def check_origin(model: nn.Module, origin, keys) -> ParamDict:
     return out
 
 
-def flatten(d: Mapping[str, torch.Tensor], keys) -> torch.Tensor:
-    """Concatenate ``d[k]`` for ``k`` in ``keys`` into one 1-D tensor."""
-    return torch.cat([d[k].reshape(-1) for k in keys])
+def flatten(d: Mapping[str, torch.Tensor], keys=None, *, dtype: torch.dtype | None = None,
+            device=None) -> torch.Tensor:
+    """Concatenate ``d[k]`` for ``k`` in ``keys`` (default: all, in order) into one
+    detached 1-D tensor, cast to ``dtype`` and moved to ``device`` when given.
+
+    The one flattening of parameter dicts; :func:`unflatten` undoes it.
+    """
+    keys = list(d) if keys is None else keys
+    return torch.cat([d[k].detach().reshape(-1).to(device=device, dtype=dtype) for k in keys])
 
 
-def unflatten(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> ParamDict:
-    """Split a 1-D tensor into a dict shaped like ``like`` (same key order)."""
+def unflatten(vec: torch.Tensor, like: Mapping[str, torch.Tensor | torch.Size]) -> ParamDict:
+    """Split a 1-D tensor into a dict of views shaped like ``like`` (same key order).
+
+    ``like`` maps names to tensors or to shapes.
+    """
     out, i = {}, 0
     for k, t in like.items():
-        n = t.numel()
-        out[k] = vec[i : i + n].view(t.shape)
+        shape = t.shape if isinstance(t, torch.Tensor) else torch.Size(t)
+        n = shape.numel()
+        out[k] = vec[i : i + n].view(shape)
         i += n
     if i != vec.numel():
         raise ValueError(f"vector has {vec.numel()} elements; expected {i}.")
@@ -189,3 +201,54 @@ class model_state_guard:
             m.training = flag
         torch.backends.mha.set_fastpath_enabled(self.fastpath)
         return False
+
+
+def resolve_device(device, model: nn.Module) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda'; got {device!r}.") from err
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"`dtype` must be one of {list(_DTYPES)}; got {dtype!r}.")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype!r}.")
+    return dtype
+
+
+def is_int(value) -> bool:
+    """An integer that is not a bool (numpy integers count)."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(value, name: str, *, allow: tuple = ()) -> int:
+    """``value`` as an int if it is a positive integer (or one of ``allow``), else ``ValueError``.
+
+    The one validator for counts, sizes and periods: the message names the
+    argument and what came, e.g. "`n` must be a positive integer; got 0."
+    """
+    if value in allow and not is_int(value):
+        return value
+    if not is_int(value) or value < 1:
+        alts = "".join(f" or {a!r}" for a in allow)
+        raise ValueError(f"`{name}` must be a positive integer{alts}; got {value!r}.")
+    return int(value)
+
+
+def positive_number(value, name: str) -> float:
+    """``value`` as a float if it is a finite positive real number, else ``ValueError``."""
+    import math
+    import numbers
+
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number; got {value!r}.")
+    return float(value)

@@ -1,0 +1,99 @@
+"""Sets of points in weight space, handed to the evaluator a chunk at a time.
+
+Both kinds expose the same small protocol: ``n`` points, the names that
+``moving`` between points, the ``fixed`` tensors shared by all, ``to(device,
+dtype)``, ``stack(start, stop)`` (the moving tensors of a chunk, stacked along a
+leading point dimension), ``moving_numel()`` and ``first_only()``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .params import ParamDict
+
+__all__ = ["AffinePoints", "ExplicitPoints"]
+
+
+class AffinePoints:
+    """Points ``origin + sum_i coords[:, i] * directions[i]``.
+
+    Parameters
+    ----------
+    origin : dict name -> Tensor
+        The point the directions start from, over the moving names.
+    directions : list of k dicts name -> Tensor
+        Same keys and shapes as ``origin``.
+    coords : Tensor of shape (N, k)
+        One row of coordinates per point.
+    """
+
+    def __init__(self, origin: ParamDict, directions: list[ParamDict], coords: torch.Tensor):
+        if coords.dim() != 2 or coords.shape[1] != len(directions):
+            raise ValueError(
+                f"`coords` must have shape (N, {len(directions)}); got {tuple(coords.shape)}."
+            )
+        self.origin = origin
+        self.directions = directions
+        self.coords = coords
+        self.n = coords.shape[0]
+        # tensors that no direction moves are shared by all points, like buffers
+        self.moving = [k for k in origin if any(bool(d[k].any()) for d in directions)]
+        self.fixed = {k: origin[k] for k in origin if k not in self.moving}
+
+    def to(self, device, dtype):
+        """Move and cast; direction matrices are flattened to (k, numel) once."""
+        self._origin = {k: self.origin[k].to(device, dtype).reshape(1, -1) for k in self.moving}
+        self._dirs = {
+            k: torch.stack([d[k].to(device, dtype).reshape(-1) for d in self.directions])
+            for k in self.moving
+        }
+        self._coords = self.coords.to(device, dtype)
+        self._shapes = {k: self.origin[k].shape for k in self.moving}
+        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
+        return self
+
+    def stack(self, start: int, stop: int) -> ParamDict:
+        """Moving tensors of points ``start:stop``, each of shape (stop-start, *shape)."""
+        c = self._coords[start:stop]
+        return {
+            k: torch.addmm(self._origin[k], c, self._dirs[k]).view(c.shape[0], *self._shapes[k])
+            for k in self.moving
+        }
+
+    def moving_numel(self) -> int:
+        return sum(self.origin[k].numel() for k in self.moving)
+
+    def first_only(self) -> "AffinePoints":
+        """The first point alone (all points are equal when nothing moves)."""
+        return AffinePoints(self.origin, self.directions, self.coords[:1])
+
+
+class ExplicitPoints:
+    """Points given one by one, as a list of parameter dicts (e.g. training snapshots)."""
+
+    def __init__(self, points: list[ParamDict]):
+        if len(points) == 0:
+            raise ValueError("`points` must hold at least one parameter dict.")
+        self.points = points
+        keys = list(points[0])
+        self.moving = [k for k in keys if any(not torch.equal(p[k], points[0][k]) for p in points)]
+        self.fixed = {k: points[0][k] for k in keys if k not in self.moving}
+        self.n = len(points)
+
+    def to(self, device, dtype):
+        self._device, self._dtype = device, dtype
+        self.fixed = {k: v.to(device, dtype) for k, v in self.fixed.items()}
+        return self
+
+    def stack(self, start: int, stop: int) -> ParamDict:
+        return {
+            k: torch.stack([p[k] for p in self.points[start:stop]]).to(self._device, self._dtype)
+            for k in self.moving
+        }
+
+    def moving_numel(self) -> int:
+        return sum(self.points[0][k].numel() for k in self.moving)
+
+    def first_only(self) -> "ExplicitPoints":
+        return ExplicitPoints(self.points[:1])

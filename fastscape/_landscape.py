@@ -1,0 +1,238 @@
+"""``loss_surface``: the loss on a grid ``origin + sum_i c_i * d_i`` of weight space."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._core.data import Batches
+from ._core.evaluator import evaluate
+from ._core.grid import make_axes, mesh
+from ._core.params import check_directions, check_origin, fingerprint, flatten, resolve_device, resolve_dtype
+from ._core.points import AffinePoints
+from ._distributed import rank_world
+from ._store import SurfaceStore, grid_fingerprint, on_rank0, run_grid
+from ._surface import Surface
+
+__all__ = ["loss_surface"]
+
+
+def _cosines(directions) -> list[list[float]]:
+    """Cosines between the directions (Euclidean over every entry), a (k, k) nested list."""
+    flat = [flatten(d, dtype=torch.float64, device="cpu") for d in directions]
+    k = len(flat)
+    cos = np.eye(k)
+    for i in range(k):
+        for j in range(i + 1, k):
+            den = float(flat[i].norm() * flat[j].norm())
+            cos[i, j] = cos[j, i] = float(flat[i] @ flat[j]) / den if den > 0 else 0.0
+    return cos.tolist()
+
+
+def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
+                 origin=None, metrics: Mapping[str, Callable] | None = None,
+                 device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
+                 strategy: str = "auto", progress: bool | Callable | None = None,
+                 out=None) -> Surface:
+    """The loss of ``model`` on ``data`` at every point of a grid in weight space.
+
+    Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
+    ``origin + sum_i c_i * directions[i]``. All points of a chunk are evaluated
+    at once (``torch.func.vmap`` over ``functional_call``), the model in eval mode;
+    the model itself is left exactly as given.
+
+    Parameters
+    ----------
+    model : nn.Module
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
+        The loss is the sample-weighted mean over all of it.
+    directions : list of 1, 2 or 3 dicts name -> Tensor
+        Keyed like ``model.named_parameters()`` (floating buffers may be
+        included to move BatchNorm statistics too), e.g. from
+        :func:`random_directions`.
+    loss_fn : callable ``(output, target) -> scalar tensor``
+        The mean loss of a batch, e.g. ``torch.nn.functional.cross_entropy``.
+    grid : int, (min, max, num), or list of per-direction (min, max, num) / 1-D arrays
+        Coordinates along each direction (see :func:`fastscape._grid.make_axes`).
+    origin : nn.Module or dict, optional
+        Where the directions start (default: the model's own parameters).
+    metrics : dict name -> callable, optional
+        Extra batch-mean metrics in the same pass, e.g. ``{"accuracy": fastscape.accuracy}``.
+    device : str or torch.device, optional
+        Default: CUDA when available (the current CUDA device, ``cuda:LOCAL_RANK``
+        under :func:`init_distributed`), else CPU.
+    dtype : torch.float32 (default) or torch.float64
+    chunk_size : int or "auto"
+        Grid points evaluated at once. "auto" plans the chunk from the device's
+        free memory and a measured footprint of one point, capped by a speed
+        target; it halves and retries on out-of-memory. The plan is in
+        ``meta["memory_plan"]``.
+    batch_size : int, optional
+        Largest data batch (default: planned from the model's activation size).
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
+        How chunks are computed (see :mod:`fastscape._strategies`); the values do
+        not depend on it beyond float32 rounding. "auto" picks by a short measured
+        probe and remembers the pick; the chosen one is ``meta["strategy"]``.
+    progress : bool or callable, optional
+        Show a progress bar with points per second and ETA (default: when
+        stderr is a terminal), or a callable receiving the number of points
+        finished.
+    out : str or Path, optional
+        An HDF5 file (``.h5``) to compute into, crash-safe and resumable:
+        finished chunks are kept in ``out + ".parts/"`` as they complete, a
+        repeated call evaluates only the missing ones (identical result), and
+        a complete file with the same settings is returned without computing.
+        A file with other settings (model, origin, directions, grid, data
+        size, loss, metrics, dtype) is refused with a ``ValueError``.
+
+    Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
+    the grid is sharded over the ranks; every rank returns the whole surface
+    and rank 0 writes ``out``.
+
+    Returns
+    -------
+    Surface
+        ``loss`` of shape ``(len(coords[0]), ..., len(coords[k-1]))``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    store = SurfaceStore(out) if out is not None else None
+    info = dict(getattr(directions, "info", {}))
+    directions = check_directions(model, directions)
+    k = len(directions)
+    if k > 3:
+        raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {k}.")
+    axes = make_axes(grid, k)
+    keys = list(directions[0])
+    orig = check_origin(model, origin, keys)
+    dev = resolve_device(device, model)
+    dt = resolve_dtype(dtype)
+    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    coords = torch.from_numpy(mesh(axes))
+    buffers = None
+    if isinstance(origin, nn.Module):
+        buffers = {n: b.detach() for n, b in origin.named_buffers()}
+    shape = tuple(len(a) for a in axes)
+    settings = {
+        "format": 1,
+        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
+                                          **{n: b for n, b in model.named_buffers()}}),
+        "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
+        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
+        "grid_shape": list(shape),
+        "grid_fingerprint": grid_fingerprint(axes),
+        "n_samples": batches.n_samples,
+        "loss": callable_name(loss_fn),
+        "metrics": list(metrics or {}),
+        "dtype": str(dt).replace("torch.", ""),
+    }
+    rank, world = rank_world()
+    if store is not None:
+        found = on_rank0(lambda: store.completed(settings))
+        if found is not None:
+            return found
+    bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
+                    show=rank == 0)
+    run = None
+    try:
+        if store is None and world == 1:
+            points = AffinePoints(orig, directions, coords)
+            values, report = evaluate(model, batches, points, loss_fn=loss_fn, metrics=metrics,
+                                      chunk_size=chunk_size, strategy=strategy, buffers=buffers,
+                                      progress=bar)
+        else:
+            orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
+            dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
+            values, report, run = run_grid(
+                model, batches, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
+                coords.shape[0], loss_fn=loss_fn, metrics=dict(metrics or {}), chunk_size=chunk_size,
+                batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
+                store=store, progress=bar)
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    meta = {
+        "n_directions": k,
+        "grid_shape": list(shape),
+        "n_samples": batches.n_samples,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": str(dt).replace("torch.", ""),
+        "strategy": report.strategy,
+        "chunk_size": report.chunk_size,
+        "batch_size": report.batch_size,
+        "seconds": report.seconds,
+        "points_per_second": report.points_per_second,
+        "fallback": report.fallback,
+        "oom_backoffs": report.oom_backoffs,
+        "memory_plan": report.memory_plan,
+        "notes": report.notes,
+        "cosines": _cosines(directions),
+        "model_fingerprint": settings["model_fingerprint"],
+        "origin_fingerprint": settings["origin_fingerprint"],
+        "directions_fingerprint": settings["directions_fingerprint"],
+        "torch_version": torch.__version__,
+        "settings": settings,
+    }
+    if run is not None:
+        meta["run"] = run
+    meta["directions"] = info
+    surface = Surface(
+        coords=axes,
+        loss=values.pop("loss").reshape(shape),
+        metrics={name: v.reshape(shape) for name, v in values.items()},
+        meta=meta,
+    )
+    if store is not None:
+        on_rank0(lambda: store.finish(surface))
+    return surface
+
+
+def callable_name(fn) -> str:
+    """``module.qualname`` of a function (or of a callable object's class)."""
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_name(fn.func)})"
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+def _progress(progress, total, *, desc="fastscape", show=True):
+    """A progress callable ``(n_done) -> None`` (or None).
+
+    ``progress`` may be a user callable (returned as is), ``True``/``False``, or
+    ``None``: a bar when stderr is a terminal. The bar (tqdm) counts grid
+    points and shows points per second and the ETA; :meth:`start` resets its
+    total when a resumed or sharded run has less to do.
+    """
+    if callable(progress) and not isinstance(progress, bool):
+        return progress
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress or not show:
+        return None
+    from tqdm.auto import tqdm
+
+    class _Bar:
+        def __init__(self):
+            self.bar = tqdm(total=total, unit="pt", unit_scale=True, desc=desc, leave=False,
+                            dynamic_ncols=True, smoothing=0.1)
+
+        def start(self, total):
+            self.bar.reset(total=total)
+
+        def __call__(self, n):
+            self.bar.update(n)
+
+        def close(self):
+            self.bar.close()
+
+    return _Bar()
