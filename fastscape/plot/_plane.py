@@ -275,7 +275,7 @@ def auto_camera(surface_coords, heights, target=None) -> dict:
     if np.hypot(*d) < 0.05:  # no side is higher: the usual corner view
         d = np.array([1.0, 1.0])
     d = d / np.hypot(*d)
-    return dict(eye=dict(x=float(1.45 * d[0]), y=float(1.45 * d[1]), z=0.9), center=dict(x=0, y=0, z=-0.1))
+    return dict(eye=dict(x=float(1.7 * d[0]), y=float(1.7 * d[1]), z=1.0), center=dict(x=0, y=0, z=-0.1))
 
 
 def _floor_levels(zt: np.ndarray, n: int = 24):
