@@ -52,10 +52,12 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
     starts = np.array([c[0] for c in paths.values()])
     scale = max(float(np.ptp(np.concatenate(list(paths.values())), axis=0).max()), 1e-12)
     shared = bool(np.all(np.abs(starts - starts[0]) <= 1e-6 * scale))
-    outline = [patheffects.Stroke(linewidth=3.4, foreground="black"), patheffects.Normal()]
     for i, (name, c) in enumerate(paths.items()):
         color = RUN_COLORS[i % len(RUN_COLORS)]
-        ax.plot(c[:, 0], c[:, 1], "-", color=color, lw=1.8, label=name, zorder=4, path_effects=outline)
+        # earlier runs drawn wider, so a later run on the same track leaves them visible at its sides
+        lw = 1.6 + 1.0 * (len(paths) - 1 - i)
+        outline = [patheffects.Stroke(linewidth=lw + 1.6, foreground="black"), patheffects.Normal()]
+        ax.plot(c[:, 0], c[:, 1], "-", color=color, lw=lw, label=name, zorder=4, path_effects=outline)
         if not shared:
             ax.plot(c[0, 0], c[0, 1], "o", color=color, mec="k", ms=7, zorder=5)
         ax.plot(c[-1, 0], c[-1, 1], "*", color=color, mec="k", ms=13, zorder=6)

@@ -15,8 +15,6 @@ from ._common import (
     check_points,
     check_surface,
     finite,
-    fmt,
-    log10_floor,
     new_axes,
     require,
     resolve_value,
@@ -245,11 +243,14 @@ def _heights(z: np.ndarray, log: bool, zmax):
 
 
 def auto_camera(surface_coords, heights, target=None) -> dict:
-    """A plotly camera that looks from the low side of the plane toward the high side.
+    """A plotly camera from which ``target`` (the path's end, else the lowest point) is in plain view.
 
-    Looking over a plateau hides the valley behind it; so the eye is placed on
-    the side of ``target`` (the path's end, else the lowest point) away from
-    the highest fifth of the surface, at the usual height.
+    Looking over a plateau or a ridge hides the valley behind it. So, in the
+    scene's own units (the box is 1 x 1 x 0.6), every azimuth in steps of 15
+    degrees is tried: the line of sight from the target up to the eye is
+    compared with the surface under it, and the eye goes where that line
+    clears the surface by the widest margin (ties: the side away from the
+    highest fifth of the surface, then the usual corner view).
 
     Parameters
     ----------
@@ -261,21 +262,42 @@ def auto_camera(surface_coords, heights, target=None) -> dict:
     x, y = (np.asarray(c, dtype=float) for c in surface_coords)
     h = np.asarray(heights, dtype=float)
     ok = np.isfinite(h)
-    if ok.sum() < 4 or len(x) < 2 or len(y) < 2:
-        return dict(eye=dict(x=1.25, y=1.25, z=1.25))
-    X, Y = np.meshgrid((x - x.min()) / np.ptp(x) - 0.5, (y - y.min()) / np.ptp(y) - 0.5, indexing="ij")
+    default = dict(eye=dict(x=1.25, y=1.25, z=1.25))
+    if ok.sum() < 4 or len(x) < 2 or len(y) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return default
+    lo, hi = float(h[ok].min()), float(h[ok].max())
+    zs = np.where(ok, (h - lo) / (hi - lo if hi > lo else 1.0) * 0.6 - 0.3, -0.3)  # holes: the floor
+    ux, uy = (x - x.min()) / np.ptp(x) - 0.5, (y - y.min()) / np.ptp(y) - 0.5
     if target is None:
         i, j = np.unravel_index(int(np.argmin(np.where(ok, h, np.inf))), h.shape)
-        t = np.array([X[i, j], Y[i, j]])
+        t = np.array([ux[i], uy[j]])
     else:
-        t = np.array([(target[0] - x.min()) / np.ptp(x) - 0.5, (target[1] - y.min()) / np.ptp(y) - 0.5])
+        t = np.clip([(target[0] - x.min()) / np.ptp(x) - 0.5, (target[1] - y.min()) / np.ptp(y) - 0.5], -0.5, 0.5)
+
+    def height(px, py):
+        i = np.clip(np.searchsorted(ux, px), 0, len(ux) - 1)
+        j = np.clip(np.searchsorted(uy, py), 0, len(uy) - 1)
+        return zs[i, j]
+
+    zt = float(height(np.array([t[0]]), np.array([t[1]]))[0])
+    X, Y = np.meshgrid(ux, uy, indexing="ij")
     high = ok & (h >= np.quantile(h[ok], 0.8))
-    hc = np.array([X[high].mean(), Y[high].mean()])
-    d = t - hc
-    if np.hypot(*d) < 0.05:  # no side is higher: the usual corner view
-        d = np.array([1.0, 1.0])
-    d = d / np.hypot(*d)
-    return dict(eye=dict(x=float(1.7 * d[0]), y=float(1.7 * d[1]), z=1.0), center=dict(x=0, y=0, z=-0.1))
+    away = t - np.array([X[high].mean(), Y[high].mean()])
+    away = away / (np.hypot(*away) or 1.0)
+    r, ez = 1.7, 1.0
+    best, best_score = None, -np.inf
+    for az in np.radians(np.arange(0, 360, 15) + 45):
+        d = np.array([np.cos(az), np.sin(az)])
+        s = np.linspace(0.01, 1.5, 150)
+        px, py = t[0] + s * d[0], t[1] + s * d[1]
+        inside = (np.abs(px) <= 0.5) & (np.abs(py) <= 0.5)
+        run = np.hypot(*(r * d - t))
+        sight = zt + s[inside] * (ez - zt) / run
+        clearance = float(np.min(sight - height(px[inside], py[inside]))) if inside.any() else 1.0
+        score = min(clearance, 0.05) + 0.02 * float(d @ away) + 0.001 * float(d @ [0.7071, 0.7071])
+        if score > best_score:
+            best, best_score = d, score
+    return dict(eye=dict(x=float(r * best[0]), y=float(r * best[1]), z=ez), center=dict(x=0, y=0, z=-0.1))
 
 
 def _floor_levels(zt: np.ndarray, n: int = 24):
