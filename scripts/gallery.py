@@ -44,10 +44,15 @@ def error_surface(small):
                            optimizer=torch.optim.SGD(model.parameters(), lr=1e-2), epochs=6 if small else 25,
                            eval_data=(x[n_train:], y[n_train:]))
     names = ["net.0.weight", "net.2.weight"]
+    path = traj.matrix().numpy()
+    # [-2.5, 2.5] on each axis, widened so the path keeps half a unit of landscape around it
+    lo = np.minimum(-2.5, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
+    hi = np.maximum(2.5, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
+    n = 41 if small else 121
     surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), fastscape.axis_directions(model, names),
                                      origin=fastscape.axis_origin(model, names), loss_fn=F.mse_loss,
-                                     grid=(-2.5, 2.5, 41 if small else 121), progress=False)
-    return surface, traj.matrix().numpy(), np.array(traj.losses)
+                                     grid=[(float(a), float(b), n) for a, b in zip(lo, hi)], progress=False)
+    return surface, path, np.array(traj.losses)
 
 
 def pca_plane(small):

@@ -753,3 +753,27 @@ def test_optimizer_comparison_colours_read_on_the_map_and_share_the_start():
     ax = plot.optimizer_comparison(_comparison(shared=False), surface)
     assert not [l for l in ax.lines if l.get_label() == "shared start"]
     assert len([l for l in ax.lines if l.get_marker() == "o"]) == 3
+
+
+# ----------------------------------------------------------------------------- the demo's picture
+
+
+def test_demo_grid_frames_the_sgd_path(tmp_path):
+    from fastscape._demo import run_demo
+
+    res = run_demo(tmp_path, resolution=21, epochs=25, log=lambda *_: None)
+    path = res["trajectory"].matrix().numpy()
+    (x0, x1), (y0, y1) = [(c[0], c[-1]) for c in res["surface"].coords]
+    # half a unit of landscape around every point of the path, and the article's [-2, 2] square kept
+    assert x0 <= min(-2.0, path[:, 0].min() - 0.5) and x1 >= max(2.0, path[:, 0].max() + 0.5)
+    assert y0 <= min(-2.0, path[:, 1].min() - 0.5) and y1 >= max(2.0, path[:, 1].max() + 0.5)
+
+
+def test_a_path_stored_with_the_surface_is_drawn_unless_declined():
+    s = _plane()
+    s.path = _path()  # what loss_surface(..., path=...) and `fastscape surface --pca-dir` store
+    line = next(l for l in plot.contour(s).lines if l.get_label() == "path")
+    np.testing.assert_array_equal(line.get_xydata(), _path())
+    assert not [l for l in plot.contour(s, path=False).lines if l.get_label() == "path"]
+    assert [t.name for t in plot.surface3d(s).data][:2] == ["loss", "path"]
+    assert [t.name for t in plot.surface3d(s, path=False).data] == ["loss"]

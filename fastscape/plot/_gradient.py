@@ -107,7 +107,7 @@ def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step 
         From :func:`fastscape.lr_steps` (same directions and origin as ``surface``).
     surface : Surface along the same two directions
         The view is framed on its grid. A step that lands outside the grid is
-        drawn to the grid's edge and ends in a triangle pointing on, its legend
+        drawn dashed to the grid's edge, ending in an open circle, its legend
         entry giving where it lands; compute the surface over ``steps.span()``
         to see every landing point.
     ax : matplotlib Axes, optional
@@ -131,8 +131,12 @@ def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step 
     start = np.asarray(steps.start, dtype=float)
     ax.scatter(*np.clip(start, lo, hi), s=90, color="white", edgecolors="k", linewidths=1.5, zorder=6,
                label=f"now: loss {fmt(steps.loss)}")
-    for i, (lr, end, loss) in enumerate(zip(steps.lrs, np.asarray(steps.ends, float), steps.losses)):
+    ends = np.asarray(steps.ends, float)
+    # every step runs along the gradient: shorter arrows on top of longer ones, longer ones wider
+    rank = np.argsort(np.argsort(-np.hypot(*(ends - start).T)))
+    for i, (lr, end, loss) in enumerate(zip(steps.lrs, ends, steps.losses)):
         color = f"C{(i + 1) % 10}"
+        z = 6 + 0.01 * rank[i]
         inside = bool(np.all(end >= lo) and np.all(end <= hi))
         label = f"lr={lr:g}: loss {fmt(loss)}"
         seg = clip_segment(start, end, lo, hi)
@@ -140,15 +144,14 @@ def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step 
             ax.scatter([], [], marker=">", color=color, label=label + f" (off the grid, at {fmt(end[0])}, {fmt(end[1])})")
             continue
         a, b = seg
-        ax.annotate("", xy=b, xytext=a, zorder=6, annotation_clip=False,
-                    arrowprops=dict(arrowstyle="-|>" if inside else "-", color=color, linewidth=2.0,
-                                    shrinkA=0, shrinkB=0))
+        width = 2.0 + 1.5 * (len(ends) - 1 - rank[i]) / max(len(ends) - 1, 1)
+        ax.annotate("", xy=b, xytext=a, zorder=z, annotation_clip=False,
+                    arrowprops=dict(arrowstyle="-|>", color=color, linewidth=width, shrinkA=0, shrinkB=0,
+                                    linestyle="-" if inside else (0, (4, 2))))
         if inside:
             ax.scatter(*b, s=45, color=color, edgecolors="k", linewidths=0.8, zorder=7, label=label)
-        else:
-            angle = np.degrees(np.arctan2(*(end - start)[::-1]))
-            ax.scatter(*b, s=110, color=color, edgecolors="k", linewidths=0.8, zorder=7, clip_on=False,
-                       marker=(3, 0, angle - 90),
+        else:  # a dashed arrow to the grid's edge, ending in an open circle: the step goes on from there
+            ax.scatter(*b, s=70, facecolors="white", edgecolors=color, linewidths=2.0, zorder=7, clip_on=False,
                        label=label + f"; lands off the grid at ({fmt(end[0])}, {fmt(end[1])})")
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])

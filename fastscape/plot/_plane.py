@@ -27,6 +27,15 @@ POINT_COLORS = ("#e41a1c", "#ff7f00", "#f781bf", "#a65628", "#984ea3", "#ffffff"
 POINT_MARKERS = ("D", "s", "^", "v", "P", "X")
 
 
+def stored_path(surface, path):
+    """``path`` as given; None: the path stored with the surface (``surface.path``), if any; False: no path."""
+    if path is False:
+        return None
+    if path is None:
+        return getattr(surface, "path", None)
+    return path
+
+
 def path_heights(surface, path, value: str = "loss") -> np.ndarray:
     """``value`` at plane coordinates ``path`` (T, 2), bilinearly interpolated from the grid.
 
@@ -142,9 +151,11 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     value : str
         What to draw: ``"loss"`` or a metric of the surface (``"accuracy"``,
         ``"test/accuracy"``); it names the colour bar, and only a loss gets log levels.
-    path : array of shape (T, 2), optional
+    path : array of shape (T, 2), None or False
         Plane coordinates of a trajectory (e.g. from :func:`fastscape.project`):
         a line with markers coloured by snapshot, start (circle) and end (star).
+        None (default): the path stored with the surface (``surface.path``),
+        if any; False: no path.
     points : dict label -> (x, y), or array of shape (n, 2), optional
         Named positions (e.g. the models of :func:`fastscape.interpolation_plane`;
         rows of an array are labelled "A", "B", ...): each drawn with its own
@@ -175,7 +186,7 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     require("matplotlib", "`fastscape.plot.contour`")
     check_surface(surface, 2, "contour")
     v = resolve_value(surface, value)
-    path = check_path(path)
+    path = check_path(stored_path(surface, path))
     pts = check_points(points)
     if ax is None:
         ax = new_axes((6.4, 5.6))
@@ -322,10 +333,11 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     value : str
         ``"loss"`` or a metric (``"accuracy"``, ``"test/accuracy"``); names the
         height axis and colour bar. ``log`` applies to a loss only.
-    path : array of shape (T, 2), optional
+    path : array of shape (T, 2), None or False
         Plane coordinates of the path, drawn as a 3-D line with markers coloured
         by snapshot (colour bar titled ``path_label``); start and end are marked
-        and labelled beside their markers.
+        and labelled beside their markers. None (default): the path stored with
+        the surface (``surface.path``), if any; False: no path.
     path_loss : array of shape (T,), optional
         Height of each path point; default: interpolated from the surface so the
         path lies on it (:func:`path_heights`).
@@ -358,7 +370,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     check_backend(backend, "surface3d")
     check_surface(surface, 2, "surface3d")
     v = resolve_value(surface, value)
-    path = check_path(path)
+    path = check_path(stored_path(surface, path))
     pts = check_points(points)
     raw = finite(v.array)
     log = bool(log) and v.is_loss
