@@ -160,6 +160,8 @@ def cross_sections(model: nn.Module, data, *, loss_fn: Callable, names=None, spa
     n = positive_int(n, "n")
     weights = model_parameters(model)
     entries = _entry_names(weights, names)
+    if not entries:
+        raise ValueError("`names` must list at least one parameter entry, e.g. 'fc.weight[0, 1]'.")
     located = [_locate(weights, e) for e in entries]
     loss0, g = loss_and_gradient(model, data, loss_fn=loss_fn, batch_size=batch_size)
     device = model_device(model)

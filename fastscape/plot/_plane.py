@@ -87,9 +87,10 @@ def draw_path(ax, path, *, cmap="plasma", colorbar=True, label="path", path_labe
     ax.plot(path[:, 0], path[:, 1], color="crimson", linewidth=1.2, zorder=3, label=label)
     sc = ax.scatter(path[:, 0], path[:, 1], c=steps, cmap=cmap, s=16, zorder=4, edgecolors="none")
     if colorbar and len(path) > 1:
+        from matplotlib.ticker import MaxNLocator
+
         cb = ax.figure.colorbar(sc, ax=ax, label=path_label)
-        if len(path) <= 12:
-            cb.set_ticks(steps)
+        cb.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole numbers
     ax.scatter(*path[0], marker="o", s=70, facecolors="white", edgecolors="k", zorder=5, label="start")
     ax.scatter(*path[-1], marker="*", s=150, color="k", zorder=5, label="end")
     return sc
