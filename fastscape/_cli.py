@@ -5,14 +5,21 @@ crash-safe HDF5 file (running it again resumes; under ``torchrun`` the grid is
 sharded over the ranks); ``fastscape plot`` draws the figures of such a file.
 Bad arguments get one line on stderr and exit status 2, never a traceback (set
 ``FASTSCAPE_TRACEBACK=1`` to see one).
+
+``--model``, ``--data`` and ``--loss`` name ``package.module:attribute``, imported
+with the working directory first on the import path (as ``python -m`` has it).
+Everything else goes through the public API (``import fastscape``,
+``fastscape.plot``): the command line is one more caller of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -129,7 +136,19 @@ def load_checkpoint(path, *, what: str) -> dict:
     return obj
 
 
+def _check_shapes(model, state: dict, *, what: str) -> None:
+    """A CLIError naming every tensor of ``state`` whose shape is not the model's."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    wrong = [f"{k} {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CLIError(f"`{what}` has the model's tensor names but other shapes: {'; '.join(wrong[:4])}"
+                       + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                       + ". Was it saved from another configuration of the model?")
+
+
 def _load_into(model, state: dict, *, what: str) -> None:
+    _check_shapes(model, state, what=what)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CLIError(
@@ -138,50 +157,70 @@ def _load_into(model, state: dict, *, what: str) -> None:
         )
 
 
-def _pca_from_checkpoints(model, folder: Path, n: int):
-    """Principal directions of checkpoints minus the model's weights.
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoint files of ``folder`` in natural order (``epoch2`` before ``epoch10``)."""
+    def key(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
-    LOCAL STAND-IN, to be replaced by ``fastscape.pca_directions`` (issue 4)
-    once it is on main: rows ``theta_i - theta_model`` over the parameters,
-    centred per column as scikit-learn's PCA centres them, top ``n`` right
-    singular vectors as unit directions, with explained-variance ratios.
-    """
-    import torch
+    return sorted((p for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES), key=key)
 
-    from ._directions import Directions
-    from ._core.params import flatten, model_parameters, unflatten
+
+def _pca(model, folder: Path, n: int):
+    """``fastscape.pca_directions`` of the checkpoints in ``folder`` (the parameters of each),
+    and the checkpoints projected onto them around the model: ``(directions, path)``."""
+    import fastscape
 
     if not folder.is_dir():
         raise CLIError(f"`--pca-dir` {str(folder)!r} is not a folder.")
-    files = sorted(p for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES)
+    files = _checkpoint_files(folder)
     if len(files) < n + 1:
         raise CLIError(f"`--pca-dir` needs at least {n + 1} checkpoints ({', '.join(_CHECKPOINT_SUFFIXES)}) "
                        f"for {n} direction(s); found {len(files)} in {str(folder)!r}.")
-    weights = model_parameters(model)
-    keys = list(weights)
-    centre = flatten(weights, keys).double()
-    rows = []
+    weights = {k: p.detach() for k, p in model.named_parameters()}
+    snapshots = []
     for f in files:
         state = load_checkpoint(f, what="--pca-dir")
-        missing = [k for k in keys if k not in state]
+        missing = [k for k in weights if k not in state]
         if missing:
             raise CLIError(f"`--pca-dir` checkpoint {f.name!r} lacks parameter(s) {missing[:4]}.")
-        rows.append(flatten(state, keys).double() - centre)
-    matrix = torch.stack(rows)
-    matrix = matrix - matrix.mean(dim=0, keepdim=True)
-    _, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    var = s**2
-    ratio = (var[:n] / var.sum()).tolist() if float(var.sum()) > 0 else [0.0] * n
-    like = {k: w for k, w in weights.items()}
-    dirs = [{k: v.to(like[k].dtype) for k, v in unflatten(vh[i].to(centre.dtype), like).items()} for i in range(n)]
-    return Directions(dirs, kind="pca", explained_variance_ratio=ratio, checkpoints=[f.name for f in files])
+        _check_shapes(model, state, what=f"--pca-dir` checkpoint `{f.name}")
+        snapshots.append({k: state[k] for k in weights})
+    dirs, _ = fastscape.pca_directions(snapshots, n=n)
+    path = fastscape.project(snapshots, dirs, origin=weights)
+    return fastscape.Directions(dirs, **dirs.info, checkpoints=[f.name for f in files]), path
+
+
+def _interpolation(args, model, n: int, norm, ignore):
+    """Direction 1 from the model (0) to the ``--to`` checkpoint (1), through
+    ``fastscape.interpolation_directions`` in float64 so that coordinate 1 lands on the
+    checkpoint up to the evaluation's rounding; random directions for the other axes."""
+    import copy
+
+    import torch
+
+    import fastscape
+
+    target = load_checkpoint(args.to, what="--to")
+    _check_shapes(model, target, what="--to")
+    try:
+        line = fastscape.interpolation_directions(copy.deepcopy(model).double(), target)[0]
+    except ValueError as err:
+        raise CLIError(f"`--to` {str(args.to)!r} does not fit the model: {err}") from err
+    if not any(bool(t.any()) for t in line.values()):
+        raise CLIError(f"`--to` {args.to!r} holds the model's own weights; the interpolation direction is zero.")
+    dirs, info = [line], {"kind": "interpolation", "to": str(args.to)}
+    if n > 1:
+        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        extra = fastscape.random_directions(model, n - 1, norm=norm, ignore=ignore, seed=args.seed)
+        zeros = {k: torch.zeros_like(state[k].detach()) for k in line if k not in extra[0]}
+        dirs += [{**d, **zeros} for d in extra]
+        info.update(norm=norm, ignore=ignore, seed=args.seed)
+    return fastscape.Directions(dirs, **info)
 
 
 def _directions(args, model, n: int):
-    import torch
-
-    from ._directions import Directions, random_directions
-    from ._core.params import perturbable_names
+    """The directions of ``fastscape surface`` and the path to keep with the surface (or None)."""
+    import fastscape
 
     given_norm = args.norm is not None or args.ignore is not None
     norm = _NORMS[args.norm or "filter"]
@@ -190,30 +229,13 @@ def _directions(args, model, n: int):
         if given_norm:
             raise CLIError("`--norm` and `--ignore` apply to random directions; PCA directions (`--pca-dir`) "
                            "are used as computed.")
-        return _pca_from_checkpoints(model, Path(args.pca_dir), n)
+        return _pca(model, Path(args.pca_dir), n)
     if args.to is not None:
         if given_norm and n == 1:
             raise CLIError("`--norm` and `--ignore` apply to the random directions added by `--y`/`--z`; "
                            "the `--to` direction is used as is.")
-        target = load_checkpoint(args.to, what="--to")
-        moving = perturbable_names(model)
-        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        missing = [k for k in moving if k not in target]
-        if missing:
-            raise CLIError(f"`--to` checkpoint lacks {missing[:4]}.")
-        # in float64, so that coordinate 1 lands on the checkpoint up to the evaluation's rounding
-        line = {k: target[k].double() - state[k].detach().double() for k in moving}
-        if not any(bool(t.any()) for t in line.values()):
-            raise CLIError(f"`--to` {args.to!r} holds the model's own weights; the interpolation direction is zero.")
-        dirs = [line]
-        info = {"kind": "interpolation", "to": str(args.to)}
-        if n > 1:
-            extra = random_directions(model, n - 1, norm=norm, ignore=ignore, seed=args.seed)
-            zeros = {k: torch.zeros_like(state[k].detach()) for k in moving if k not in extra[0]}
-            dirs += [{**d, **zeros} for d in extra]
-            info.update(norm=norm, ignore=ignore, seed=args.seed)
-        return Directions(dirs, **info)
-    return random_directions(model, n, norm=norm, ignore=ignore, seed=args.seed)
+        return _interpolation(args, model, n, norm, ignore), None
+    return fastscape.random_directions(model, n, norm=norm, ignore=ignore, seed=args.seed), None
 
 
 # --------------------------------------------------------------------------- commands
@@ -226,11 +248,19 @@ def _demo(args) -> int:
     return 0
 
 
+def _world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise CLIError(f"environment variable `WORLD_SIZE` must be an integer; got {raw!r}.") from None
+
+
 def _surface(args) -> int:
     from torch import nn
 
-    from ._distributed import env_world_size, init_distributed
-    from ._landscape import loss_surface
+    import fastscape
 
     axes = [parse_axis(args.x, what="--x")]
     if args.y is not None:
@@ -255,25 +285,43 @@ def _surface(args) -> int:
     data_obj = import_object(args.data, what="--data")
     data = data_obj() if callable(data_obj) and not hasattr(data_obj, "__getitem__") \
         and not hasattr(data_obj, "__iter__") else data_obj
-    directions = _directions(args, model, len(axes))
+    directions, path = _directions(args, model, len(axes))
 
     import torch.distributed as dist
 
     # join torchrun's group unless the caller already did; leave only a group we made
-    owned = env_world_size() > 1 and not (dist.is_available() and dist.is_initialized())
-    ctx = init_distributed() if env_world_size() > 1 else None
+    world = _world_size()
+    owned = world > 1 and not (dist.is_available() and dist.is_initialized())
+    ctx = fastscape.init_distributed() if world > 1 else None
     rank = ctx.rank if ctx is not None else 0
     try:
         device = args.device if args.device is not None else (ctx.device if ctx is not None else None)
-        surface = loss_surface(model, data, directions, loss_fn=loss_fn, grid=axes, metrics=metrics,
-                               device=device, dtype=args.dtype, chunk_size=args.chunk_size, strategy=args.strategy,
-                               batch_size=args.batch_size, progress=args.progress, out=args.out)
+        surface = fastscape.loss_surface(model, data, directions, loss_fn=loss_fn, grid=axes, metrics=metrics,
+                                         device=device, dtype=args.dtype, chunk_size=args.chunk_size,
+                                         strategy=args.strategy, batch_size=args.batch_size,
+                                         progress=args.progress, out=args.out)
     finally:
         if owned:
             dist.destroy_process_group()
     if rank == 0:
+        if path is not None:
+            surface.path = path  # kept with the surface: `fastscape plot` draws it
+            if args.out is not None:
+                surface.save(args.out)
+            _check_path_in_grid(surface)
         print(_summary(surface, args.out))
     return 0
+
+
+def _check_path_in_grid(surface) -> None:
+    """Say when the stored path leaves the grid: the figures would show part of it only."""
+    spans = [(float(surface.path[:, i].min()), float(surface.path[:, i].max())) for i in range(surface.ndim)]
+    axes = ("--x", "--y", "--z")
+    outside = [f"{axes[i]} {lo:.3g}:{hi:.3g}" for i, ((lo, hi), c) in enumerate(zip(spans, surface.coords))
+               if lo < c.min() or hi > c.max()]
+    if outside:
+        logging.getLogger("fastscape").warning(
+            "the checkpoints' path leaves the grid; it spans %s: widen the grid to see all of it", ", ".join(outside))
 
 
 def _summary(surface, out) -> str:
@@ -291,26 +339,49 @@ def _summary(surface, out) -> str:
             f"{run['world_size']} process(es); {lowest}")
 
 
-def _plot(args) -> int:
-    from fastscape import plot
+def _views():
+    """``(contour, surface3d, line, save, picks_value)``: the views of ``fastscape.plot``, or the
+    top-level ``plot_*`` names of the layout before it, which draw the loss only (drop the
+    fallback once ``fastscape.plot`` is on main)."""
+    try:
+        plot = importlib.import_module("fastscape.plot")
+    except ModuleNotFoundError:
+        import fastscape
 
-    from ._surface import load_surface
-    from ._vtk import save_vtp
+        return fastscape.plot_contour, fastscape.plot_surface3d, fastscape.plot_line, fastscape.save_figure, False
+    return plot.contour, plot.surface3d, plot.line, plot.save, True
+
+
+def _plot(args) -> int:
+    import fastscape
 
     path = Path(args.file)
+    if path.is_dir():
+        raise CLIError(f"`FILE` {str(path)!r} is a folder; expected a surface file (.h5) written by "
+                       "`fastscape surface`.")
     if not path.is_file():
         raise CLIError(f"`FILE` {str(path)!r} does not exist.")
-    surface = load_surface(path)
+    surface = fastscape.load_surface(path)
+    value = surface.value(args.value)  # an unknown name lists the surface's values
+    contour, surface3d, line, save, picks = _views()
+    if value.name != surface.value_names[0] and not picks:
+        raise CLIError(f"`--value {args.value}` needs the views of fastscape.plot; this build draws the loss only.")
+    pick = {"value": args.value} if picks else {}
     out = Path(args.out) if args.out is not None else path.with_name(path.stem + "-figures")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if surface.ndim == 2:
-        written.append(plot.save(plot.contour(surface), out / "contour.png"))
-        written.append(plot.save(plot.surface3d(surface, log=args.log), out / "surface3d.html"))
+        # the path stored with the surface (checkpoints of --pca-dir) is drawn on both views
+        ax = contour(surface, path=surface.path, **pick)
+        written.append(save(ax.figure, out / "contour.png"))
+        written.append(save(surface3d(surface, path=surface.path, log=args.log, **pick), out / "surface3d.html"))
     elif surface.ndim == 1:
-        written.append(plot.save(plot.line(surface, metric=None, log=args.log), out / "line.png"))
+        info = surface.meta.get("directions") or {}
+        marks = {"model": 0.0, Path(info["to"]).name: 1.0} if info.get("kind") == "interpolation" and info.get("to") \
+            else None  # the two ends of `--to`
+        written.append(save(line(surface, log=args.log, marks=marks, **pick).figure, out / "line.png"))
     if args.vtp:
-        written.append(save_vtp(surface, out / "surface.vtp", log=args.log))
+        written.append(fastscape.save_vtp(surface, out / "surface.vtp", log=args.log))
     for p in written:
         print(f"fastscape plot: wrote {p}")
     return 0
@@ -348,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0,
                    help="seed of random directions (default: %(default)s, so that re-running resumes)")
     s.add_argument("--to", metavar="CKPT", help="interpolate: direction 1 goes from the model (0) to CKPT (1)")
-    s.add_argument("--pca-dir", metavar="DIR", help="PCA directions of the checkpoints in DIR around the model")
+    s.add_argument("--pca-dir", metavar="DIR",
+                   help="fastscape.pca_directions of the checkpoints in DIR (natural order) around the model; "
+                        "the checkpoints' projected path is stored with the surface")
     s.add_argument("--x", required=True, metavar="MIN:MAX:NUM", help="grid along direction 1")
     s.add_argument("--y", metavar="MIN:MAX:NUM", help="grid along direction 2 (a plane)")
     s.add_argument("--z", metavar="MIN:MAX:NUM", help="grid along direction 3 (a volume)")
@@ -358,10 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", type=_chunk, default="auto", metavar="N|auto",
                    help="grid points evaluated at once (default: planned from free memory)")
     s.add_argument("--batch-size", type=_positive, metavar="N", help="largest data batch")
-    from ._core.strategies import strategy_names
-
-    s.add_argument("--strategy", choices=strategy_names(), default="auto",
-                   help="how chunks are evaluated (default: %(default)s, a measured choice kept in the file)")
+    s.add_argument("--strategy", default="auto", metavar="NAME",
+                   help="how chunks are evaluated: auto (default: a measured choice kept in the file) or a "
+                        "strategy such as vmap, loop or affine; an unknown name gets the list")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     s.add_argument("--quiet", action="store_true", help="no log lines on stderr")
@@ -372,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "surface.vtp (ParaView) from a surface file.")
     p.add_argument("file", metavar="FILE.h5", help="a surface file written by `fastscape surface`")
     p.add_argument("--out", metavar="DIR", help="output folder (default: FILE-figures beside FILE)")
+    p.add_argument("--value", default="loss", metavar="NAME",
+                   help="the value drawn, e.g. accuracy or test/accuracy (default: %(default)s)")
     p.add_argument("--log", action="store_true", help="log10 heights in the 3D view and the .vtp")
     p.add_argument("--vtp", action=argparse.BooleanOptionalAction, default=True,
                    help="write surface.vtp for ParaView (default: yes)")
@@ -394,6 +468,21 @@ def _join_negative(argv: list[str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _working_directory_importable():
+    """The working directory first on ``sys.path`` while a command runs, as ``python -m`` puts it,
+    so that ``--model mypkg.models:net`` finds ``./mypkg`` through the console script too."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def main(argv=None) -> int:
     argv = _join_negative(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -408,7 +497,8 @@ def main(argv=None) -> int:
         old_level = logger.level
         logger.setLevel(logging.INFO)
     try:
-        return args.func(args)
+        with _working_directory_importable():
+            return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         if os.environ.get("FASTSCAPE_TRACEBACK"):
             raise

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.params import ParamDict, flatten, is_int, model_device, model_parameters, positive_int
+from ._core.params import ParamDict, check_model, flatten, is_int, model_device, model_parameters, positive_int
 
 __all__ = ["Directions", "random_directions", "orthogonalize", "axis_directions", "axis_origin",
            "interpolation_directions", "interpolation_plane", "NORMS", "IGNORES", "normalize"]
@@ -208,6 +208,7 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         normalisation (each is i.i.d. N(0, 1)). ``.info`` records kind, norm,
         ignore, seed and states.
     """
+    check_model(model)
     positive_int(n, "n")
     _check_choice(norm, NORMS, "norm")
     _check_choice(ignore, IGNORES, "ignore")
@@ -334,7 +335,7 @@ def axis_directions(model: nn.Module, names) -> Directions:
     Directions
         One dict per entry; ``.info`` holds ``kind="axis"`` and the names.
     """
-    weights = model_parameters(model)
+    weights = model_parameters(check_model(model))
     names, located = _entries(weights, names)
     out = []
     for name, idx in located:
@@ -351,7 +352,7 @@ def axis_origin(model: nn.Module, names, *, at: str = "zero") -> ParamDict:
     values, so coordinates are offsets from the trained weights.
     """
     _check_choice(at, ("zero", "current"), "at")
-    weights = {k: w.clone() for k, w in model_parameters(model).items()}
+    weights = {k: w.clone() for k, w in model_parameters(check_model(model)).items()}
     _, located = _entries(weights, names)
     if at == "zero":
         for name, idx in located:

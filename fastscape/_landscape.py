@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import functools
 import platform
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, NamedBatches
 from ._core.evaluator import evaluate
 from ._core.grid import make_axes, mesh
-from ._core.params import check_directions, check_origin, fingerprint, flatten, resolve_device, resolve_dtype
+from ._core.guards import warn_once
+from ._core.metrics import check_metrics
+from ._core.params import (
+    check_directions,
+    check_origin,
+    fingerprint,
+    flatten,
+    positive_int,
+    resolve_device,
+    resolve_dtype,
+)
 from ._core.points import AffinePoints
 from ._distributed import rank_world
-from ._store import SurfaceStore, grid_fingerprint, on_rank0, run_grid
+from ._store import (
+    FORMAT,
+    SurfaceStore,
+    callable_fingerprint,
+    data_fingerprint,
+    grid_fingerprint,
+    on_rank0,
+    run_grid,
+)
 from ._surface import Surface
 
 __all__ = ["loss_surface"]
@@ -34,6 +53,7 @@ def _cosines(directions) -> list[list[float]]:
     return cos.tolist()
 
 
+@warn_once()  # a file-backed or sharded run evaluates in units: a loss's warning once for all of them
 def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
@@ -49,8 +69,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Parameters
     ----------
     model : nn.Module
-    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs
-        The loss is the sample-weighted mean over all of it.
+    data : (inputs, targets) pair, DataLoader, Dataset or iterable of such pairs; or a dict of them
+        The loss is the sample-weighted mean over all of it. A dict name -> data,
+        e.g. ``{"train": (x, y), "test": test_loader}``, evaluates every dataset
+        in the same pass over the grid (each chunk of points runs over all of
+        them); the values are then keyed ``"train/loss"``, ``"train/accuracy"``,
+        ``"test/loss"``, ... (see :meth:`Surface.value`), and ``Surface.loss`` is
+        the first dataset's loss. Names are non-empty and hold no ``"/"``.
     directions : list of 1, 2 or 3 dicts name -> Tensor
         Keyed like ``model.named_parameters()`` (floating buffers may be
         included to move BatchNorm statistics too), e.g. from
@@ -66,7 +91,12 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     device : str or torch.device, optional
         Default: CUDA when available (the current CUDA device, ``cuda:LOCAL_RANK``
         under :func:`init_distributed`), else CPU.
-    dtype : torch.float32 (default) or torch.float64
+    dtype : "float32" (default), "float64" or "bfloat16" (or the torch dtypes)
+        The dtype of parameters, data and activations. "bfloat16" runs the model
+        in bf16 (the loss of its output in float32; coordinates rounded to bf16 too):
+        fast on GPUs, with deviations of about 1e-2. TF32 matmuls and convolutions
+        follow PyTorch's switches (``torch.backends.cuda.matmul.allow_tf32``,
+        ``torch.backends.cudnn.allow_tf32``).
     chunk_size : int or "auto"
         Grid points evaluated at once. "auto" plans the chunk from the device's
         free memory and a measured footprint of one point, capped by a speed
@@ -87,8 +117,14 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         finished chunks are kept in ``out + ".parts/"`` as they complete, a
         repeated call evaluates only the missing ones (identical result), and
         a complete file with the same settings is returned without computing.
-        A file with other settings (model, origin, directions, grid, data
-        size, loss, metrics, dtype) is refused with a ``ValueError``.
+        A file with other settings (model, origin, directions, grid, the
+        data's content, the loss and metric functions, dtype) or whose
+        checksums fail is refused with a ``ValueError``; one another live
+        process is computing into, with a ``RuntimeError``. A loss or metric
+        whose behaviour cannot be fingerprinted (it holds an open file, a
+        lock, ...) is announced with a warning and its file is never reused:
+        give it a string attribute ``fastscape_fingerprint`` to vouch for it.
+        See :mod:`fastscape._store`.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -103,6 +139,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"`model` has no parameters ({type(model).__name__}); a loss surface moves the "
+                         "weights, so the model needs some.")
+    metrics = check_metrics(metrics)
     store = SurfaceStore(out) if out is not None else None
     info = dict(getattr(directions, "info", {}))
     directions = check_directions(model, directions)
@@ -112,32 +152,105 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     axes = make_axes(grid, k)
     keys = list(directions[0])
     orig = check_origin(model, origin, keys)
+    _warn_nonfinite(directions, orig)
     dev = resolve_device(device, model)
-    dt = resolve_dtype(dtype)
-    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    dt = resolve_dtype(dtype, bfloat16=True)
+    if isinstance(data, Mapping):
+        given = NamedBatches(data, device=dev, dtype=dt)
+    else:
+        given = Batches(data, device=dev, dtype=dt)
+    # the data as given, and cut to `batch_size`: a file's plan records how it cut the given data
+    batches = given if batch_size is None else given.resplit(positive_int(batch_size, "batch_size"))
+    bad = given.nonfinite()
+    if bad is not None:
+        warnings.warn(f"`data` holds {bad}: the loss will be NaN (or inf) at every point of the surface.",
+                      UserWarning, stacklevel=2)
     coords = torch.from_numpy(mesh(axes))
     buffers = None
     if isinstance(origin, nn.Module):
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
     shape = tuple(len(a) for a in axes)
+    rank, world = rank_world()
+    # what a file must vouch for; hashing the data and the functions is only needed for a file
+    why = {}
+    loss_fp = data_fp = None
+    metrics_fp = {}
+    if store is not None:
+        data_fp = data_fingerprint(given)
+        loss_fp, reason = callable_fingerprint(loss_fn, name="loss_fn")
+        if reason:
+            why["loss_fn"] = reason
+        for name, fn in metrics.items():
+            metrics_fp[name], reason = callable_fingerprint(fn, name=f"metrics[{name!r}]")
+            if reason:
+                why[f"metrics[{name!r}]"] = reason
     settings = {
-        "format": 1,
+        "format": FORMAT,
         "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
                                           **{n: b for n, b in model.named_buffers()}}),
         "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
         "grid_shape": list(shape),
         "grid_fingerprint": grid_fingerprint(axes),
-        "n_samples": batches.n_samples,
+        # several datasets: samples per name, so that another split is another request
+        "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
+        "data_fingerprint": data_fp,
         "loss": callable_name(loss_fn),
-        "metrics": list(metrics or {}),
+        "loss_fingerprint": loss_fp,
+        "metrics": list(metrics),
+        "metrics_fingerprint": metrics_fp,
         "dtype": str(dt).replace("torch.", ""),
     }
+    if store is None:
+        return _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why,
+                        loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size, batch_size=batch_size,
+                        strategy=strategy, buffers=buffers, progress=progress, store=None)
+    # a complete file needs no lock (it may sit in a read-only folder)
+    found = on_rank0(lambda: store.completed(settings, why=why))
+    if found is not None:
+        return found
+
+    def lock():
+        store.acquire()
+        try:  # another process may have finished it meanwhile
+            done = store.completed(settings, why=why, locked=True)
+        except BaseException:
+            store.release()
+            raise
+        if done is not None:
+            store.release()
+        return done
+
+    found = on_rank0(lock)
+    if found is not None:
+        return found
+    try:
+        return _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why,
+                        loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size, batch_size=batch_size,
+                        strategy=strategy, buffers=buffers, progress=progress, store=store)
+    finally:
+        if rank == 0:
+            store.release()
+
+
+def _warn_nonfinite(directions, origin) -> None:
+    """One warning naming the first direction (or origin) entry that holds NaN or inf."""
+    named = [(f"directions[{i}][{k!r}]", t) for i, d in enumerate(directions) for k, t in d.items()]
+    named += [(f"origin[{k!r}]", t) for k, t in origin.items()]
+    for where, t in named:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            warnings.warn(f"`{where}` holds {kind}: every point it reaches is NaN (0 * inf is NaN too, so "
+                          "usually the whole surface).", UserWarning, stacklevel=3)
+            return
+
+
+def _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why, *, loss_fn,
+             metrics, chunk_size, batch_size, strategy, buffers, progress, store) -> Surface:
+    """Evaluate the grid (in memory, or unit by unit into ``store``) and build the Surface."""
     rank, world = rank_world()
-    if store is not None:
-        found = on_rank0(lambda: store.completed(settings))
-        if found is not None:
-            return found
+    k = len(directions)
+    dev, dt = batches.device, batches.dtype
     bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
                     show=rank == 0)
     run = None
@@ -151,10 +264,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
             orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
             dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
             values, report, run = run_grid(
-                model, batches, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
-                coords.shape[0], loss_fn=loss_fn, metrics=dict(metrics or {}), chunk_size=chunk_size,
+                model, given, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
+                coords.shape[0], loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size,
                 batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
-                store=store, progress=bar)
+                store=store, progress=bar, why=why)
     finally:
         if hasattr(bar, "close"):
             bar.close()
@@ -181,12 +294,15 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "torch_version": torch.__version__,
         "settings": settings,
     }
+    if batches.names is not None:
+        meta["datasets"] = dict(zip(batches.names, batches.counts))
     if run is not None:
         meta["run"] = run
     meta["directions"] = info
+    first = next(iter(values))  # "loss", or the first dataset's "train/loss"
     surface = Surface(
         coords=axes,
-        loss=values.pop("loss").reshape(shape),
+        loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )

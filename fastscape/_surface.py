@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["Surface", "load_surface"]
+__all__ = ["Surface", "SurfaceValue", "load_surface"]
 
 _AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
 
@@ -30,16 +32,105 @@ class Surface:
         Diverging points hold inf or NaN.
     metrics : dict name -> ndarray shaped like ``loss``
         Extra metrics computed in the same pass (e.g. ``"accuracy"``).
+        On a surface of several datasets (``data={"train": ..., "test": ...}``),
+        every value but ``loss`` itself, keyed ``"train/accuracy"``,
+        ``"test/loss"``, ``"test/accuracy"``, ...
     meta : dict
         What is needed to reproduce the surface: norm, seed, device, dtype,
-        number of samples, chunk and batch sizes, timings, cosines between
-        directions, model fingerprint.
+        number of samples (``meta["datasets"]``: samples per dataset), chunk and
+        batch sizes, timings, cosines between directions, model fingerprint.
+    path : ndarray of shape (T, k) or None
+        A training path in the surface's coordinates, drawn by the views and
+        kept by :meth:`save`. Not a constructor argument (the constructor's
+        signature is fixed): assign it, e.g.
+        ``surface.path = fastscape.project(trajectory, directions, origin=model)``.
+
+    Every value (the loss, each metric, each dataset's) is read the same way
+    with :meth:`value`, which also says how to draw it.
     """
 
     coords: list[np.ndarray]
     loss: np.ndarray
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    path: np.ndarray | None = field(default=None, init=False)
+
+    @property
+    def datasets(self) -> list[str]:
+        """Names of the datasets in order (``[]`` for a surface of one unnamed dataset)."""
+        return list(self.meta.get("datasets") or [])
+
+    @property
+    def value_names(self) -> list[str]:
+        """Every value :meth:`value` reads, in order: ``["loss", *metrics]``, or for several
+        datasets ``["train/loss", "train/accuracy", "test/loss", "test/accuracy"]``."""
+        datasets = self.datasets
+        if not datasets:
+            return ["loss", *self.metrics]
+        return [f"{datasets[0]}/loss", *self.metrics]
+
+    def value(self, name: str = "loss") -> "SurfaceValue":
+        """One value of the surface with what a view needs to draw it.
+
+        Parameters
+        ----------
+        name : str
+            One of :attr:`value_names`, e.g. ``"loss"``, ``"accuracy"``,
+            ``"test/accuracy"``. ``"loss"`` is always :attr:`loss` (on a surface
+            of several datasets, the first dataset's loss).
+
+        Returns
+        -------
+        SurfaceValue
+            ``data`` (shaped like ``loss``), ``label``, and the colour-scale
+            hints ``log``, ``limits`` and ``best``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"`value` must be a string such as 'loss' or 'test/accuracy'; got {name!r}.")
+        names = self.value_names
+        if name == "loss" or name == names[0]:
+            key, data = names[0], self.loss
+        elif name in self.metrics:
+            key, data = name, self.metrics[name]
+        else:
+            raise ValueError(f"`value` must be one of {names}; got {name!r}.")
+        dataset, _, metric = key.rpartition("/")
+        return SurfaceValue.describe(key, np.asarray(data), dataset or None, metric)
+
+    def __repr__(self) -> str:
+        lines = [f"Surface({_describe_grid(self)}"]
+        datasets = self.meta.get("datasets")
+        if datasets:
+            lines.append("  datasets: " + ", ".join(f"{k}: {v}" for k, v in datasets.items()) + " samples")
+        elif "n_samples" in self.meta:
+            lines.append(f"  samples: {self.meta['n_samples']}")
+        width = max(len(n) for n in self.value_names)
+        for name in self.value_names:
+            lines.append(f"  {name:<{width}}  {_summary(self, self.value(name))}")
+        extra = []
+        info = self.meta.get("directions") or {}
+        if info.get("kind"):
+            norm = f", {info['norm']} norm" if info.get("norm") else ""
+            extra.append(f"directions: {info['kind']}{norm}")
+        if self.path is not None:
+            extra.append(f"path: {len(self.path)} points")
+        if extra:
+            lines.append("  " + "; ".join(extra))
+        return "\n".join(lines) + ")"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(_summary(self, self.value(n)))}"
+                       "</td></tr>" for n in self.value_names)
+        head = html.escape(_describe_grid(self))
+        datasets = self.meta.get("datasets")
+        if datasets:
+            head += "; " + html.escape(", ".join(f"{k}: {v}" for k, v in datasets.items())) + " samples"
+        if self.path is not None:
+            head += f"; path of {len(self.path)} points"
+        return (f"<div><b>Surface</b> {head}<table><tr><th>value</th><th>range</th></tr>{rows}</table>"
+                "<small>read one with <code>surface.value(name)</code></small></div>")
 
     @property
     def ndim(self) -> int:
@@ -62,7 +153,14 @@ class Surface:
         ``ycoordinates``, ``zcoordinates``), ``train_loss`` and, when an
         ``"accuracy"`` metric exists, ``train_acc`` in percent. For a plane,
         those tools index ``train_loss[j, i]`` = loss at (x_i, y_j), so it is
-        stored transposed; our own arrays live under ``fastscape/``.
+        stored transposed; a surface of several datasets adds ``test_loss`` and
+        ``test_acc`` from a dataset named ``"test"``. Our own arrays live under
+        ``fastscape/``: ``loss``, ``metrics/<name>`` (``metrics/test/accuracy``
+        for several datasets) and ``path`` when the surface has one.
+
+        Every array and every attribute (the metadata included) get a SHA-256,
+        stored in the attribute ``fastscape_checksums``: :func:`load_surface`
+        refuses a file whose contents no longer match them.
         """
         h5py = require("h5py", what="Writing a surface file")
 
@@ -72,33 +170,191 @@ class Surface:
             for key, c in zip(_AXIS_KEYS, self.coords):
                 f.create_dataset(key, data=c)
             f.create_dataset("train_loss", data=_li_layout(self.loss))
-            if "accuracy" in self.metrics:
-                f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics["accuracy"]))
+            first = self.datasets[0] + "/" if self.datasets else ""
+            if f"{first}accuracy" in self.metrics:
+                f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics[f"{first}accuracy"]))
+            if first and first != "test/":  # the Li et al. tools also read a test split
+                for theirs, ours, scale in (("test_loss", "test/loss", 1.0), ("test_acc", "test/accuracy", 100.0)):
+                    if ours in self.metrics:
+                        f.create_dataset(theirs, data=_li_layout(scale * self.metrics[ours]))
             g = f.create_group("fastscape")
             g.create_dataset("loss", data=self.loss)
-            for name, arr in self.metrics.items():
+            for name, arr in self.metrics.items():  # "test/accuracy" is metrics/test/accuracy
                 g.create_dataset(f"metrics/{name}", data=arr)
+            if self.metrics:
+                g["metrics"].attrs["order"] = json.dumps(list(self.metrics))
+            if self.path is not None:
+                g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
             f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
+            f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
         return path
+
+
+@dataclass(frozen=True, repr=False)
+class SurfaceValue:
+    """One value of a :class:`Surface` (its loss, a metric, one dataset's loss or metric) and
+    how to draw it: what :meth:`Surface.value` returns and every view reads.
+
+    Attributes
+    ----------
+    name : str
+        The key: ``"loss"``, ``"accuracy"``, ``"test/accuracy"``, ...
+    data : ndarray shaped like ``Surface.loss``
+    label : str
+        For an axis or a colour bar: ``"loss"``, ``"test accuracy"``.
+    dataset : str or None
+        ``"test"`` for ``"test/accuracy"``; None on a surface of one dataset.
+    metric : str
+        The name after the ``"/"``: ``"loss"``, ``"accuracy"``, or the user's.
+    kind : {"loss", "accuracy", "metric"}
+        ``"accuracy"`` for a metric named ``accuracy``/``acc`` (or ending in ``accuracy``).
+    log : bool
+        Hint: a log colour/height scale (losses span decades); linear otherwise.
+    limits : (float, float) or None
+        A fixed colour range: ``(0.0, 1.0)`` for accuracy.
+    best : {"min", "max"} or None
+        Where the best point is: lowest loss, highest accuracy; None for other metrics.
+    """
+
+    name: str
+    data: np.ndarray
+    label: str
+    dataset: str | None
+    metric: str
+    kind: str
+    log: bool
+    limits: tuple[float, float] | None
+    best: str | None
+
+    @classmethod
+    def describe(cls, name: str, data: np.ndarray, dataset: str | None, metric: str) -> "SurfaceValue":
+        low = metric.lower()
+        kind = "loss" if low == "loss" else "accuracy" if low in ("acc", "accuracy") or low.endswith("accuracy") \
+            else "metric"
+        return cls(name=name, data=data, label=metric if dataset is None else f"{dataset} {metric}",
+                   dataset=dataset, metric=metric, kind=kind, log=kind == "loss",
+                   limits=(0.0, 1.0) if kind == "accuracy" else None,
+                   best={"loss": "min", "accuracy": "max"}.get(kind))
+
+    def __repr__(self) -> str:
+        return (f"SurfaceValue({self.name!r}, shape {self.data.shape}, label {self.label!r}, kind {self.kind!r}, "
+                f"log={self.log}, limits={self.limits}, best={self.best!r})")
+
+
+def _describe_grid(surface: Surface) -> str:
+    names = ("x", "y", "z")
+    kind = {1: "line", 2: "plane", 3: "volume"}.get(surface.ndim, f"{surface.ndim}-D grid")
+    size = f"{len(surface.coords[0])} points" if surface.ndim == 1 else \
+        " x ".join(str(len(c)) for c in surface.coords)
+    spans = ", ".join(f"{n} in [{_num(np.min(c))}, {_num(np.max(c))}]" for n, c in zip(names, surface.coords)
+                      if len(c))
+    return f"{kind} {size} over {spans}" if spans else f"{kind} {size}"
+
+
+def _summary(surface: Surface, v: SurfaceValue) -> str:
+    """``"0.982 .. 1.31, min at (0, 0.5)"``: the finite range and where the best point is."""
+    finite = np.isfinite(v.data)
+    if not finite.any():
+        return "no finite value"
+    lo, hi = float(v.data[finite].min()), float(v.data[finite].max())
+    text = f"{_num(lo)} .. {_num(hi)}"
+    bad = int(v.data.size - finite.sum())
+    if v.best is not None and len(surface.coords) == v.data.ndim:
+        flat = np.where(finite, v.data, np.inf if v.best == "min" else -np.inf)
+        idx = np.unravel_index(int(np.argmin(flat) if v.best == "min" else np.argmax(flat)), v.data.shape)
+        text += f", {v.best} at ({', '.join(_num(c[i]) for c, i in zip(surface.coords, idx))})"
+    if bad:
+        text += f", {bad} not finite"
+    return text
+
+
+def _num(x) -> str:
+    return f"{float(x):.4g}"
 
 
 def _li_layout(arr: np.ndarray) -> np.ndarray:
     return arr.T if arr.ndim == 2 else arr
 
 
+def _digest(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr)
+    return hashlib.sha256(f"{a.shape} {a.dtype.str}".encode() + a.tobytes()).hexdigest()
+
+
+def _checksums(f) -> dict[str, str]:
+    """SHA-256 of every dataset (as read back) and every attribute of an open HDF5 file, keyed
+    ``"fastscape/loss"`` and ``"fastscape/metrics@order"``, ``"@fastscape_meta"``."""
+    sums = {}
+
+    def attrs(name, obj):
+        for key, value in obj.attrs.items():
+            if key != "fastscape_checksums":
+                text = value if isinstance(value, str) else None
+                sums[f"{name}@{key}"] = (hashlib.sha256(text.encode()).hexdigest() if text is not None
+                                         else _digest(np.asarray(value)))
+
+    def visit(name, obj):
+        if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a dataset
+            sums[name] = _digest(np.asarray(obj[()]))
+        attrs(name, obj)
+
+    attrs("", f)
+    f.visititems(visit)
+    return sums
+
+
 def load_surface(path) -> Surface:
-    """Read a surface written by :meth:`Surface.save`."""
+    """Read a surface written by :meth:`Surface.save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is not a readable HDF5 file (a text file, a truncated copy), is
+        not a fastscape surface file, or its arrays or metadata no longer match
+        the checksums written with them (the message names the file and the
+        damaged entries).
+    """
     h5py = require("h5py", what="Reading a surface file")
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    with h5py.File(path, "r") as f:
-        if "fastscape" not in f:
-            raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
-        coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
-        g = f["fastscape"]
-        loss = np.asarray(g["loss"][()])
-        metrics = {k: np.asarray(v[()]) for k, v in g["metrics"].items()} if "metrics" in g else {}
-        meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
-    return Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"`path` {str(path)!r} is not a readable HDF5 file ({str(err).splitlines()[0]}); "
+                         "a surface file may be truncated by an interrupted copy.") from err
+    try:
+        with f:
+            if "fastscape" not in f:
+                raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
+            raw = f.attrs.get("fastscape_checksums")
+            if raw is None:
+                warnings.warn(f"{str(path)!r} holds no checksums (written by an older fastscape or another "
+                              "tool); its values cannot be verified.", UserWarning, stacklevel=2)
+            else:
+                want = json.loads(raw)
+                have = _checksums(f)
+                bad = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
+                if bad:
+                    raise ValueError(f"{str(path)!r} fails its checksum for {', '.join(bad[:5])}: the file was "
+                                     "changed or damaged after it was written. Delete it and compute it again.")
+            coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
+            g = f["fastscape"]
+            loss = np.asarray(g["loss"][()])
+            metrics = {}
+            if "metrics" in g:
+                g["metrics"].visititems(lambda name, obj: metrics.__setitem__(name, np.asarray(obj[()]))
+                                        if isinstance(obj, h5py.Dataset) else None)
+                order = json.loads(g["metrics"].attrs.get("order", "[]"))
+                metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
+            path_ = np.asarray(g["path"][()]) if "path" in g else None
+            meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"`path` {str(path)!r} is a damaged surface file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}).") from err
+    surface = Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
+    surface.path = path_
+    return surface

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.data import Batches, as_args
+from ._core.data import Batches, as_args, as_pair
 from ._core.params import (ParamDict, flatten, model_parameters, positive_int, resolve_dtype,
                            unflatten)
 
@@ -338,10 +338,14 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     Parameters
     ----------
     model : nn.Module
-        Trained in place (train mode during the steps; its flags are restored
-        after each loss evaluation).
-    data : iterable of (inputs, targets) batches
-        Walked once per epoch (a shuffling DataLoader reshuffles each time).
+        Trained in place. The steps run in each submodule's own mode: a
+        submodule the caller put in eval mode (a frozen BatchNorm, say) stays in
+        eval mode and keeps its running statistics, the rest trains in train
+        mode; a model entirely in eval mode (``model.eval()``) is switched to
+        train mode for the steps. Every flag is as given when ``train`` returns.
+    data : iterable of (inputs, targets) batches, or one (inputs, targets) pair of tensors
+        Walked once per epoch (a shuffling DataLoader reshuffles each time); a
+        pair of tensors is one full batch per epoch.
     loss_fn : callable ``(output, target) -> scalar tensor``
     optimizer : torch.optim.Optimizer
         Built over ``model.parameters()``.
@@ -368,7 +372,12 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
         positive_int(every_steps, "every_steps")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer; got {type(optimizer).__name__}.")
-    first = next(model.parameters())
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError(f"`model` has no parameters ({type(model).__name__}); there is nothing to train.")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
+            and isinstance(data[0], (torch.Tensor, tuple)):
+        data = [tuple(data)]  # one (inputs, targets) pair: the whole data as one batch
     device = first.device
     eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
 
@@ -378,19 +387,26 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
 
     rec = Recorder(model, every=None, out=out)
     rec.trajectory.losses[0] = mean_loss()
-    model.train()
-    for epoch in range(1, epochs + 1):
-        for x, y in data:
-            x = tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(*as_args(x)), y.to(device))
-            loss.backward()
-            optimizer.step()
-            rec.step()
-            if every_steps is not None and rec.n_steps % every_steps == 0:
+    flags = [(m, m.training) for m in model.modules()]
+    if not any(flag for _, flag in flags):
+        model.train()  # model.eval() on the whole: train it in train mode, as any loop would
+    try:
+        for epoch in range(1, epochs + 1):
+            for i, item in enumerate(data):
+                x, y = as_pair(item, i)
+                x = tuple(t.to(device) for t in x) if isinstance(x, (tuple, list)) else x.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(*as_args(x)), y.to(device))
+                loss.backward()
+                optimizer.step()
+                rec.step()
+                if every_steps is not None and rec.n_steps % every_steps == 0:
+                    rec.snapshot(loss=mean_loss())
+            if every_steps is None and epoch % every == 0:
                 rec.snapshot(loss=mean_loss())
-        if every_steps is None and epoch % every == 0:
+        if rec.trajectory.steps[-1] != rec.n_steps:
             rec.snapshot(loss=mean_loss())
-    if rec.trajectory.steps[-1] != rec.n_steps:
-        rec.snapshot(loss=mean_loss())
+    finally:
+        for m, flag in flags:
+            m.training = flag
     return rec.close()

@@ -22,7 +22,7 @@ from torch import nn
 
 from ._core.data import Batches
 from ._core.evaluator import evaluate
-from ._core.objective import mean_loss
+from ._core.objective import check_differentiable, mean_loss
 from ._core.params import (
     check_directions,
     check_origin,
@@ -73,6 +73,7 @@ def loss_and_gradient(model: nn.Module, data, *, loss_fn: Callable,
     """
     from torch.func import grad
 
+    check_differentiable(model, "the gradient")
     params, batches = _batches(model, data, batch_size)
     buffers = model_buffers(model)
 

@@ -777,3 +777,25 @@ def test_a_path_stored_with_the_surface_is_drawn_unless_declined():
     assert not [l for l in plot.contour(s, path=False).lines if l.get_label() == "path"]
     assert [t.name for t in plot.surface3d(s).data][:2] == ["loss", "path"]
     assert [t.name for t in plot.surface3d(s, path=False).data] == ["loss"]
+
+
+def test_views_of_a_surface_of_several_datasets_read_its_values():
+    x, y = np.linspace(-1, 1, 9), np.linspace(0, 2, 7)
+    train = 0.01 + x[:, None] ** 2 + y[None, :] ** 2  # spans > 20x: a loss gets log levels
+    acc = 1.0 / (1.0 + train)
+    s = Surface(coords=[x, y], loss=train, meta={"datasets": {"train": 20, "test": 10}},
+                metrics={"train/accuracy": acc, "test/loss": 2 * train, "test/accuracy": acc / 2})
+    ax = plot.contour(s, value="test/accuracy", levels=5)
+    filled = next(c for c in ax.collections if isinstance(c, matplotlib.contour.QuadContourSet) and c.filled)
+    np.testing.assert_allclose(filled.levels, np.linspace((acc / 2).min(), (acc / 2).max(), 5))
+    assert _colorbar_labels(ax.figure) == ["test accuracy"]
+    assert _colorbar_labels(plot.contour(s).figure) == ["train loss (log scale)"]  # "loss": the first dataset's
+    fig = plot.surface3d(s, value="test/loss", log=True, zmax=None)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), np.log10(2 * train).T)
+    assert fig.layout.scene.zaxis.title.text == "log10 test loss"
+    c = np.linspace(-1, 1, 5)
+    line = Surface(coords=[c], loss=c**2 + 0.1, meta={"datasets": {"train": 20, "test": 10}},
+                   metrics={"train/accuracy": 1 - c**2 / 2, "test/loss": c**2 + 0.3, "test/accuracy": 1 - c**2})
+    ax = plot.line(line, value="test/loss", metric="test/accuracy")
+    assert ax.get_ylabel() == "test loss" and ax.figure.axes[-1].get_ylabel() == "test accuracy (dashed)"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), c**2 + 0.3)

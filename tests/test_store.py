@@ -141,7 +141,7 @@ def test_resume_in_process_matches_reference_and_uninterrupted(gen, monkeypatch,
     with pytest.raises(_Crash):
         fastscape.loss_surface(model, (x, y), dirs, out=out, **kw)
     restore()
-    assert not out.exists() and len(list((tmp_path / "s.h5.parts").glob("unit-*.npy"))) == 4
+    assert not out.exists() and len(list((tmp_path / "s.h5.parts").glob("unit-*.npz"))) == 4
     surf = fastscape.loss_surface(model, (x, y), dirs, out=out, **kw)
     assert surf.meta["run"] == {"units": 12, "unit_points": 3, "reused_units": 4, "world_size": 1}
     np.testing.assert_array_equal(surf.loss, whole.loss)
@@ -223,8 +223,8 @@ def test_damaged_unit_and_stale_temporaries_are_recomputed(gen, monkeypatch, tmp
         fastscape.loss_surface(model, (x, y), dirs, out=out, **kw)
     restore()
     parts = tmp_path / "s.h5.parts"
-    (parts / "unit-0000001.npy").write_bytes(b"\x93NUMPY garbage")
-    (parts / ".unit-0000003.npy.tmp-999").write_bytes(b"half a unit")
+    (parts / "unit-0000001.npz").write_bytes(b"PK\x03\x04 garbage")
+    (parts / ".unit-0000003.npz.tmp-999").write_bytes(b"half a unit")
     surf = fastscape.loss_surface(model, (x, y), dirs, out=out, **kw)
     assert surf.meta["run"]["reused_units"] == 2
     assert any("damaged unit file" in r.getMessage() for r in caplog.records)

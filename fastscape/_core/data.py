@@ -6,25 +6,50 @@ batches on the evaluation device.
 ``targets`` is a tensor whose first dimension counts the samples. Floating
 tensors are cast to the evaluation dtype; integer tensors (class labels, token
 ids) keep theirs.
+
+Several datasets (say a train and a test split) evaluated together are
+:class:`NamedBatches`: the evaluator runs each chunk of grid points over the
+batches of every dataset in turn and averages each dataset over its own samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from .memory import free_memory
 from .params import positive_int
 
 
-def _cast(t, device, dtype):
+#: data up to this many bytes is always kept on the evaluation device
+RESIDENT_MIN_BYTES = 2 << 30
+#: and up to this share of the device's free memory (``free_memory``), when that is more
+RESIDENT_SHARE = 0.25
+
+
+def resident_bytes(device: torch.device) -> int | None:
+    """Bytes of data that :class:`Batches` moves to ``device`` once and keeps there, or
+    ``None`` on CPU (data is used where it is). On a GPU: a quarter of its free memory
+    (``torch.cuda.mem_get_info``, or ``FASTSCAPE_MEMORY_BUDGET``), at least 2 GiB; larger
+    data is copied batch by batch as it is used, without waiting for the copy."""
+    if device.type == "cpu":
+        return None
+    try:
+        free, _source = free_memory(device)
+    except (RuntimeError, AssertionError):  # a device without memory statistics
+        return RESIDENT_MIN_BYTES
+    return max(RESIDENT_MIN_BYTES, int(free * RESIDENT_SHARE))
+
+
+def _cast(t, device, dtype, non_blocking=False):
     if isinstance(t, torch.Tensor):
         t = t.detach()
         if t.is_floating_point() and dtype is not None:
-            return t.to(device=device, dtype=dtype)
-        return t.to(device=device)
+            return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return t.to(device=device, non_blocking=non_blocking)
     if isinstance(t, (tuple, list)):
-        return tuple(_cast(x, device, dtype) for x in t)
+        return tuple(_cast(x, device, dtype, non_blocking) for x in t)
     raise TypeError(f"data batches must hold tensors; got {type(t).__name__}.")
 
 
@@ -48,7 +73,8 @@ def _nbytes(t) -> int:
     return sum(_nbytes(x) for x in t)
 
 
-def _as_pair(item, i):
+def as_pair(item, i):
+    """``(inputs, targets)`` of batch ``i`` of ``data``, or a TypeError naming the batch."""
     if isinstance(item, dict) or not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(
             f"`data` batch {i} must be an (inputs, targets) pair; got {type(item).__name__}"
@@ -69,13 +95,15 @@ class Batches:
         batches of this size; a loader's batches larger than it are split too.
         ``None`` keeps the data as given (one batch for a tensor pair).
     device, dtype : where and in which floating dtype batches are used.
-    cache_bytes : int
-        Batches are moved to ``device`` once when they total at most this many
-        bytes; otherwise each is moved on use.
+    cache_bytes : int, optional
+        Batches are moved to ``device`` once, and stay there for every chunk of
+        points, when they total at most this many bytes (default: see
+        :func:`resident_bytes`, a quarter of a GPU's free memory); otherwise each
+        is copied on use, asynchronously.
     """
 
     def __init__(self, data, *, batch_size=None, device="cpu", dtype=torch.float32,
-                 cache_bytes: int = 2 << 30):
+                 cache_bytes: int | None = None):
         self.device = torch.device(device)
         self.dtype = dtype
         raw = self._collect(data)
@@ -86,7 +114,9 @@ class Batches:
         if self.n_samples == 0:
             raise ValueError("`data` is empty: it holds no samples to evaluate the loss on.")
         total = sum(_nbytes(x) + _nbytes(y) for x, y in raw)
-        self.on_device = total <= cache_bytes or self.device.type == "cpu"
+        if cache_bytes is None:
+            cache_bytes = resident_bytes(self.device)
+        self.on_device = self.device.type == "cpu" or total <= cache_bytes
         if self.on_device:
             raw = [(_cast(x, self.device, dtype), _cast(y, self.device, dtype)) for x, y in raw]
         self._raw = [(x, y) for x, y in raw if _first_dim(y) > 0]
@@ -118,7 +148,7 @@ class Batches:
             )
         out = []
         for i, item in enumerate(data):
-            x, y = _as_pair(item, i)
+            x, y = as_pair(item, i)
             if not isinstance(y, torch.Tensor):
                 y = torch.as_tensor(y)
             if _first_dim(x) != _first_dim(y):
@@ -134,14 +164,41 @@ class Batches:
         n = _first_dim(y)
         return [(_slice(x, s, s + size), _slice(y, s, s + size)) for s in range(0, n, size)]
 
+    #: one dataset, unnamed (see :class:`NamedBatches`)
+    names = None
+
+    @property
+    def groups(self) -> list[int]:
+        """The dataset of each batch: all 0."""
+        return [0] * len(self._raw)
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples per dataset: ``[n_samples]``."""
+        return [self.n_samples]
+
     def __len__(self):
         return len(self._raw)
 
     def __iter__(self):
         for x, y in self._raw:
-            if not self.on_device:
-                x, y = _cast(x, self.device, self.dtype), _cast(y, self.device, self.dtype)
+            if not self.on_device:  # a host-to-device copy that the host does not wait for
+                x, y = _cast(x, self.device, self.dtype, True), _cast(y, self.device, self.dtype, True)
             yield x, y, _first_dim(y)
+
+    def tensors(self):
+        """The ``(inputs, targets)`` batches as stored, without moving or casting them."""
+        return iter(self._raw)
+
+    def nonfinite(self) -> str | None:
+        """Where the data first holds NaN or inf, e.g. ``"NaN in its inputs (batch 0)"``; None if nowhere."""
+        for b, (x, y) in enumerate(self._raw):
+            for what, group in (("inputs", x if isinstance(x, (tuple, list)) else (x,)), ("targets", (y,))):
+                for t in group:
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
+                        return f"{kind} in its {what} (batch {b})"
+        return None
 
     def first(self):
         """The first batch ``(inputs, targets, n)`` on the device."""
@@ -154,6 +211,78 @@ class Batches:
         new._raw = [p for x, y in self._raw for p in self._split(x, y, batch_size)]
         new.n_samples = self.n_samples
         new.batch_sizes = [_first_dim(y) for _, y in new._raw]
+        return new
+
+
+class NamedBatches:
+    """Several datasets, each a :class:`Batches`, walked one after the other as one list of
+    batches; ``groups[b]`` is the dataset of batch ``b``.
+
+    Parameters
+    ----------
+    data : dict name -> data
+        Each value anything :class:`Batches` takes; names are non-empty strings
+        without ``"/"`` (values are keyed ``"name/loss"``), in the order given.
+    batch_size, device, dtype, cache_bytes
+        As in :class:`Batches`, for every dataset.
+    """
+
+    def __init__(self, data: Mapping, *, batch_size=None, device="cpu", dtype=torch.float32,
+                 cache_bytes: int | None = None):
+        if len(data) == 0:
+            raise ValueError("`data` must name at least one dataset, e.g. {'train': (x, y)}; got an empty dict.")
+        for name in data:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"`data` names must be non-empty strings; got {name!r}.")
+            if "/" in name:
+                raise ValueError(f"`data` names may not contain '/' (values are keyed 'name/loss'); got {name!r}.")
+        self._parts = {name: Batches(d, batch_size=batch_size, device=device, dtype=dtype,
+                                     cache_bytes=cache_bytes) for name, d in data.items()}
+        self._index()
+
+    def _index(self):
+        parts = list(self._parts.values())
+        self.names = list(self._parts)
+        self.device, self.dtype = parts[0].device, parts[0].dtype
+        self.counts = [p.n_samples for p in parts]
+        self.n_samples = sum(self.counts)
+        self.groups = [g for g, p in enumerate(parts) for _ in range(len(p))]
+        self.batch_sizes = [n for p in parts for n in p.batch_sizes]
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __iter__(self):
+        for part in self._parts.values():
+            yield from part
+
+    def first(self):
+        """The first batch of the first dataset ``(inputs, targets, n)`` on the device."""
+        return next(iter(self))
+
+    @property
+    def parts(self) -> dict[str, Batches]:
+        """Each dataset's :class:`Batches`, by name, in order."""
+        return dict(self._parts)
+
+    def tensors(self):
+        """Every dataset's ``(inputs, targets)`` batches as stored, one dataset after the other."""
+        for part in self._parts.values():
+            yield from part.tensors()
+
+    def nonfinite(self) -> str | None:
+        """Where the data first holds NaN or inf, naming the dataset; None if nowhere."""
+        for name, part in self._parts.items():
+            found = part.nonfinite()
+            if found is not None:
+                return found.replace(" (batch", f" (dataset {name!r}, batch")
+        return None
+
+    def resplit(self, batch_size: int) -> "NamedBatches":
+        """Every dataset in batches of at most ``batch_size`` (a new object)."""
+        new = object.__new__(NamedBatches)
+        new._parts = {name: p.resplit(batch_size) for name, p in self._parts.items()}
+        new._index()
         return new
 
 

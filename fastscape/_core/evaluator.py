@@ -28,8 +28,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .data import Batches, as_args
+from .data import Batches, NamedBatches, as_args
+from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .metrics import check_metrics
 from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
@@ -45,7 +47,7 @@ from .strategies import (
     time_call,
 )
 
-__all__ = ["evaluate", "FallbackWarning", "EvalReport"]
+__all__ = ["evaluate", "value_names", "FallbackWarning", "EvalReport"]
 
 #: bytes of one intermediate tensor a chunk aims at on CPU: past a few MiB every
 #: allocation page-faults and the same grid runs several times slower.
@@ -173,7 +175,8 @@ def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, devi
                                  "device_type": device.type}
 
 
-def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
+@warn_once()  # a warning of the model or loss (e.g. broadcasting) once, not once per chunk and batch
+def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_fn: Callable,
              metrics: Mapping[str, Callable] | None = None, chunk_size: int | str = "auto",
              strategy: str = "auto", buffers: ParamDict | None = None,
              progress: Callable[[int], None] | None = None, expected_points: int | None = None,
@@ -184,8 +187,10 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     ----------
     model : nn.Module
         Evaluated in eval mode through ``functional_call``; never written.
-    batches : Batches
-        The data, already on the evaluation device and dtype.
+    batches : Batches or NamedBatches
+        The data, already on the evaluation device and dtype. Several named
+        datasets are evaluated in the same pass: each chunk of stacked
+        parameters runs over every dataset's batches.
     points : AffinePoints or ExplicitPoints
         The points; ``points.n`` of them.
     loss_fn : callable ``(output, target) -> scalar tensor``
@@ -212,10 +217,12 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
     Returns
     -------
     values : dict name -> ndarray of shape (N,)
-        ``"loss"`` and one entry per metric, float64.
+        ``"loss"`` and one entry per metric, float64, each dataset averaged over
+        its own samples; with :class:`NamedBatches` keyed ``"train/loss"``,
+        ``"train/accuracy"``, ``"test/loss"``, ... (see :func:`value_names`).
     report : EvalReport
     """
-    metrics = dict(metrics or {})
+    metrics = check_metrics(metrics)
     if not points.moving and points.n > 1:
         # every point has the same parameters (all directions zero): evaluate one, repeat it
         values, report = evaluate(model, batches, points.first_only(), loss_fn=loss_fn, metrics=metrics,
@@ -251,7 +258,8 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         first = points.stack(0, 1)
         p0 = {**shared, **{k: v[0] for k, v in first.items()}}
         with torch.no_grad():
-            out0 = functional_call(model, p0, args0)
+            with named_failure(model, args0):  # data the model does not take: say which layer and shape
+                out0 = functional_call(model, p0, args0)
             check_scalar(loss_fn(out0, y0), "loss_fn")
             for name, m in metrics.items():
                 check_scalar(m(out0, y0), f"metrics[{name!r}]")
@@ -281,18 +289,20 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
                     chunk = ctx.chunk = max(1, chunk // 2)
                     report.oom_backoffs += 1
                     report.notes.append(f"out of memory while choosing a strategy; chunk halved to {chunk}")
-            sums = torch.zeros(points.n, 1 + len(metrics), dtype=torch.float64, device=device)
+            # one row per point, one block of (loss, *metrics) per dataset
+            n_sets, width = len(batches.counts), 1 + len(metrics)
+            sums = torch.zeros(points.n, n_sets, width, dtype=torch.float64, device=device)
             start = 0
             while start < points.n:
                 stop = min(start + chunk, points.n)
                 try:
                     moving = points.stack(start, stop)
-                    acc = torch.zeros(stop - start, 1 + len(metrics), dtype=torch.float64, device=device)
-                    for b, (x, y, n) in enumerate(batches):
+                    acc = torch.zeros(stop - start, n_sets, width, dtype=torch.float64, device=device)
+                    for b, (g, (x, y, n)) in enumerate(zip(batches.groups, batches)):
                         vals = _run(runner, strategy, ctx, start, stop, moving, b, as_args(x), y, report)
                         if report.fallback and not isinstance(runner, LoopStrategy):
                             runner = LoopStrategy(ctx)
-                        acc += vals.to(torch.float64) * n
+                        acc[:, g] += vals.to(torch.float64) * n
                 except RuntimeError as err:
                     if not _is_oom(err) or chunk == 1:
                         raise
@@ -314,11 +324,18 @@ def evaluate(model: nn.Module, batches: Batches, points, *, loss_fn: Callable,
         report.seconds = time.perf_counter() - t0
         report.strategy = runner.name
         report.chunk_size = chunk
-    means = (sums / batches.n_samples).cpu().numpy()
-    values = {"loss": means[:, 0]}
-    for j, name in enumerate(metrics, start=1):
-        values[name] = means[:, j]
-    return values, report
+    counts = torch.tensor(batches.counts, dtype=torch.float64, device=device)
+    means = (sums / counts[:, None]).reshape(points.n, -1).cpu().numpy()
+    return {name: means[:, j] for j, name in enumerate(value_names(batches, metrics))}, report
+
+
+def value_names(batches, metrics) -> list[str]:
+    """Names of the values :func:`evaluate` returns, in order: ``["loss", *metrics]`` for one
+    dataset, ``["train/loss", "train/accuracy", "test/loss", ...]`` for :class:`NamedBatches`."""
+    base = ["loss", *(metrics or {})]
+    if batches.names is None:
+        return base
+    return [f"{d}/{m}" for d in batches.names for m in base]
 
 
 def _build(name: str, ctx: _Context, args0) -> Strategy:
@@ -391,8 +408,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
             return
         n = min(len(vals), len(ref))
-        if not torch.allclose(vals[:n], ref[:n], rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6,
-                              equal_nan=True):
+        if not values_agree(vals[:n], ref[:n], rtol=1e-3):
             report.notes.append(f"auto: {name} skipped (values differ from vmap)")
             return
         timings[name], built[name] = t, (s, ctx.chunk)
@@ -470,8 +486,14 @@ def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b,
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return vals
     except RuntimeError as err:
-        if strategy != "auto" or _is_oom(err):
+        if _is_oom(err):
             raise
+        if strategy != "auto":
+            # the named strategy was checked against the model, but vmap meets an operation
+            # without a batching rule only now (nn.LSTM, nn.GRU): say what to use instead
+            raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: "
+                             f"{str(err).splitlines()[0]}. Use strategy='auto' (it falls back to the "
+                             "per-point loop) or strategy='loop'.") from err
         # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
         # numbers; if it fails too, its error is the real one and propagates.
         vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)

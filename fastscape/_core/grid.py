@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
+
+from .memory import _human, free_memory
+
+def _bytes_per_point(k: int) -> int:
+    """Host bytes of one point of a k-direction grid: its k coordinates twice while the
+    mesh is built, then float64 losses (the evaluator's sums, its means, the surface's array)."""
+    return 8 * (2 * k + 3)
 
 
 def _is_spec(obj) -> bool:
@@ -77,7 +85,28 @@ def make_axes(grid, k: int) -> list[np.ndarray]:
     return [_axis(g, i) for i, g in enumerate(grid)]
 
 
+def check_grid_size(axes: list[np.ndarray]) -> int:
+    """The number of grid points, or a ValueError saying how many points and bytes
+    when the host cannot hold the grid's coordinates and losses (before any of it
+    is allocated)."""
+    sizes = [len(a) for a in axes]
+    n = math.prod(sizes)
+    need = n * _bytes_per_point(len(axes))
+    free, source = free_memory("cpu", budget=False)
+    if need > free:
+        raise ValueError(
+            f"`grid` has {n} points ({' x '.join(map(str, sizes))}); its coordinates and losses need "
+            f"{_human(need)} ({_bytes_per_point(len(axes))} bytes a point), more than the {_human(free)} "
+            f"of memory available ({source}). Use fewer points.")
+    return n
+
+
 def mesh(axes: list[np.ndarray]) -> np.ndarray:
-    """All grid points, shape (prod(len(a)), k), in C order of the grid (axis 0 slowest)."""
+    """All grid points, shape (prod(len(a)), k), in C order of the grid (axis 0 slowest).
+
+    Raises ValueError, before allocating, for a grid the host cannot hold
+    (:func:`check_grid_size`).
+    """
+    check_grid_size(axes)
     grids = np.meshgrid(*axes, indexing="ij")
     return np.stack([g.reshape(-1) for g in grids], axis=1)

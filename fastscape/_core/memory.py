@@ -97,10 +97,11 @@ def _cgroup_available() -> int | None:
     return None
 
 
-def free_memory(device: torch.device | str) -> tuple[int, str]:
+def free_memory(device: torch.device | str, *, budget: bool = True) -> tuple[int, str]:
     """Free memory of ``device`` in bytes, and where the number comes from.
 
-    ``FASTSCAPE_MEMORY_BUDGET`` wins when set. Otherwise CUDA reports its
+    ``FASTSCAPE_MEMORY_BUDGET`` wins when set (unless ``budget=False``: what the
+    machine has, e.g. for host arrays the budget does not govern). Otherwise CUDA reports its
     free memory; on CPU the kernel's ``MemAvailable`` (or ``os.sysconf``),
     bounded by the room left under a cgroup limit.
 
@@ -111,7 +112,7 @@ def free_memory(device: torch.device | str) -> tuple[int, str]:
     source : str
         E.g. ``"cuda mem_get_info"``, ``"/proc/meminfo"``, ``"FASTSCAPE_MEMORY_BUDGET"``.
     """
-    env = os.environ.get(ENV_BUDGET)
+    env = os.environ.get(ENV_BUDGET) if budget else None
     if env:
         return parse_bytes(env), ENV_BUDGET
     device = torch.device(device)

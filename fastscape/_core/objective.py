@@ -22,7 +22,30 @@ from torch.func import functional_call
 from .data import Batches, as_args
 from .params import ParamDict, model_buffers, model_state_guard
 
-__all__ = ["batch_loss", "mean_loss", "check_scalar"]
+__all__ = ["batch_loss", "mean_loss", "sample_mean", "check_scalar", "check_differentiable"]
+
+
+def check_differentiable(model: nn.Module, what: str) -> None:
+    """A ``ValueError`` naming the submodules whose full backward hooks ``torch.func`` cannot run.
+
+    ``register_full_backward_hook`` and ``register_full_backward_pre_hook`` wrap
+    a module's inputs and outputs in an ``autograd.Function`` that the
+    ``torch.func`` transforms (``grad``, ``jvp``, ``vmap``) reject with an error
+    about ``setup_context``; ``what`` names the caller (the Hessian, a gradient view).
+    """
+    from torch.nn.modules import module as _module
+
+    hooked = [name or "(the model itself)" for name, m in model.named_modules()
+              if m._backward_pre_hooks or (m._backward_hooks and m._is_full_backward_hook)]
+    global_hooks = bool(_module._global_backward_pre_hooks) or (
+        bool(_module._global_backward_hooks) and bool(getattr(_module, "_global_is_full_backward_hook", False)))
+    if hooked or global_hooks:
+        where = (f"on {', '.join(repr(n) for n in hooked[:5])}" + (" and more" if len(hooked) > 5 else "")
+                 if hooked else "registered globally (register_module_full_backward_hook)")
+        raise ValueError(
+            f"`model` has full backward hooks {where}; {what} differentiates with torch.func, which cannot "
+            "run them. Remove them for this call (keep the handle that register_full_backward_hook "
+            "returned and call handle.remove()), then register them again.")
 
 
 def check_scalar(value, what: str) -> torch.Tensor:
@@ -48,6 +71,25 @@ def batch_loss(model: nn.Module, params: ParamDict, args: tuple, y, loss_fn: Cal
     return check_scalar(loss_fn(out, y), "loss_fn")
 
 
+def sample_mean(per_batch: Callable[[tuple, object], torch.Tensor], batches: Batches, *,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The sample-weighted mean over ``batches`` of ``per_batch(args, y)``, a batch's mean
+    of anything: its loss, the loss's gradient, Hessian-vector products.
+
+    ``sum_b n_b * per_batch(args_b, y_b) / sum_b n_b``; each batch's term is
+    computed and weighted before the next batch is read, so whatever graph or
+    transform a term builds is released with its batch. ``dtype``, if given, is
+    the dtype the terms are summed in (e.g. float64 for many small terms).
+    """
+    total = None
+    for x, y, n in batches:
+        term = per_batch(as_args(x), y)
+        if dtype is not None:
+            term = term.to(dtype)
+        total = term * n if total is None else total + term * n
+    return total / batches.n_samples
+
+
 def mean_loss(model: nn.Module, params: ParamDict, batches: Batches, loss_fn: Callable, *,
               buffers: ParamDict | None = None) -> torch.Tensor:
     """The sample-weighted mean of ``loss_fn`` over all of ``batches``, at ``params``.
@@ -71,9 +113,5 @@ def mean_loss(model: nn.Module, params: ParamDict, batches: Batches, loss_fn: Ca
         Differentiable with respect to ``params``.
     """
     buffers = model_buffers(model) if buffers is None else buffers
-    total = None
     with model_state_guard(model):
-        for x, y, n in batches:
-            term = batch_loss(model, params, as_args(x), y, loss_fn, buffers) * n
-            total = term if total is None else total + term
-    return total / batches.n_samples
+        return sample_mean(lambda args, y: batch_loss(model, params, args, y, loss_fn, buffers), batches)

@@ -18,6 +18,13 @@ ParamDict = dict[str, torch.Tensor]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def check_model(model, name: str = "model") -> nn.Module:
+    """``model`` if it is an ``nn.Module``, else a TypeError naming the argument."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`{name}` must be a torch.nn.Module; got {type(model).__name__}.")
+    return model
+
+
 def model_parameters(model: nn.Module) -> ParamDict:
     """The model's named parameters, detached (no copy, no grad)."""
     return {name: p.detach() for name, p in model.named_parameters()}
@@ -208,18 +215,32 @@ def resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda'; got {device!r}.") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"`device` {str(device)!r} asks for CUDA, but CUDA is not available here ({why}); "
+                             "use device='cpu', or leave `device` unset to take CUDA when there is one.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"`device` {str(device)!r} names CUDA device {dev.index}, but only {count} "
+                             f"CUDA device(s) are visible (cuda:0 to cuda:{count - 1}).")
+    return dev
 
 
-def resolve_dtype(dtype) -> torch.dtype:
+def resolve_dtype(dtype, *, bfloat16: bool = False) -> torch.dtype:
+    """``dtype`` ("float32", "float64" or the torch dtype) as a torch dtype; with
+    ``bfloat16=True`` (evaluating surfaces) also "bfloat16"."""
+    valid = {**_DTYPES, "bfloat16": torch.bfloat16} if bfloat16 else _DTYPES
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"`dtype` must be one of {list(_DTYPES)}; got {dtype!r}.")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype!r}.")
+        if dtype not in valid:
+            raise ValueError(f"`dtype` must be one of {list(valid)}; got {dtype!r}.")
+        return valid[dtype]
+    if dtype not in valid.values():
+        names = " or ".join(f"torch.{n}" for n in valid)
+        raise ValueError(f"`dtype` must be {names}; got {dtype!r}.")
     return dtype
 
 

@@ -87,8 +87,9 @@ class ExplicitPoints:
         return self
 
     def stack(self, start: int, stop: int) -> ParamDict:
+        # host snapshots go to the GPU without the host waiting for the copy
         return {
-            k: torch.stack([p[k] for p in self.points[start:stop]]).to(self._device, self._dtype)
+            k: torch.stack([p[k] for p in self.points[start:stop]]).to(self._device, self._dtype, non_blocking=True)
             for k in self.moving
         }
 

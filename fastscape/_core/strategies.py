@@ -10,7 +10,7 @@ only in speed. Registered names (``STRATEGIES``):
     One point after another (the fallback for models vmap cannot batch).
 ``"affine"``
     The first-layer fast path. When an ``nn.Linear`` or ``nn.Conv1d/2d/3d``
-    receives the model's raw input, its output is affine in the grid
+    receives the model's raw input (or an ``nn.Flatten`` of it), its output is affine in the grid
     coordinates: ``f(X; W0 + sum_i c_i D_i) = f(X; W0) + sum_i c_i f_0(X; D_i)``
     (``f_0`` without the origin's bias). Those ``1 + k`` outputs are computed
     once per data batch and combined per point; the rest of the model runs
@@ -23,7 +23,8 @@ only in speed. Registered names (``STRATEGIES``):
     it on another model raises ``ValueError`` with the reason.
 ``"mlp"``
     For an ``nn.Sequential`` of ``nn.Linear`` layers, parameter-free
-    elementwise activations and ``nn.Flatten`` that receives the raw input and
+    elementwise activations and ``nn.Flatten`` (also first, as in an MLP on
+    images) that receives the raw input and
     whose output is the model's (the model itself, or a module whose forward
     returns it; checked on a probe forward): the first layer by the affine
     rule above, then every later layer as one batched matrix product per chunk
@@ -61,6 +62,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from .guards import values_agree
 from .points import AffinePoints
 
 __all__ = ["STRATEGIES", "AUTO_CHOICES", "Strategy", "NotApplicable", "make_strategy", "strategy_names",
@@ -76,6 +78,15 @@ TINY_LINEAR = 16
 #: bytes of cached per-batch tensors (first-layer outputs, channels-last inputs) kept
 #: across chunks by one strategy, i.e. per evaluate call
 AFFINE_CACHE_BYTES = 512 << 20
+#: device types on which the affine path finds the distinct coordinate rows of each chunk
+#: anew; elsewhere (GPUs) it finds those of the whole grid once, because ``torch.unique``
+#: makes the host wait for the device to learn its output size (measured on CPU: per chunk
+#: is 2-3x cheaper than once over a 1001 x 1001 grid)
+PER_CHUNK_UNIQUE_DEVICES = frozenset({"cpu"})
+
+#: first points the loop probes for its channels-last decision before it keeps the
+#: plain layout, when each of them diverges (no finite output to compare)
+LAYOUT_TRIES = 4
 
 #: strategy="auto" picks, keyed by :func:`auto_key`
 AUTO_CHOICES: dict[tuple, str] = {}
@@ -119,6 +130,11 @@ class _TinyLinear(TorchFunctionMode):
 
 
 def _values(loss_fn, metrics, out, y):
+    if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
+        # a bf16 evaluation: the loss of the model's output in float32 (as autocast does),
+        # not rounded to 8 bits of mantissa itself
+        out = out.float()
+        y = y.float() if isinstance(y, torch.Tensor) and y.is_floating_point() else y
     vals = [loss_fn(out, y)] + [m(out, y) for m in metrics.values()]
     return torch.stack([v.to(vals[0].dtype) for v in vals])
 
@@ -204,7 +220,8 @@ class LoopStrategy(Strategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.channels_last: bool | None = None  # decided on the first batch (see _layout)
+        self.channels_last: bool | None = None  # decided on a probe forward (see _layout)
+        self._layout_tries = 0
         self._converted = _PerBatch()  # channels-last args per data batch
 
     def run(self, start, stop, moving, batch_index, args, y):
@@ -214,7 +231,11 @@ class LoopStrategy(Strategy):
         # (measured: 12% faster on the benchmark's encoder layer)
         with _mha_fastpath(c.mha_fastpath):
             if self.channels_last is None:
-                self.channels_last = self._layout(params[0], args)
+                # a diverging first point cannot tell the layouts apart: ask again on the
+                # next chunk's first point, a few times, then keep the plain layout
+                self._layout_tries += 1
+                decided = self._layout(params[0], args)
+                self.channels_last = decided if decided is not None or self._layout_tries >= LAYOUT_TRIES else None
             if self.channels_last:
                 args = self._to_channels_last(args, batch_index)
             return torch.stack([_values(c.loss_fn, c.metrics, functional_call(c.model, p, args), y)
@@ -225,13 +246,14 @@ class LoopStrategy(Strategy):
         return self._converted.get(
             batch_index, args[0], lambda: (args[0].contiguous(memory_format=torch.channels_last),) + args[1:])
 
-    def _layout(self, params, args) -> bool:
+    def _layout(self, params, args) -> bool | None:
         """Whether to feed a CPU image batch to the model in channels-last layout.
 
         oneDNN's CPU convolutions run about twice as fast on channels-last data
         (measured on the benchmark CNN: 244 -> 127 ms per point). Used only where
         one probe forward in that layout runs and matches the plain one: a
         model that calls ``.view`` on a convolution's output cannot take it.
+        None when the probe cannot tell (the point diverges: no finite output).
         """
         x = args[0] if args else None
         if (not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point()
@@ -243,10 +265,11 @@ class LoopStrategy(Strategy):
             other = functional_call(self.ctx.model, params, (x.contiguous(memory_format=torch.channels_last),) + args[1:])
         except RuntimeError:
             return False
-        return (isinstance(plain, torch.Tensor) and isinstance(other, torch.Tensor)
-                and plain.shape == other.shape
-                and torch.allclose(plain, other, rtol=1e-4, atol=1e-5 * float(plain.abs().max()) + 1e-6,
-                                   equal_nan=True))
+        if not isinstance(plain, torch.Tensor) or not isinstance(other, torch.Tensor):
+            return False
+        if not bool(torch.isfinite(plain).any()):
+            return None
+        return values_agree(plain, other, rtol=1e-4)
 
 
 class VmapStrategy(Strategy):
@@ -300,18 +323,34 @@ class _Injected(nn.Module):
 
 
 def _find_raw_input_layer(model: nn.Module, args: tuple, shared: Mapping[str, torch.Tensor]):
-    """(path, layer) of the Linear/Conv that receives the model's raw first input,
-    found with forward pre-hooks on one plain forward; raises NotApplicable."""
+    """(path, layer, flatten) of the Linear/Conv that receives the model's raw first input,
+    found with forward hooks on one plain forward; raises NotApplicable.
+
+    ``flatten`` is the ``nn.Flatten`` module between the raw input and the layer when
+    the layer receives ``flatten(raw)`` (an MLP on images), else None: the layer's output
+    is still affine in its weights, computed on the flattened input."""
     if len(args) != 1 or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
         raise NotApplicable("the model's input is not a single floating-point tensor")
     raw = args[0]
     calls: dict[str, list] = {}
+    flattened: list[tuple[torch.Tensor, nn.Module]] = []  # (flatten(raw), the Flatten module)
     handles = []
+
+    def source(t):
+        if t is raw:
+            return "raw"
+        return next((f for out, f in flattened if t is out), False)
+
     for path, mod in model.named_modules():
         if isinstance(mod, AFFINE_MODULES):
             def hook(m, inp, path=path):
-                calls.setdefault(path, []).append(len(inp) == 1 and inp[0] is raw)
+                calls.setdefault(path, []).append(source(inp[0]) if len(inp) == 1 else False)
             handles.append(mod.register_forward_pre_hook(hook))
+        elif type(mod) is nn.Flatten:
+            def flat_hook(m, inp, out):
+                if len(inp) == 1 and inp[0] is raw:
+                    flattened.append((out, m))
+            handles.append(mod.register_forward_hook(flat_hook))
     try:
         with torch.no_grad():
             functional_call(model, dict(shared), args)
@@ -320,10 +359,10 @@ def _find_raw_input_layer(model: nn.Module, args: tuple, shared: Mapping[str, to
             h.remove()
     for path, seen in calls.items():
         mod = model.get_submodule(path)
-        if seen == [True] and type(mod).forward in {c.forward for c in AFFINE_MODULES}:
-            return path, mod
+        if len(seen) == 1 and seen[0] is not False and type(mod).forward in {c.forward for c in AFFINE_MODULES}:
+            return path, mod, (None if seen[0] == "raw" else seen[0])
     raise NotApplicable("no nn.Linear/nn.Conv layer receives the model's raw input tensor "
-                        "(exactly once per forward)")
+                        "(or its nn.Flatten) exactly once per forward")
 
 
 def _shallow_clone_with(model: nn.Module, path: str, replacement: nn.Module, identities=()):
@@ -358,7 +397,8 @@ class AffineStrategy(Strategy):
         points = ctx.points
         if not isinstance(points, AffinePoints):
             raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
-        path, layer = _find_raw_input_layer(ctx.model, args0, {**ctx.shared, **{k: v[0] for k, v in points.stack(0, 1).items()}})
+        path, layer, self.flatten = _find_raw_input_layer(
+            ctx.model, args0, {**ctx.shared, **{k: v[0] for k, v in points.stack(0, 1).items()}})
         prefix = f"{path}." if path else ""
         own = [n for n, _ in layer.named_parameters(recurse=False)]
         self.keys = {n: prefix + n for n in own}
@@ -383,6 +423,8 @@ class AffineStrategy(Strategy):
         self.clone = _shallow_clone_with(ctx.model, path, _Injected(layer), folded)
         self.pre_key = prefix + "pre"
         self._cache = _PerBatch()  # (base, z) per data batch
+        self._grid_rows = None  # (distinct rows, each point's row, the same on the host): see _distinct
+        self._used_index = None  # dirs_used on the device, when they are not consecutive
         clone, loss_fn, metrics, pre_key = self.clone, ctx.loss_fn, ctx.metrics, self.pre_key
         mode = _mode(self.compiled)
 
@@ -408,6 +450,8 @@ class AffineStrategy(Strategy):
 
     def _compute_layer_outputs(self, x) -> tuple:
         pts, shared = self.ctx.points, self.ctx.shared
+        if self.flatten is not None:
+            x = self.flatten(x)
         origin = {n: (pts._origin[k].view(pts._shapes[k]) if k in pts.moving else shared[k])
                   for n, k in self.keys.items()}
         base = functional_call(self.layer, origin, (x,))
@@ -422,17 +466,13 @@ class AffineStrategy(Strategy):
     def run(self, start, stop, moving, batch_index, args, y):
         c = stop - start
         base, z = self._layer_outputs(batch_index, args[0])
-        coords = self.ctx.points._coords[start:stop][:, self.dirs_used]
+        coords = self._used_coords(start, stop)
         if self.compiled:
             moving = {k: _pad_rows(v, self.ctx.chunk) for k, v in moving.items()}
             coords = _pad_rows(coords, self.ctx.chunk)
         if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1]:
             # the layer depends on some coordinates only: once per distinct value
-            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
-                values, index = torch.unique(coords[:, 0], return_inverse=True)
-                distinct = values[:, None]
-            else:
-                distinct, index = torch.unique(coords, dim=0, return_inverse=True)
+            distinct, index = self._distinct(start, stop, coords)
             if self.compiled:
                 # fixed shapes for the compiled function: a few power-of-two table sizes, not
                 # the chunk size (padding the seed-000 table to 2096 rows took a quarter of its run)
@@ -444,6 +484,52 @@ class AffineStrategy(Strategy):
             table = act(table)
         with _math_attention():
             return self.fn(self.ctx.shared, moving, table, index, args, y)[:c]
+
+
+    def _used_coords(self, start: int, stop: int) -> torch.Tensor:
+        """Coordinates of points ``start:stop`` along the directions that move the layer,
+        shape (stop-start, len(dirs_used)): a slice when those directions are consecutive
+        (always, for 1 or 2 directions); a Python list as an index would be copied to the
+        device, and waited for, at every chunk."""
+        c = self.ctx.points._coords[start:stop]
+        used = self.dirs_used
+        if not used:
+            return c[:, :0]
+        if used == list(range(used[0], used[-1] + 1)):
+            return c[:, used[0]:used[-1] + 1]
+        if self._used_index is None or self._used_index.device != c.device:
+            self._used_index = torch.tensor(used, device=c.device)
+        return c.index_select(1, self._used_index)
+
+    def _distinct(self, start: int, stop: int, coords: torch.Tensor):
+        """``(distinct, index)``: the distinct rows of the used coordinates of points
+        ``start:stop`` and each point's row (``coords`` is those coordinates, padded to
+        the chunk on the compiled path).
+
+        On CPU per chunk. On a GPU the whole grid's distinct rows (sorted) and each
+        point's row are found once, with the one host wait of an evaluation, and a
+        chunk takes the consecutive range of rows its points use, decided on the
+        host copy of the index: no wait per chunk.
+        """
+        if coords.device.type in PER_CHUNK_UNIQUE_DEVICES:
+            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
+                values, index = torch.unique(coords[:, 0], return_inverse=True)
+                return values[:, None], index
+            return torch.unique(coords, dim=0, return_inverse=True)
+        if self._grid_rows is None:
+            used = self._used_coords(0, self.ctx.points.n)
+            if used.shape[1] == 1:
+                rows, inverse = torch.unique(used[:, 0], return_inverse=True)
+                rows = rows[:, None]
+            else:
+                rows, inverse = torch.unique(used, dim=0, return_inverse=True)
+            self._grid_rows = (rows, inverse, inverse.cpu().numpy())
+        rows, inverse, host = self._grid_rows
+        part = host[start:stop]
+        lo, hi = int(part.min()), int(part.max()) + 1
+        if hi - lo > coords.shape[0]:  # rows far apart in this chunk: one row per point
+            return coords, torch.arange(coords.shape[0], device=coords.device)
+        return rows[lo:hi], _pad_rows(inverse[start:stop] - lo, coords.shape[0])
 
 
 class AffineCompiled(AffineStrategy):
@@ -491,8 +577,11 @@ class MlpStrategy(AffineStrategy):
         seq_path, _, first = self.path.rpartition(".")
         seq = ctx.model.get_submodule(seq_path)
         names = list(seq._modules) if type(seq) is nn.Sequential else []
+        if names and self.flatten is not None and seq._modules[names[0]] is self.flatten:
+            names = names[1:]  # Flatten, then the Linear: the first layer computes on flatten(x)
         if not names or first != names[0] or not isinstance(self.layer, nn.Linear):
-            raise NotApplicable("the input layer is not an nn.Linear opening an nn.Sequential")
+            raise NotApplicable("the input layer is not an nn.Linear opening an nn.Sequential "
+                                "(after an optional nn.Flatten)")
         if seq is not ctx.model and not _returns_output_of(ctx.model, seq, args0, ctx.shared, self.ctx.points):
             raise NotApplicable("the model's output is not its nn.Sequential's output on the raw input")
         prefix = f"{seq_path}." if seq_path else ""
@@ -528,7 +617,7 @@ class MlpStrategy(AffineStrategy):
 
     def run(self, start, stop, moving, batch_index, args, y):
         base, z = self._layer_outputs(batch_index, args[0])
-        coords = self.ctx.points._coords[start:stop][:, self.dirs_used]
+        coords = self._used_coords(start, stop)
         table = self._buffer("first", (stop - start, base.numel()), base)
         h = torch.addmm(base.reshape(1, -1), coords, z, out=table).view(stop - start, *base.shape)  # (P, n, ..., F)
         for act in self.first_acts:

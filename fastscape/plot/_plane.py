@@ -314,6 +314,8 @@ def auto_camera(surface_coords, heights, target=None) -> dict:
 
 def _floor_levels(zt: np.ndarray, n: int = 24):
     vals = zt[np.isfinite(zt)]
+    if not vals.size:  # every point diverged: nothing to contour (saving such a figure says so)
+        return 0.0, 1.0, 1.0 / n
     lo, hi = float(vals.min()), float(vals.max())
     if hi <= lo:
         hi = lo + 1.0

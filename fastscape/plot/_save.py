@@ -116,6 +116,27 @@ def _kaleido_write(fig, out: Path, chrome: str, scale: float, size) -> None:
     )
 
 
+def _has_finite_values(fig) -> bool:
+    """Whether any trace of a plotly figure holds a finite number to draw (its z or value, else its y)."""
+    import numpy as np
+
+    for trace in fig.data:
+        values = None
+        for name in ("z", "value", "y"):
+            values = getattr(trace, name, None) if name in trace else None
+            if values is not None:
+                break
+        if values is None:
+            return True  # a trace of another kind (text, images, ...): let it draw
+        try:
+            arr = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            return True  # categorical values
+        if np.isfinite(arr).any():
+            return True
+    return False
+
+
 def _write_html(fig, out: Path) -> None:
     html = fig.to_html(include_plotlyjs=True, full_html=True, auto_play=False, default_width="100%",
                        default_height="100%", config={"responsive": True, "displaylogo": False})
@@ -202,16 +223,24 @@ def save(fig, out, *, dpi: int = 150, scale: float = 2.0, fallback: bool = True,
         _write_gif(figure, update, form.frames, out, dpi, frame_ms)
         return out
 
+    if not _has_finite_values(fig):
+        # kaleido renders such a figure to nothing and reports success
+        raise ValueError(f"`fig` has no finite values to draw (every value is NaN or inf, e.g. a surface whose "
+                         f"every point diverged), so no {suffix} was written to {str(out)!r}; check "
+                         "`np.isfinite(surface.loss).any()` first, or save it as '.html'.")
     chrome = find_chrome()
     err = None
     if chrome is not None:
         try:
             _kaleido_write(fig, out, chrome, scale, size or (form.size if form else (1000, 800)))
-            return out
         except ImportError:
             raise
         except Exception as e:  # noqa: BLE001 - reported in the message below
             err = e
+        else:
+            if not out.is_file() or out.stat().st_size == 0:
+                raise RuntimeError(f"kaleido reported success but wrote no file at {str(out)!r}.")
+            return out
     message = _fix(chrome, err)
     if form is None:
         raise RuntimeError(message + " (This plotly figure was not made by fastscape.plot, so it has no "
