@@ -171,7 +171,9 @@ def main(argv=None) -> int:
     save(plot.hidden_space(fastscape.hidden_activations(model, x), y, units=(0, 1, 2)), "hidden_space.png")
     vol = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, 3, seed=1),
                                  loss_fn=F.cross_entropy, grid=(-1.0, 1.0, 13 if small else 31), progress=False)
-    save(plot.volume(vol, kind="isosurface", levels=5), "volume.png")
+    # log-spaced shells: nested around the minimum, where a linear spacing would put them all near the walls
+    save(plot.volume(vol, kind="isosurface", levels=5, log=True, title="Loss volume: shells of equal loss"),
+         "volume.png")
     save(plot.volume(vol, kind="slices", title="Loss volume: slices through the minimum"), "volume_slices.png")
 
     net, traj, xr, yr = regression_net(small)

@@ -114,10 +114,10 @@ def test_animation_to_gif(tmp_path):
     from PIL import Image
 
     fig = plot.animate_path(_plane(), _path(), max_frames=5)
-    out = plot.save(fig, tmp_path / "p.gif", dpi=50, frame_ms=80)
+    out = plot.save(fig, tmp_path / "p.gif", dpi=50, frame_ms=120)
     with Image.open(out) as im:
         assert im.format == "GIF" and im.n_frames == len(fig.frames) == 5
-        assert im.info["duration"] == 80
+        assert im.info["duration"] == 120
         frames = []
         for i in range(im.n_frames):
             im.seek(i)

@@ -147,7 +147,8 @@ def _write_html(fig, out: Path) -> None:
 def _write_gif(figure, update, frames, out: Path, dpi: int, frame_ms: int) -> None:
     animation = require("matplotlib.animation", "writing a GIF")
     require("PIL", "writing a GIF")
-    writer = animation.PillowWriter(fps=1000.0 / frame_ms)
+    # PillowWriter stores int(1000 / fps) ms per frame: nudge fps so that is exactly frame_ms, not frame_ms - 1
+    writer = animation.PillowWriter(fps=1000.0 / (frame_ms + 1e-6))
     with writer.saving(figure, str(out), dpi):
         for i in frames or (None,):
             if i is not None and update is not None:
