@@ -27,19 +27,6 @@ from ._pca import pca_directions as pca_directions
 from ._pca import project as project
 from ._compare import OptimizerComparison as OptimizerComparison
 from ._compare import compare_optimizers as compare_optimizers
-from ._plot_animate import animate_fit as animate_fit
-from ._plot_animate import animate_path as animate_path
-from ._plot_gradient import plot_cross_sections as plot_cross_sections
-from ._plot_gradient import plot_lr_steps as plot_lr_steps
-from ._plot_lines import plot_line as plot_line
-from ._plot_network import plot_hidden_lines as plot_hidden_lines
-from ._plot_network import plot_hidden_space as plot_hidden_space
-from ._plot_network import plot_thresholded as plot_thresholded
-from ._plot_volume import plot_volume as plot_volume
-from ._plotting import plot_contour as plot_contour
-from ._plotting import plot_surface3d as plot_surface3d
-from ._save import StaticExportWarning as StaticExportWarning
-from ._save import save_figure as save_figure
 from ._landscape import loss_surface as loss_surface
 from ._surface import Surface as Surface
 from ._surface import load_surface as load_surface
@@ -47,7 +34,13 @@ from ._trajectory import Recorder as Recorder
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import record as record
 from ._trajectory import train as train
+from ._views import cross_sections as cross_sections
+from ._views import hidden_activations as hidden_activations
+from ._views import lr_steps as lr_steps
+from ._views import snapshot_predictions as snapshot_predictions
+from ._views import thresholded_prediction as thresholded_prediction
 from ._vtk import save_vtp as save_vtp
+from . import plot as plot
 
 try:
     __version__ = _metadata.version("torch-fastscape")
@@ -57,45 +50,38 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "__version__",
     "accuracy",
-    "animate_fit",
-    "animate_path",
     "axis_directions",
     "axis_origin",
     "Batches",
     "compare_optimizers",
+    "cross_sections",
     "ConvergenceWarning",
     "Directions",
     "FallbackWarning",
     "hessian_eigenpairs",
     "hessian_trace",
     "hessian_vector_product",
+    "hidden_activations",
     "init_distributed",
     "interpolation_directions",
     "interpolation_plane",
     "load_surface",
     "loss_surface",
+    "lr_steps",
     "normalize",
     "OptimizerComparison",
     "orthogonalize",
     "path_loss",
     "pca_directions",
-    "plot_contour",
-    "plot_cross_sections",
-    "plot_hidden_lines",
-    "plot_hidden_space",
-    "plot_line",
-    "plot_lr_steps",
-    "plot_surface3d",
-    "plot_thresholded",
-    "plot_volume",
+    "plot",
     "project",
     "random_directions",
     "record",
     "Recorder",
-    "save_figure",
+    "snapshot_predictions",
     "save_vtp",
-    "StaticExportWarning",
     "Surface",
+    "thresholded_prediction",
     "train",
     "Trajectory",
 ]

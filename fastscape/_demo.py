@@ -43,12 +43,12 @@ class TwoWeightNet(nn.Module):
 
 def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr: float = 1e-2,
              seed: int = 0, log=print) -> dict:
-    """Train, compute the surface over (w1, w2) in [-2, 2]^2, write HTML and PNG.
+    """Train, compute the surface over (w1, w2) around [-2, 2]^2 and the path, write HTML and PNG.
 
     Returns a dict of what was written and measured.
     """
     # the demo is a user of the public API, nothing more
-    from fastscape import axis_directions, axis_origin, loss_surface, plot_contour, plot_surface3d, save_figure, train
+    from fastscape import axis_directions, axis_origin, loss_surface, plot, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,16 +70,20 @@ def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr
 
     names = ["net.0.weight", "net.2.weight"]
     path = traj.matrix().numpy()  # the two raw weights per epoch: already plane coordinates
-    span = max(2.0, float(np.ceil(np.abs(path).max() * 4 + 1) / 4))  # [-2, 2], widened to hold the path
+    # [-2, 2] on each axis, widened so the path keeps half a unit of landscape around it
+    lo = np.minimum(-2.0, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
+    hi = np.maximum(2.0, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
     surface = loss_surface(model, (x_test, y_test), axis_directions(model, names),
                            origin=axis_origin(model, names, at="zero"), loss_fn=loss_fn,
-                           grid=(-span, span, resolution), device="cpu", progress=False)
+                           grid=[(float(a), float(b), resolution) for a, b in zip(lo, hi)], device="cpu",
+                           progress=False)
     labels = ("w1 (hidden weight)", "w2 (output weight)")
-    fig3d = plot_surface3d(surface, path=path, path_loss=np.array(traj.losses), axis_labels=labels,
-                           title="MSE over the raw weights, with the SGD path")
-    html = save_figure(fig3d, out / "surface3d.html")
-    ax = plot_contour(surface, path=path, axis_labels=labels, title="MSE contours and SGD path (per epoch)")
-    png = save_figure(ax.figure, out / "contour.png")
+    fig3d = plot.surface3d(surface, path=path, path_loss=np.array(traj.losses), axis_labels=labels,
+                           path_label="epoch", title="MSE over the raw weights, with the SGD path")
+    html = plot.save(fig3d, out / "surface3d.html")
+    ax = plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",
+                      title="MSE contours and SGD path (per epoch)")
+    png = plot.save(ax, out / "contour.png")
     h5 = surface.save(out / "surface.h5")
     n = surface.loss.size
     secs = surface.meta["seconds"]

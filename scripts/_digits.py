@@ -69,13 +69,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def accuracy_surface(surface):
-    """The accuracy of a surface as a Surface of its own (for plot_contour)."""
-    import fastscape
-
-    return fastscape.Surface(coords=surface.coords, loss=surface.metrics["accuracy"], meta=surface.meta)
-
-
 def write_summary(out: Path, lines: list[str], numbers: dict | None = None) -> Path:
     """Write ``summary.txt`` (and ``summary.json`` with ``numbers``) and print the lines."""
     import json

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fastscape  # noqa: E402
-from _digits import DigitsCNN, accuracy_surface, load_digits_tensors, loader, parser, write_summary  # noqa: E402
+from _digits import DigitsCNN, load_digits_tensors, loader, parser, write_summary  # noqa: E402
 
 
 def _span(path, floor=1.0):
@@ -90,14 +90,17 @@ def main(argv=None) -> dict:
              ("hessian", s_hess, None, (f"Hessian eigenvector 1 (λ={float(evals[0]):.3g})",
                                         f"Hessian eigenvector 2 (λ={float(evals[1]):.3g})"))]
     for name, surf, p, labels in views:
-        ax = fastscape.plot_contour(surf, path=p, axis_labels=labels, title=f"training loss: {name} plane")
-        written.append(fastscape.save_figure(ax.figure, out / f"cnn_{name}_loss.png"))
-        ax = fastscape.plot_contour(accuracy_surface(surf), path=p, log=False, axis_labels=labels,
+        ax = fastscape.plot.contour(surf, path=p, axis_labels=labels, path_label="epoch",
+                                    title=f"training loss: {name} plane")
+        written.append(fastscape.plot.save(ax, out / f"cnn_{name}_loss.png"))
+        ax = fastscape.plot.contour(surf, value="accuracy", path=p, axis_labels=labels, path_label="epoch",
                                     title=f"training accuracy: {name} plane")
-        written.append(fastscape.save_figure(ax.figure, out / f"cnn_{name}_accuracy.png"))
+        written.append(fastscape.plot.save(ax, out / f"cnn_{name}_accuracy.png"))
         surf.save(out / f"cnn_{name}.h5")
-    fig = fastscape.plot_surface3d(s_pca, path=path, axis_labels=views[1][3], title="PCA plane with the SGD path")
-    written.append(fastscape.save_figure(fig, out / "cnn_pca_surface3d.html"))
+    # log heights: on a linear scale the basin is a flat floor under the walls
+    fig = fastscape.plot.surface3d(s_pca, path=path, axis_labels=views[1][3], log=True, path_label="epoch",
+                                   title="PCA plane with the SGD path (log10 of the training loss)")
+    written.append(fastscape.plot.save(fig, out / "cnn_pca_surface3d.html"))
 
     for name, surf, _, _ in views:
         lines.append(f"{name} plane {res}x{res}: loss {np.nanmin(surf.loss):.4f}..{np.nanmax(surf.loss):.4f}, "

@@ -43,8 +43,8 @@ def main(argv=None) -> dict:
     t_train = time.perf_counter() - t0
     surface = cmp.loss_surface(train, loss_fn=F.cross_entropy, n=res, metrics={"accuracy": fastscape.accuracy},
                                device="cpu", progress=False)
-    ax = cmp.plot(surface, title="SGD, SGD + momentum and Adam on one PCA plane")
-    written = [fastscape.save_figure(ax.figure, out / "optimizers_pca_plane.png")]
+    ax = fastscape.plot.optimizer_comparison(cmp, surface, title="SGD, SGD + momentum and Adam on one PCA plane")
+    written = [fastscape.plot.save(ax, out / "optimizers_pca_plane.png")]
     surface.save(out / "optimizers_plane.h5")
     written.append(out / "optimizers_plane.h5")
 

@@ -85,20 +85,16 @@ def main(argv=None) -> Path:
 
     fig = Figure(figsize=(16, 4.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    fastscape.plot_contour(s_random, ax=axes[0], labels=False, axis_labels=("δ", "η"),
+    fastscape.plot.contour(s_random, ax=axes[0], labels=False, axis_labels=("δ", "η"),
                            title="random plane, filter-normalised")
-    fastscape.plot_contour(s_hess, ax=axes[1], labels=False, axis_labels=("v1", "v2"),
+    fastscape.plot.contour(s_hess, ax=axes[1], labels=False, axis_labels=("v1", "v2"),
                            title=f"Hessian plane, λ1={vals[0]:.3g}, λ2={vals[1]:.3g}")
-    fastscape.plot_contour(s_plane, ax=axes[2], labels=False, axis_labels=("e1", "e2"),
+    # the three trained models as named points (rows of `pos` are labelled A, B, C)
+    fastscape.plot.contour(s_plane, ax=axes[2], labels=False, axis_labels=("e1", "e2"), points=pos,
                            title="plane through three trained models")
-    axes[2].scatter(pos[:, 0], pos[:, 1], marker="*", s=160, color="red", edgecolors="k", zorder=5)
-    for (px, py), name in zip(pos, ("A", "B", "C")):
-        axes[2].annotate(name, (px, py), textcoords="offset points", xytext=(6, 6), color="white",
-                         fontweight="bold")
-    for ax in axes[:2]:
+    for ax in axes:
         ax.set_aspect("equal")
-    axes[2].set_aspect("equal")
-    out = fastscape.save_figure(fig, args.out)
+    out = fastscape.plot.save(fig, args.out)
     n = 3 * res * res
     print(f"three {res}x{res} planes ({n} points) and top-2 eigenpairs in {total:.1f} s "
           f"(eigenpairs {t_eig:.1f} s, {vecs.info['iterations']} Hessian-vector products)")

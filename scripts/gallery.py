@@ -3,9 +3,10 @@
     PYTHONPATH=. python scripts/gallery.py                 # docs/gallery/, full size
     PYTHONPATH=. python scripts/gallery.py --small --out /tmp/g   # CI size: small grids, short training
 
-Each view is written through ``fastscape.save_figure``: matplotlib views as PNG,
-plotly views as PNG through kaleido and a local Chromium (or, without one, their
-matplotlib rendering with a warning), animations as GIF (Pillow, no ffmpeg).
+Each view is written through ``fastscape.plot.save``: matplotlib views as PNG,
+plotly views as PNG through kaleido and a local Chromium (or, without one, the
+view's own matplotlib drawing with a warning), animations as GIF (frames drawn by
+matplotlib, written by Pillow; no ffmpeg, no browser).
 ``--html`` also writes the interactive plotly pages.
 """
 
@@ -21,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import fastscape
+from fastscape import plot
 from fastscape._demo import TwoWeightNet, piecewise_data
-from fastscape._core.params import unflatten
 
 
 def _loader(x, y, batch, seed):
@@ -43,16 +44,19 @@ def error_surface(small):
                            optimizer=torch.optim.SGD(model.parameters(), lr=1e-2), epochs=6 if small else 25,
                            eval_data=(x[n_train:], y[n_train:]))
     names = ["net.0.weight", "net.2.weight"]
+    path = traj.matrix().numpy()
+    # [-2.5, 2.5] on each axis, widened so the path keeps half a unit of landscape around it
+    lo = np.minimum(-2.5, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
+    hi = np.maximum(2.5, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
+    n = 41 if small else 121
     surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), fastscape.axis_directions(model, names),
                                      origin=fastscape.axis_origin(model, names), loss_fn=F.mse_loss,
-                                     grid=(-2.5, 2.5, 41 if small else 121), progress=False)
-    return surface, traj.matrix().numpy(), np.array(traj.losses)
+                                     grid=[(float(a), float(b), n) for a, b in zip(lo, hi)], progress=False)
+    return surface, path, np.array(traj.losses)
 
 
 def pca_plane(small):
     """Source article 002: a ReLU MLP on a noisy parabola, the PCA plane of its trajectory."""
-    from sklearn.decomposition import PCA
-
     g = torch.Generator().manual_seed(2)
     x = torch.rand(512, 1, generator=g) * 4 - 2
     y = x**2 + 0.3 * torch.randn(512, 1, generator=g)
@@ -60,15 +64,8 @@ def pca_plane(small):
     model = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     traj = fastscape.train(model, _loader(x, y, 32, 2), loss_fn=F.mse_loss,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.02), epochs=12 if small else 40)
-    mat = traj.matrix().double().numpy()
-    final = mat[-1]
-    pca = PCA(n_components=2).fit(mat - final)
-    like = {k: v for k, v in traj[len(traj) - 1].items()}
-    dirs = fastscape.Directions(
-        [unflatten(torch.tensor(c, dtype=torch.float32), like) for c in pca.components_],
-        kind="pca", explained_variance_ratio=pca.explained_variance_ratio_.tolist(),
-    )
-    path = (mat - final) @ pca.components_.T  # orthonormal components: projection = dot products
+    dirs, _ = fastscape.pca_directions(traj, n=2)
+    path = fastscape.project(traj, dirs)  # origin: the final weights
     lo, hi = path.min(axis=0), path.max(axis=0)
     pad = 0.3 * (hi - lo)
     n = 31 if small else 81
@@ -137,22 +134,23 @@ def main(argv=None) -> int:
 
     def save(fig, name):
         t0 = time.perf_counter()
-        path = fastscape.save_figure(fig, out / name)
+        path = plot.save(fig, out / name)
         if args.html and hasattr(fig, "to_plotly_json"):
-            fastscape.save_figure(fig, (out / name).with_suffix(".html"))
+            plot.save(fig, (out / name).with_suffix(".html"))
         written.append(path)
         print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
 
     surface, path, losses = error_surface(small)
     labels = ("w1 (hidden weight)", "w2 (output weight)")
-    save(fastscape.plot_surface3d(surface, path=path, path_loss=losses, axis_labels=labels,
-                                  title="MSE over the two weights, with the SGD path"), "surface3d.png")
+    save(plot.surface3d(surface, path=path, path_loss=losses, axis_labels=labels, path_label="epoch",
+                        title="MSE over the two weights, with the SGD path"), "surface3d.png")
 
     pca_surface, pca_path, pca_losses = pca_plane(small)
-    ax = fastscape.plot_contour(pca_surface, path=pca_path, title="PCA plane of the training path (log levels)")
-    save(ax.figure, "contour.png")
-    save(fastscape.animate_path(pca_surface, pca_path, path_loss=pca_losses, max_frames=20 if small else 41),
-         "path_animation.gif")
+    ax = plot.contour(pca_surface, path=pca_path, path_label="epoch",
+                      title="PCA plane of the training path (log levels)")
+    save(ax, "contour.png")
+    save(plot.animate_path(pca_surface, pca_path, path_loss=pca_losses, path_label="epoch",
+                           max_frames=20 if small else 41), "path_animation.gif")
 
     model, init, x, y = classifier(small)
     final = {k: v.clone() for k, v in model.state_dict().items()}
@@ -165,30 +163,38 @@ def main(argv=None) -> int:
     line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy, origin=shifted,
                                   metrics={"accuracy": fastscape.accuracy},
                                   grid=(-0.25, 1.25, 41 if small else 121), progress=False)
-    ax = fastscape.plot_line({"initial -> trained": interp, "random direction through trained": line},
-                             marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
-                             title="Loss and accuracy along two lines")
-    save(ax.figure, "line.png")
-    save(fastscape.plot_hidden_lines(model, x, y).figure, "hidden_lines.png")
-    save(fastscape.plot_hidden_space(model, x, y, units=(0, 1, 2)), "hidden_space.png")
+    ax = plot.line({"initial -> trained": interp, "random direction through trained": line},
+                   marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
+                   title="Loss and accuracy along two lines")
+    save(ax, "line.png")
+    save(plot.hidden_lines(model, x, y), "hidden_lines.png")
+    save(plot.hidden_space(fastscape.hidden_activations(model, x), y, units=(0, 1, 2)), "hidden_space.png")
     vol = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, 3, seed=1),
                                  loss_fn=F.cross_entropy, grid=(-1.0, 1.0, 13 if small else 31), progress=False)
-    save(fastscape.plot_volume(vol, kind="isosurface", levels=5), "volume.png")
-    save(fastscape.plot_volume(vol, kind="slices", title="Loss volume: slices through the minimum"),
-         "volume_slices.png")
+    # log-spaced shells: nested around the minimum, where a linear spacing would put them all near the walls
+    save(plot.volume(vol, kind="isosurface", levels=5, log=True, title="Loss volume: shells of equal loss"),
+         "volume.png")
+    save(plot.volume(vol, kind="slices", title="Loss volume: slices through the minimum"), "volume_slices.png")
 
     net, traj, xr, yr = regression_net(small)
-    save(fastscape.plot_thresholded(net, xr, yr).figure, "thresholded.png")
-    save(fastscape.animate_fit(net, traj, xr, yr, max_frames=20 if small else 51), "fit_animation.gif")
+    save(plot.thresholded(fastscape.thresholded_prediction(net, xr), yr), "thresholded.png")
+    curve = torch.linspace(float(xr.min()), float(xr.max()), 200).reshape(-1, 1)
+    save(plot.animate_fit(fastscape.snapshot_predictions(net, traj, curve), data=(xr, yr),
+                          max_frames=20 if small else 51), "fit_animation.gif")
 
     lin, xl, yl = linear_regression()
-    save(fastscape.plot_cross_sections(lin, (xl, yl), loss_fn=F.mse_loss, span=3.0), "cross_sections.png")
+    save(plot.cross_sections(fastscape.cross_sections(lin, (xl, yl), loss_fn=F.mse_loss, span=3.0)),
+         "cross_sections.png")
     names = ["weight", "bias"]
-    ax = fastscape.plot_lr_steps(lin, (xl, yl), fastscape.axis_directions(lin, names),
-                                 origin=fastscape.axis_origin(lin, names), loss_fn=F.mse_loss,
-                                 lrs=(0.05, 0.2, 0.4), grid=[(-1.5, 4.0, 41 if small else 81), (-1.5, 3.5, 41 if small else 81)],
-                                 axis_labels=("weight", "bias"))
-    save(ax.figure, "lr_steps.png")
+    dirs, origin = fastscape.axis_directions(lin, names), fastscape.axis_origin(lin, names)
+    steps = fastscape.lr_steps(lin, (xl, yl), dirs, origin=origin, loss_fn=F.mse_loss, lrs=(0.05, 0.2, 0.4))
+    # the article's frame, extended so that every step lands on the grid
+    frame = [(-1.5, 4.0), (-1.5, 3.5)]
+    n = 41 if small else 81
+    grid = [(min(a, lo), max(b, hi), n) for (a, b), (lo, hi) in zip(frame, steps.span())]
+    plane = fastscape.loss_surface(lin, (xl, yl), dirs, origin=origin, loss_fn=F.mse_loss, grid=grid,
+                                   progress=False)
+    save(plot.lr_steps(steps, plane, axis_labels=("weight", "bias")), "lr_steps.png")
     print(f"{len(written)} files in {out}")
     return 0
 

@@ -59,17 +59,20 @@ def main(argv=None) -> int:
     origin = fastscape.axis_origin(model, names, at="zero")
     path = fastscape.project(traj, directions, origin=origin)  # = the raw (w1, w2) of each snapshot
     heights = fastscape.path_loss(model, test, traj, loss_fn=F.mse_loss, device="cpu")
-    span = max(2.0, float(np.ceil(np.abs(path).max() * 4 + 1) / 4))
+    # [-2, 2] on each axis, widened so the path keeps half a unit of landscape around it
+    lo = np.minimum(-2.0, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
+    hi = np.maximum(2.0, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
     surface = fastscape.loss_surface(model, test, directions, origin=origin, loss_fn=F.mse_loss,
-                                     grid=(-span, span, res), device="cpu", progress=False)
+                                     grid=[(float(a), float(b), res) for a, b in zip(lo, hi)], device="cpu",
+                                     progress=False)
 
     labels = ("w1 (hidden weight)", "w2 (output weight)")
-    ax = fastscape.plot_contour(surface, path=path, axis_labels=labels,
+    ax = fastscape.plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",
                                 title="Test MSE over (w1, w2), SGD path per epoch")
-    written = [fastscape.save_figure(ax.figure, out / "error_surface_contour.png")]
-    fig = fastscape.plot_surface3d(surface, path=path, path_loss=heights, axis_labels=labels,
+    written = [fastscape.plot.save(ax, out / "error_surface_contour.png")]
+    fig = fastscape.plot.surface3d(surface, path=path, path_loss=heights, axis_labels=labels, path_label="epoch",
                                    title="Error surface of the two-weight tanh net, with the SGD path")
-    written.append(fastscape.save_figure(fig, out / "error_surface_3d.html"))
+    written.append(fastscape.plot.save(fig, out / "error_surface_3d.html"))
 
     w1, w2 = surface.argmin()
     print(f"{len(traj)} snapshots over {rec.n_steps} SGD steps; final test MSE {heights[-1]:.4f} "

@@ -78,9 +78,9 @@ def main(argv=None) -> int:
     axis = cubed(res, 1.0)
     r_surf = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.mse_loss, grid=[axis, axis],
                                     device="cpu", progress=False)
-    ax = fastscape.plot_contour(r_surf, path=r_path, axis_labels=("random direction 1", "random direction 2"),
-                                title="Random slice (filter-normalised), cubed grid")
-    written.append(fastscape.save_figure(ax.figure, out / "random_slice.png"))
+    ax = fastscape.plot.contour(r_surf, path=r_path, axis_labels=("random direction 1", "random direction 2"),
+                                path_label="Adam step", title="Random slice (filter-normalised), cubed grid")
+    written.append(fastscape.plot.save(ax, out / "random_slice.png"))
 
     # --- the PCA slice of the path
     pcs, ratio = fastscape.pca_directions(traj, n=2)
@@ -90,13 +90,15 @@ def main(argv=None) -> int:
     p_surf = fastscape.loss_surface(model, (x, y), pcs, loss_fn=F.mse_loss, grid=[axis, axis],
                                     device="cpu", progress=False)
     labels = (f"PC1 ({100 * ratio[0]:.1f}% of variance)", f"PC2 ({100 * ratio[1]:.1f}% of variance)")
-    ax = fastscape.plot_contour(p_surf, path=p_path, axis_labels=labels,
+    ax = fastscape.plot.contour(p_surf, path=p_path, axis_labels=labels, path_label="Adam step",
                                 title="PCA slice of the training path, cubed grid")
-    written.append(fastscape.save_figure(ax.figure, out / "pca_slice.png"))
+    written.append(fastscape.plot.save(ax, out / "pca_slice.png"))
     heights = fastscape.path_loss(model, (x, y), traj, loss_fn=F.mse_loss, directions=pcs, device="cpu")
-    fig = fastscape.plot_surface3d(p_surf, path=p_path, path_loss=heights, axis_labels=labels, log=True,
+    # the default camera looks from the valley's side, so the path's end is in view
+    fig = fastscape.plot.surface3d(p_surf, path=p_path, path_loss=heights, axis_labels=labels, log=True,
+                                   path_label="Adam step",
                                    title="PCA slice with the Adam path (heights at the projected points)")
-    written.append(fastscape.save_figure(fig, out / "pca_slice_3d.html"))
+    written.append(fastscape.plot.save(fig, out / "pca_slice_3d.html"))
 
     # --- three optimizers from the same initial weights, on one shared PCA plane
     start = mlp()
@@ -109,8 +111,8 @@ def main(argv=None) -> int:
          "Adam": lambda p: torch.optim.Adam(p, lr=3e-3)},
         loss_fn=F.mse_loss, epochs=cmp_epochs, origin="Adam", seed=0)
     c_surf = result.loss_surface((x, y), loss_fn=F.mse_loss, n=res, device="cpu", progress=False)
-    ax = result.plot(c_surf, title="SGD, SGD with momentum and Adam on one PCA plane")
-    written.append(fastscape.save_figure(ax.figure, out / "optimizers.png"))
+    ax = fastscape.plot.optimizer_comparison(result, c_surf, title="SGD, SGD with momentum and Adam on one PCA plane")
+    written.append(fastscape.plot.save(ax, out / "optimizers.png"))
 
     dist = np.linalg.norm(traj.matrix().double().numpy() - traj.matrix()[-1].double().numpy(), axis=1)
     print(f"{len(traj)} snapshots ({rec.n_steps} Adam steps), final loss {heights[-1]:.4f}")

@@ -96,15 +96,15 @@ def main(argv=None) -> int:
     w_ref, b_ref = float(lm.coef_[0, 0]), float(lm.intercept_[0])
 
     labels = ("weight w", "bias b")
-    ax = fastscape.plot_contour(surface, path=path, axis_labels=labels,
+    ax = fastscape.plot.contour(surface, path=path, axis_labels=labels, path_label="gradient-descent step",
+                                points={"least squares": (w_ref, b_ref)},
                                 title=f"MSE over (w, b), {steps} gradient-descent steps")
-    ax.scatter([w_ref], [b_ref], marker="x", s=70, color="cyan", zorder=6, label="least squares")
-    ax.legend(loc="upper right", fontsize=8)
-    written = [fastscape.save_figure(ax.figure, out / "linear_regression_contour.png")]
+    written = [fastscape.plot.save(ax, out / "linear_regression_contour.png")]
     heights = fastscape.path_loss(model, data, traj, loss_fn=F.mse_loss, device="cpu", dtype=torch.float64)
-    fig = fastscape.plot_surface3d(surface, path=path, path_loss=heights, axis_labels=labels,
+    fig = fastscape.plot.surface3d(surface, path=path, path_loss=heights, axis_labels=labels,
+                                   path_label="gradient-descent step",
                                    title="Loss function of y = w x + b, with the gradient-descent path")
-    written.append(fastscape.save_figure(fig, out / "linear_regression_3d.html"))
+    written.append(fastscape.plot.save(fig, out / "linear_regression_3d.html"))
     summary = {"surface_min": {"w": best[0], "b": best[1]}, "grid_step": {"w": step[0], "b": step[1]},
                "quadratic_min": {"w": vertex[0], "b": vertex[1]},
                "sklearn": {"w": w_ref, "b": b_ref},

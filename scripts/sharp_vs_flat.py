@@ -92,8 +92,8 @@ def main(argv=None) -> dict:
     top = {label: float(fastscape.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
            for label, m in models.items()}
 
-    written = [fastscape.save_figure(_interpolation_figure(line), out / "sharp_flat_interpolation.png"),
-               fastscape.save_figure(_random_lines_figure(rand), out / "sharp_flat_random_lines.png")]
+    written = [fastscape.plot.save(_interpolation_figure(line), out / "sharp_flat_interpolation.png"),
+               fastscape.plot.save(_random_lines_figure(rand), out / "sharp_flat_random_lines.png")]
 
     lines = [f"paper's claim: {CLAIM}",
              f"measured in this run (Adam, each run trained until its training loss <= {target} or {cap} epochs):"]
@@ -119,45 +119,20 @@ def main(argv=None) -> dict:
 
 
 def _interpolation_figure(line):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    acc_ax = ax.twinx()
-    for name, style in (("train", "-"), ("test", "--")):
-        s = line[name]
-        ax.plot(s.coords[0], s.loss, style, color="tab:blue", label=f"{name} loss")
-        acc_ax.plot(s.coords[0], s.metrics["accuracy"], style, color="tab:orange", label=f"{name} accuracy")
-    for a, text in ((0, "small batch"), (1, "large batch")):
-        ax.axvline(a, color="grey", linewidth=0.6)
-        ax.text(a, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("α  (θ = θ_small + α (θ_large − θ_small))")
-    ax.set_ylabel("cross-entropy")
-    acc_ax.set_ylabel("accuracy")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = acc_ax.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
-    return fig
+    """Train and test loss (solid, log scale) and accuracy (dashed) from the small- to the large-batch model."""
+    return fastscape.plot.line(line, metric="accuracy", log=True, marks={"small batch": 0, "large batch": 1},
+                               xlabel="α  (θ = θ_small + α (θ_large − θ_small))")
 
 
 def _random_lines_figure(rand):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax_l, ax_a = fig.subplots(1, 2)
-    colors = {"small-batch": "tab:green", "large-batch": "tab:red"}
-    for label, by in rand.items():
-        for name, style in (("train", "-"), ("test", "--")):
-            s = by[name]
-            ax_l.plot(s.coords[0], s.loss, style, color=colors[label], label=f"{label} {name}")
-            ax_a.plot(s.coords[0], s.metrics["accuracy"], style, color=colors[label], label=f"{label} {name}")
-    ax_l.set_yscale("log")
-    ax_l.set_ylabel("cross-entropy")
-    ax_a.set_ylabel("accuracy")
-    for ax in (ax_l, ax_a):
-        ax.set_xlabel("filter-normalised random direction")
-        ax.legend(fontsize=8)
+    lines = {f"{label} {name}": s for label, by in rand.items() for name, s in by.items()}
+    xlabel = "filter-normalised random direction"
+    fastscape.plot.line(lines, ax=ax_l, metric=None, log=True, xlabel=xlabel)
+    fastscape.plot.line(lines, ax=ax_a, value="accuracy", metric=None, xlabel=xlabel)
     return fig
 
 

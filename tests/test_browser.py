@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 import fastscape
-from fastscape._save import find_chrome
+from fastscape import plot
 from fastscape._surface import Surface
+from fastscape.plot._save import find_chrome
 
 CHROME = find_chrome()
 pytestmark = pytest.mark.skipif(CHROME is None, reason="no Chromium/Chrome binary on this machine")
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.skipif(CHROME is None, reason="no Chromium/Chrome binar
 class Chromium:
     """A minimal CDP client over Chromium's debugging pipe (no network port, no extra package)."""
 
-    def __init__(self, binary: str, width: int = 1000, height: int = 800):
+    def __init__(self, binary: str, width: int = 1280, height: int = 800):
         self.profile = tempfile.TemporaryDirectory(prefix="fastscape-chromium-")
         to_chrome_r, self._w = os.pipe()
         self._r, from_chrome_w = os.pipe()
@@ -216,23 +217,22 @@ def _plane():
 
 def test_surface3d_renders(browser, tmp_path):
     path = np.stack([np.linspace(-0.8, 0, 10), np.linspace(1.5, 0, 10)], axis=1)
-    fig = fastscape.plot_surface3d(_plane(), path=path)
-    _check_rendered(browser, fastscape.save_figure(fig, tmp_path / "surface.html"))
+    fig = plot.surface3d(_plane(), path=path, points={"A": (0.5, -1.0)})
+    _check_rendered(browser, plot.save(fig, tmp_path / "surface.html"))
 
 
 def test_volume_renders(browser, tmp_path):
     c = np.linspace(-1, 1, 9)
     loss = c[:, None, None] ** 2 + c[None, :, None] ** 2 + 2 * c[None, None, :] ** 2
     vol = Surface(coords=[c, c, c], loss=loss)
-    for kind in fastscape._plot_volume.VOLUME_KINDS:
-        _check_rendered(browser, fastscape.save_figure(fastscape.plot_volume(vol, kind=kind),
-                                                       tmp_path / f"volume_{kind}.html"))
+    for kind in ("isosurface", "slices"):
+        _check_rendered(browser, plot.save(plot.volume(vol, kind=kind), tmp_path / f"volume_{kind}.html"))
 
 
 def test_animations_render(browser, tmp_path):
     path = np.stack([np.linspace(-0.8, 0, 12), np.linspace(1.5, 0, 12)], axis=1)
-    fig = fastscape.animate_path(_plane(), path)
-    _check_rendered(browser, fastscape.save_figure(fig, tmp_path / "path.html"))
+    fig = plot.animate_path(_plane(), path)
+    _check_rendered(browser, plot.save(fig, tmp_path / "path.html"))
     # play it: the animation runs without error and the path grows
     browser.evaluate("Plotly.animate(document.querySelector('.js-plotly-plot'), null,"
                      " {frame: {duration: 0, redraw: true}, transition: {duration: 0}})"
@@ -245,8 +245,9 @@ def test_animations_render(browser, tmp_path):
     net = nn.Sequential(nn.Linear(1, 4), nn.Sigmoid(), nn.Linear(4, 1))
     snaps = [{k: v * s for k, v in net.state_dict().items()} for s in (0.5, 1.0, 1.5)]
     x = torch.linspace(-2, 2, 200).reshape(-1, 1)
-    fig = fastscape.animate_fit(net, snaps, x, torch.sin(x))
-    _check_rendered(browser, fastscape.save_figure(fig, tmp_path / "fit.html"))
+    pred = fastscape.snapshot_predictions(net, snaps, x)
+    fig = plot.animate_fit(pred, data=(x, torch.sin(x)))
+    _check_rendered(browser, plot.save(fig, tmp_path / "fit.html"))
 
 
 def test_hidden_space_renders(browser, tmp_path):
@@ -254,5 +255,68 @@ def test_hidden_space_renders(browser, tmp_path):
     net = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 2))
     x = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
     y = (x.norm(dim=1) > 1).long()
-    fig = fastscape.plot_hidden_space(net, x, y)
-    _check_rendered(browser, fastscape.save_figure(fig, tmp_path / "hidden.html"))
+    fig = plot.hidden_space(fastscape.hidden_activations(net, x), y)
+    _check_rendered(browser, plot.save(fig, tmp_path / "hidden.html"))
+
+
+# ------------------------------------------------------------------ pages that read at a glance
+
+RECTS = """(sel => [...document.querySelectorAll(sel)].map(e => { const q = e.getBoundingClientRect();
+    return {text: e.textContent, l: q.left, t: q.top, r: q.right, b: q.bottom}; }))"""
+
+
+def _rects(browser, selector):
+    return browser.evaluate(f"{RECTS}({json.dumps(selector)})")
+
+
+def _apart(a, b) -> bool:
+    return a["r"] <= b["l"] or b["r"] <= a["l"] or a["b"] <= b["t"] or b["b"] <= a["t"]
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (800, 600)])
+def test_pages_fill_the_window(browser, tmp_path, size):
+    """Every plotly page takes the whole window, whatever its size: no blank quarter, no scroll bars."""
+    path = np.stack([np.linspace(-0.8, 0, 10), np.linspace(1.5, 0, 10)], axis=1)
+    c = np.linspace(-1, 1, 9)
+    pages = {"surface": plot.surface3d(_plane(), path=path), "path": plot.animate_path(_plane(), path),
+             "volume": plot.volume(Surface(coords=[c, c, c], loss=c[:, None, None] ** 2 + c[None, :, None] ** 2
+                                                                   + c[None, None, :] ** 2))}
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=size[0], height=size[1],
+                 deviceScaleFactor=1, mobile=False)
+    try:
+        for name, fig in pages.items():
+            page = plot.save(fig, tmp_path / f"{name}.html")
+            png, errors = browser.open(page.resolve().as_uri(), ready=PLOT_READY)
+            assert errors == []
+            (div,) = _rects(browser, ".js-plotly-plot")
+            assert (div["l"], div["t"]) == (0, 0) and (div["r"], div["b"]) == size, name
+            scroll = browser.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+            assert tuple(scroll) == size, name
+            # drawn content reaches into the right and bottom quarters of the window
+            ink = _pixels(png).min(axis=2) < 230
+            rows, cols = np.nonzero(ink)
+            assert cols.max() > 0.8 * size[0] and rows.max() > 0.75 * size[1], name
+    finally:
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1280, height=800,
+                     deviceScaleFactor=1, mobile=False)
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (700, 600)])
+def test_play_pause_leave_the_slider_label_visible(browser, tmp_path, size):
+    path = np.stack([np.linspace(-0.8, 0, 12), np.linspace(1.5, 0, 12)], axis=1)
+    page = plot.save(plot.animate_path(_plane(), path), tmp_path / "path.html")
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=size[0], height=size[1],
+                 deviceScaleFactor=1, mobile=False)
+    try:
+        _, errors = browser.open(page.resolve().as_uri(), ready=PLOT_READY)
+        assert errors == []
+        buttons = _rects(browser, ".updatemenu-button")
+        assert [b["text"] for b in buttons] == ["Play", "Pause"]
+        (label,) = [t for t in _rects(browser, ".slider-container text") if t["text"].startswith("recorded snapshot")]
+        for b in buttons:
+            assert _apart(b, label), (b, label)
+        # the whole label is inside the window
+        assert label["l"] >= 0 and label["r"] <= size[0] and label["b"] <= size[1]
+    finally:
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1280, height=800,
+                     deviceScaleFactor=1, mobile=False)

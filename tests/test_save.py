@@ -1,16 +1,19 @@
-"""save_figure writes valid, non-trivial files for plotly and matplotlib figures alike,
-and without a browser still writes the picture (the matplotlib rendering) with a warning."""
+"""plot.save writes valid, non-trivial files for plotly and matplotlib figures alike:
+HTML pages that fill the window, PNG through kaleido when a browser is there (the
+view's own matplotlib drawing, with a warning, when not), GIFs drawn by matplotlib."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
-import fastscape
-from fastscape._save import StaticExportWarning, find_chrome
+from fastscape import plot
 from fastscape._surface import Surface
+from fastscape.plot import StaticExportWarning
+from fastscape.plot._save import find_chrome
 
 
 def _plane():
@@ -36,6 +39,7 @@ def _check_raster(path, fmt="PNG"):
     assert kind == fmt
     assert px.shape[0] > 100 and px.shape[1] > 100
     assert len(np.unique(px.reshape(-1, 3), axis=0)) > 20, "a single-colour picture"
+    return px
 
 
 def _check_svg(path):
@@ -54,53 +58,66 @@ def _check_pdf(path):
 
 
 def test_matplotlib_png_svg_pdf(tmp_path):
-    ax = fastscape.plot_contour(_plane(), path=_path(), title="t")
-    _check_raster(fastscape.save_figure(ax, tmp_path / "a" / "c.png"))  # Axes accepted, folder made
-    _check_svg(fastscape.save_figure(ax.figure, tmp_path / "c.svg"))
-    _check_pdf(fastscape.save_figure(ax.figure, tmp_path / "c.pdf"))
+    ax = plot.contour(_plane(), path=_path(), title="t")
+    _check_raster(plot.save(ax, tmp_path / "a" / "c.png"))  # Axes accepted, folder made
+    _check_svg(plot.save(ax.figure, tmp_path / "c.svg"))
+    _check_pdf(plot.save(ax.figure, tmp_path / "c.pdf"))
 
 
-def test_plotly_html_is_self_contained(tmp_path):
-    out = fastscape.save_figure(fastscape.plot_surface3d(_plane(), path=_path()), tmp_path / "s.html")
+def test_plotly_html_is_self_contained_and_fills_the_window(tmp_path):
+    out = plot.save(plot.surface3d(_plane(), path=_path()), tmp_path / "s.html")
     html = out.read_text()
     assert html.lstrip().lower().startswith("<html") or html.lstrip().lower().startswith("<!doctype")
     assert "Plotly.newPlot" in html
     assert len(html) > 1_000_000  # plotly.js embedded
     assert 'src="http' not in html  # nothing to fetch
+    # a full-window page: the plot's div takes the whole body, which has no margin; plotly resizes with it
+    assert re.search(r'class="plotly-graph-div" style="height:100%; width:100%;"', html)
+    assert re.search(r"html, body \{[^}]*height: 100%;[^}]*margin: 0", html)
+    assert '"responsive": true' in html
 
 
 @pytest.mark.skipif(find_chrome() is None, reason="no Chromium/Chrome binary on this machine")
 def test_plotly_static_export_through_kaleido(tmp_path, recwarn):
-    fig = fastscape.plot_surface3d(_plane(), path=_path())
-    _check_raster(fastscape.save_figure(fig, tmp_path / "s.png", scale=1))
+    fig = plot.surface3d(_plane(), path=_path())
+    out = plot.save(fig, tmp_path / "s.png", scale=1, size=(640, 480))
+    _check_raster(out)
     assert not [w for w in recwarn if issubclass(w.category, StaticExportWarning)]
-    kind, px = _image(tmp_path / "s.png")
-    assert px.shape[:2] == (fig.layout.height, fig.layout.width)  # kaleido's size, not matplotlib's
+    _, px = _image(out)
+    assert px.shape[:2] == (480, 640)  # kaleido's size, not matplotlib's
     # a 2-D plotly figure exports as vector paths (3-D scenes are embedded as one raster image)
-    _check_svg(fastscape.save_figure(fastscape.animate_path(_plane(), _path()), tmp_path / "p.svg"))
+    _check_svg(plot.save(plot.animate_path(_plane(), _path()), tmp_path / "p.svg"))
 
 
-def test_without_a_browser_the_matplotlib_rendering_is_written(tmp_path, monkeypatch):
+def test_without_a_browser_the_views_matplotlib_drawing_is_written(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
     assert find_chrome() is None
-    fig = fastscape.plot_surface3d(_plane(), path=_path())
+    fig = plot.surface3d(_plane(), path=_path())
     with pytest.warns(StaticExportWarning, match=r"BROWSER_PATH=.*no-such-chrome.* is not an executable file"):
-        out = fastscape.save_figure(fig, tmp_path / "s.png", dpi=60)
-    _check_raster(out)
+        out = plot.save(fig, tmp_path / "s.png", dpi=60)
+    px = _check_raster(out)
+    # the matplotlib drawing of the same view, not a blank page: a wide range of colours
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 200
     with pytest.warns(StaticExportWarning, match="apt-get install chromium"):
-        _check_pdf(fastscape.save_figure(fig, tmp_path / "s.pdf"))
+        _check_pdf(plot.save(fig, tmp_path / "s.pdf"))
     with pytest.raises(RuntimeError, match="needs Chrome/Chromium for kaleido.*fallback=True"):
-        fastscape.save_figure(fig, tmp_path / "t.png", fallback=False)
+        plot.save(fig, tmp_path / "t.png", fallback=False)
     assert not (tmp_path / "t.png").exists()
+    # a plotly figure not made by fastscape.plot has no drawing to fall back on
+    with pytest.raises(RuntimeError, match="not made by fastscape.plot"):
+        plot.save(go.Figure(go.Scatter(x=[1, 2], y=[1, 0])), tmp_path / "u.png")
 
 
 def test_animation_to_gif(tmp_path):
     from PIL import Image
 
-    fig = fastscape.animate_path(_plane(), _path(), max_frames=5)
-    out = fastscape.save_figure(fig, tmp_path / "p.gif", dpi=50)
+    fig = plot.animate_path(_plane(), _path(), max_frames=5)
+    out = plot.save(fig, tmp_path / "p.gif", dpi=50, frame_ms=120)
     with Image.open(out) as im:
-        assert im.format == "GIF" and im.n_frames == 5
+        assert im.format == "GIF" and im.n_frames == len(fig.frames) == 5
+        assert im.info["duration"] == 120
         frames = []
         for i in range(im.n_frames):
             im.seek(i)
@@ -109,11 +126,17 @@ def test_animation_to_gif(tmp_path):
     assert not np.array_equal(frames[0], frames[-1])  # the path moves
 
 
-def test_save_figure_rejects_bad_input(tmp_path):
-    ax = fastscape.plot_contour(_plane())
-    with pytest.raises(ValueError, match=r"`path` must end in one of \['.html', '.png'"):
-        fastscape.save_figure(ax, tmp_path / "x.jpg")
+def test_save_rejects_bad_input(tmp_path):
+    import plotly.graph_objects as go
+
+    ax = plot.contour(_plane())
+    with pytest.raises(ValueError, match=r"`out` must end in one of \['.html', '.png'"):
+        plot.save(ax, tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="'.html', which is for plotly figures"):
-        fastscape.save_figure(ax, tmp_path / "x.html")
+        plot.save(ax, tmp_path / "x.html")
     with pytest.raises(TypeError, match="`fig` must be a plotly Figure or a matplotlib Figure/Axes"):
-        fastscape.save_figure(object(), tmp_path / "x.png")
+        plot.save(object(), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="a GIF is drawn from a fastscape.plot view"):
+        plot.save(go.Figure(), tmp_path / "x.gif")
+    with pytest.raises(ValueError, match="`frame_ms` must be a positive number"):
+        plot.save(ax, tmp_path / "x.gif", frame_ms=0)

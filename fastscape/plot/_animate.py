@@ -1,0 +1,251 @@
+"""Animations: the path crawling over a plane, and a regression net's fit improving.
+
+Each returns a plotly figure with frames (interactive in ``.html``: a play
+button and a slider) that also carries its matplotlib drawing, so
+``fastscape.plot.save(fig, "x.gif")`` draws every frame natively with matplotlib
+and writes them with Pillow: no browser, no ffmpeg.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import (
+    PATH_LABEL,
+    attach_mpl,
+    axis_titles,
+    check_path,
+    check_surface,
+    finite,
+    log10_floor,
+    new_figure,
+    require,
+    resolve_value,
+)
+
+__all__ = ["animate_path", "animate_fit", "frame_indices"]
+
+
+def _controls(fig, names, duration_ms, prefix):
+    """Play/pause buttons at the left and a slider to their right whose label sits at its right end.
+
+    The slider starts at a fifth of the width, so the two buttons (about 120
+    pixels together) never cover the slider's current-value label.
+    """
+    play = dict(frame=dict(duration=duration_ms, redraw=True), fromcurrent=True, transition=dict(duration=0))
+    fig.update_layout(
+        updatemenus=[dict(
+            type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top",
+            pad=dict(t=62, r=10), showactive=False,
+            buttons=[dict(label="Play", method="animate", args=[None, play]),
+                     dict(label="Pause", method="animate",
+                          args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])],
+        )],
+        sliders=[dict(
+            x=0.2, len=0.8, y=0.0, xanchor="left", yanchor="top", pad=dict(t=40, b=10),
+            currentvalue=dict(prefix=prefix, xanchor="right", font=dict(size=13)),
+            steps=[dict(label=n, method="animate",
+                        args=[[n], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
+                   for n in names],
+        )],
+        margin=dict(b=115),
+    )
+
+
+def frame_indices(t: int, max_frames: int) -> np.ndarray:
+    """At most ``max_frames`` indices into ``t`` snapshots, evenly spread, first and last kept."""
+    if not isinstance(max_frames, (int, np.integer)) or isinstance(max_frames, bool) or max_frames < 1:
+        raise ValueError(f"`max_frames` must be a positive integer; got {max_frames!r}.")
+    return np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
+
+
+def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
+                 explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
+                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL):
+    """The optimiser's path crawling over a plane's contours, one frame per recorded snapshot.
+
+    Parameters
+    ----------
+    surface : Surface along two directions
+        Drawn as filled contours with lines (log10 of a positive loss when ``log``).
+    path : array of shape (T, 2)
+        Plane coordinates of the path.
+    value : str
+        ``"loss"`` or a metric of the surface.
+    path_loss : array of shape (T,), optional
+        Loss at each snapshot, shown in each frame's title.
+    max_frames : int
+        At most this many frames (snapshots are subsampled evenly; the last is kept).
+    path_label : str
+        What one snapshot is, in the titles and the slider (default "recorded snapshot").
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Traces ``"loss"`` (contour), ``"path"`` (so far) and ``"now"`` (current
+        point); frame ``f`` shows the path up to snapshot ``int(frame.name)``.
+        Saved as ``.gif``, each frame is drawn by matplotlib with a colour bar
+        and labelled contour lines.
+    """
+    go = require("plotly.graph_objects", "`fastscape.plot.animate_path`")
+    check_surface(surface, 2, "animate_path")
+    v = resolve_value(surface, value)
+    path = check_path(path)
+    if path_loss is not None:
+        path_loss = np.asarray(path_loss, dtype=float).reshape(-1)
+        if len(path_loss) != len(path):
+            raise ValueError(f"`path_loss` must hold one loss per path point ({len(path)}); got {len(path_loss)}.")
+    z = finite(v.array).T
+    vals = z[np.isfinite(z)]
+    use_log = bool(log and v.is_loss and vals.size and vals.min() > 0)
+    zc = log10_floor(z) if use_log else z
+    colorbar = dict(title=dict(text=f"{v.label} (log scale)" if use_log else v.label))
+    if use_log:  # ticks read in loss units, placed on the log10 heights
+        ticks = np.linspace(np.nanmin(zc), np.nanmax(zc), 7)
+        colorbar.update(tickvals=ticks.tolist(), ticktext=[f"{10.0**t:.3g}" for t in ticks])
+    xl, yl = axis_titles(surface, axis_labels, explained_variance)
+
+    def caption(i):
+        loss = f", loss {path_loss[i]:.4g}" if path_loss is not None else ""
+        return f"{title}: {path_label} {i}{loss}"
+
+    pad = 0.02 * (np.ptp(path, axis=0) + 1e-12)
+    xr = [min(surface.coords[0].min(), path[:, 0].min() - pad[0]), max(surface.coords[0].max(), path[:, 0].max() + pad[0])]
+    yr = [min(surface.coords[1].min(), path[:, 1].min() - pad[1]), max(surface.coords[1].max(), path[:, 1].max() + pad[1])]
+    fig = go.Figure([
+        go.Contour(x=surface.coords[0], y=surface.coords[1], z=zc, colorscale=colorscale, name=v.label,
+                   ncontours=25, colorbar=colorbar, line=dict(width=0.5),
+                   contours=dict(showlabels=not use_log, labelfont=dict(size=9))),
+        go.Scatter(x=path[:1, 0], y=path[:1, 1], mode="lines+markers", name="path",
+                   line=dict(color="crimson", width=2), marker=dict(size=5, color="crimson")),
+        go.Scatter(x=path[:1, 0], y=path[:1, 1], mode="markers", name="now",
+                   marker=dict(size=13, color="white", symbol="star", line=dict(width=1.5, color="black"))),
+    ])
+    steps = frame_indices(len(path), max_frames)
+    fig.frames = [go.Frame(
+        name=str(i), traces=[1, 2],
+        data=[go.Scatter(x=path[: i + 1, 0], y=path[: i + 1, 1]),
+              go.Scatter(x=path[i : i + 1, 0], y=path[i : i + 1, 1])],
+        layout=go.Layout(title=dict(text=caption(i))),
+    ) for i in steps]
+    fig.update_layout(
+        title=dict(text=caption(0)), template="plotly_white", autosize=True,
+        xaxis=dict(title=dict(text=xl), range=xr), yaxis=dict(title=dict(text=yl), range=yr),
+        legend=dict(x=0.01, y=0.99, bgcolor="rgba(255,255,255,0.7)"),
+    )
+    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ")
+
+    def make():
+        from ._plane import contour
+
+        mfig = new_figure((7.4, 6.0))
+        ax = contour(surface, value=value, ax=mfig.add_subplot(), levels=25, log=log, axis_labels=(xl, yl),
+                     cmap=colorscale.lower() if isinstance(colorscale, str) else "viridis", legend=False)
+        ax.set_xlim(*xr)
+        ax.set_ylim(*yr)
+        ax.scatter(*path[0], marker="o", s=60, facecolors="white", edgecolors="k", zorder=5)
+        (trail,) = ax.plot(path[:1, 0], path[:1, 1], "-o", color="crimson", markersize=3, linewidth=1.6, zorder=6)
+        now = ax.scatter(path[:1, 0], path[:1, 1], marker="*", s=220, color="white", edgecolors="k", zorder=7)
+
+        def update(i):
+            trail.set_data(path[: i + 1, 0], path[: i + 1, 1])
+            now.set_offsets(path[i : i + 1])
+            ax.set_title(caption(i), fontsize=10)
+
+        update(int(steps[-1]))
+        return mfig, update
+
+    return attach_mpl(fig, make, frames=steps.tolist(), size=(900, 760))
+
+
+def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: int = 120,
+                title: str = "Fit during training"):
+    """A 1-D regression net's prediction improving during training, one frame per snapshot.
+
+    Parameters
+    ----------
+    predictions : SnapshotPredictions
+        From :func:`fastscape.snapshot_predictions` on inputs of shape (N,) or
+        (N, 1) (e.g. a ``linspace`` over the data's range): the curve of each
+        frame. Its ``steps`` and ``losses`` go into the frame titles.
+    data : pair (x, y) of arrays of shape (N,) or (N, 1), optional
+        The training data, drawn as points.
+    max_frames : int
+        At most this many frames (snapshots subsampled evenly; the last is kept).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Traces ``"data"`` (when given) and ``"fit"``; frame ``f`` holds the fit of
+        snapshot ``int(frame.name)``. Saved as ``.gif``, frames are drawn by matplotlib.
+    """
+    go = require("plotly.graph_objects", "`fastscape.plot.animate_fit`")
+    for attr in ("x", "outputs", "steps"):
+        if not hasattr(predictions, attr):
+            raise TypeError("`predictions` must be the result of fastscape.snapshot_predictions; got "
+                            f"{type(predictions).__name__}.")
+    xs = np.asarray(predictions.x, dtype=float)
+    if xs.ndim > 2 or (xs.ndim == 2 and xs.shape[1] != 1):
+        raise ValueError(f"`animate_fit` needs 1-D inputs of shape (N,) or (N, 1); got {xs.shape}.")
+    xs = xs.reshape(-1)
+    out = np.asarray(predictions.outputs, dtype=float)
+    pred = out.reshape(out.shape[0], len(xs), -1)[:, :, 0]
+    order = np.argsort(xs, kind="stable")
+    xs, pred = xs[order], pred[:, order]
+    t = pred.shape[0]
+    steps = list(predictions.steps)
+    losses = getattr(predictions, "losses", None)
+    if data is not None:
+        xd = np.asarray(data[0], dtype=float).reshape(-1)
+        yd = np.asarray(data[1], dtype=float).reshape(-1)
+        if xd.shape != yd.shape:
+            raise ValueError(f"`data` x and y must hold the same number of points; got {xd.size} and {yd.size}.")
+    else:
+        xd = yd = np.empty(0)
+
+    def caption(i):
+        loss = f", loss {losses[i]:.4g}" if losses is not None and np.isfinite(losses[i]) else ""
+        return f"{title}: step {steps[i]}{loss}"
+
+    finite_pred = pred[np.isfinite(pred)]
+    lo = min([*yd, *finite_pred]) if (yd.size or finite_pred.size) else 0.0
+    hi = max([*yd, *finite_pred]) if (yd.size or finite_pred.size) else 1.0
+    pad = 0.05 * (hi - lo + 1e-12)
+    yr = [lo - pad, hi + pad]
+    traces = []
+    if data is not None:
+        traces.append(go.Scatter(x=xd, y=yd, mode="markers", name="data",
+                                 marker=dict(size=4, color="steelblue", opacity=0.6)))
+    fit_index = len(traces)
+    traces.append(go.Scatter(x=xs, y=pred[0], mode="lines", name="fit", line=dict(color="crimson", width=3)))
+    fig = go.Figure(traces)
+    frames = frame_indices(t, max_frames)
+    fig.frames = [go.Frame(name=str(i), traces=[fit_index], data=[go.Scatter(x=xs, y=pred[i])],
+                           layout=go.Layout(title=dict(text=caption(i)))) for i in frames]
+    fig.update_layout(
+        title=dict(text=caption(0)), template="plotly_white", autosize=True,
+        xaxis=dict(title=dict(text="x"), range=[xs[0], xs[-1]]),
+        yaxis=dict(title=dict(text="y"), range=yr),
+    )
+    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix="snapshot ")
+
+    def make():
+        mfig = new_figure((7.4, 4.8))
+        ax = mfig.add_subplot()
+        if data is not None:
+            ax.scatter(xd, yd, s=8, color="steelblue", alpha=0.6, label="data", edgecolors="none")
+        (fit,) = ax.plot(xs, pred[0], color="crimson", linewidth=2.5, label="fit")
+        ax.set_xlim(xs[0], xs[-1])
+        ax.set_ylim(*yr)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.legend(loc="upper right", fontsize=8)
+
+        def update(i):
+            fit.set_ydata(pred[i])
+            ax.set_title(caption(i), fontsize=10)
+
+        update(int(frames[-1]))
+        return mfig, update
+
+    return attach_mpl(fig, make, frames=frames.tolist(), size=(900, 600))

@@ -1,0 +1,67 @@
+"""Several optimizers' paths on one shared plane (:func:`fastscape.compare_optimizers`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import require
+from ._plane import contour, legend_below
+
+__all__ = ["optimizer_comparison", "RUN_COLORS"]
+
+#: run colours: saturated, none close to viridis's own greens and yellows, each drawn
+#: with a dark outline so it reads on the dark and the light end of the colour map alike.
+RUN_COLORS = ("#ff2d2d", "#ff9f1c", "#ff4fd8", "#4dd2ff", "#c77dff", "#b15928")
+
+
+def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw):
+    """Contours of the shared plane with every optimizer's path, each in its own colour.
+
+    Parameters
+    ----------
+    comparison : OptimizerComparison
+        From :func:`fastscape.compare_optimizers` (``coords``: name -> (T, 2) path,
+        ``explained_variance_ratio``).
+    surface : Surface
+        The plane's surface, e.g. ``comparison.loss_surface(data, loss_fn=...)``.
+    ax : matplotlib Axes, optional
+    contour_kw :
+        Passed to :func:`contour` (``value=``, ``levels=``, ``axis_labels=`` ...).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        One line per run (labelled with its name) ending in a star of its
+        colour; a start shared by every run is one neutral marker
+        (``"shared start"``), otherwise each run's start is a circle of its colour.
+        The legend sits under the Axes.
+    """
+    require("matplotlib", "`fastscape.plot.optimizer_comparison`")
+    from matplotlib import patheffects
+
+    coords = getattr(comparison, "coords", None)
+    if not isinstance(coords, dict) or not coords:
+        raise TypeError("`comparison` must be the result of fastscape.compare_optimizers; got "
+                        f"{type(comparison).__name__}.")
+    ratio = getattr(comparison, "explained_variance_ratio", None)
+    if ratio is not None and "axis_labels" not in contour_kw:
+        contour_kw["axis_labels"] = tuple(f"PC{i + 1} ({100 * r:.1f}% of variance)" for i, r in enumerate(ratio[:2]))
+    contour_kw.setdefault("legend", False)
+    ax = contour(surface, ax=ax, title=title, **contour_kw)
+    paths = {name: np.asarray(c, dtype=float) for name, c in coords.items()}
+    starts = np.array([c[0] for c in paths.values()])
+    scale = max(float(np.ptp(np.concatenate(list(paths.values())), axis=0).max()), 1e-12)
+    shared = bool(np.all(np.abs(starts - starts[0]) <= 1e-6 * scale))
+    for i, (name, c) in enumerate(paths.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        # earlier runs drawn wider, so a later run on the same track leaves them visible at its sides
+        lw = 1.6 + 1.0 * (len(paths) - 1 - i)
+        outline = [patheffects.Stroke(linewidth=lw + 1.6, foreground="black"), patheffects.Normal()]
+        ax.plot(c[:, 0], c[:, 1], "-", color=color, lw=lw, label=name, zorder=4, path_effects=outline)
+        if not shared:
+            ax.plot(c[0, 0], c[0, 1], "o", color=color, mec="k", ms=7, zorder=5)
+        ax.plot(c[-1, 0], c[-1, 1], "*", color=color, mec="k", ms=13, zorder=6)
+    if shared:
+        ax.plot(*starts[0], "o", color="white", mec="k", mew=1.5, ms=9, zorder=7, label="shared start")
+    legend_below(ax, ncols=len(paths) + int(shared))
+    return ax

@@ -1,0 +1,518 @@
+"""A plane of the landscape: filled contours (matplotlib) and the 3-D surface
+(plotly, or matplotlib for a static picture), with a path and named positions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import (
+    PATH_LABEL,
+    attach_mpl,
+    auto_zmax,
+    axis_titles,
+    check_backend,
+    check_path,
+    check_points,
+    check_surface,
+    finite,
+    new_axes,
+    require,
+    resolve_value,
+)
+
+__all__ = ["contour", "surface3d", "path_heights", "draw_path", "draw_points", "auto_camera", "legend_below"]
+
+#: colours of named positions: dark, saturated, distinct from viridis and plasma.
+POINT_COLORS = ("#e41a1c", "#ff7f00", "#f781bf", "#a65628", "#984ea3", "#ffffff")
+POINT_MARKERS = ("D", "s", "^", "v", "P", "X")
+
+
+def stored_path(surface, path):
+    """``path`` as given; None: the path stored with the surface (``surface.path``), if any; False: no path."""
+    if path is False:
+        return None
+    if path is None:
+        return getattr(surface, "path", None)
+    return path
+
+
+def path_heights(surface, path, value: str = "loss") -> np.ndarray:
+    """``value`` at plane coordinates ``path`` (T, 2), bilinearly interpolated from the grid.
+
+    Points outside the grid take the value at its nearest edge; a NaN/inf corner
+    makes the height NaN (drawn as a gap).
+    """
+    check_surface(surface, 2, "path_heights")
+    path = check_path(path)
+    x, y = surface.coords
+    z = finite(resolve_value(surface, value).array)
+
+    def locate(c, v):
+        i = np.clip(np.searchsorted(c, v) - 1, 0, max(len(c) - 2, 0))
+        if len(c) == 1:
+            return i, np.zeros_like(v)
+        t = (v - c[i]) / (c[i + 1] - c[i])
+        return i, np.clip(t, 0.0, 1.0)
+
+    i, tx = locate(x, path[:, 0])
+    j, ty = locate(y, path[:, 1])
+    i1 = np.minimum(i + 1, len(x) - 1)
+    j1 = np.minimum(j + 1, len(y) - 1)
+    return ((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i1, j]
+            + (1 - tx) * ty * z[i, j1] + tx * ty * z[i1, j1])
+
+
+# ----------------------------------------------------------------------------- shared drawing on 2-D Axes
+
+
+def legend_below(ax, handles=None, labels=None, *, ncols=None, fontsize=8):
+    """A legend under the Axes, outside the data area, so it never covers what is drawn."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    n = len(handles) if ncols is None else ncols
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=min(n, 4),
+                     fontsize=fontsize, frameon=False)
+
+
+def draw_path(ax, path, *, cmap="plasma", colorbar=True, label="path", path_label=PATH_LABEL):
+    """A (T, 2) path on 2-D Axes: a line, markers coloured by snapshot number, start and end marked.
+
+    The colour bar says what the colour counts (``path_label``: by default the
+    recorded snapshots, which are epochs for :func:`fastscape.train`, not
+    optimizer steps).
+    """
+    steps = np.arange(len(path))
+    ax.plot(path[:, 0], path[:, 1], color="crimson", linewidth=1.2, zorder=3, label=label)
+    sc = ax.scatter(path[:, 0], path[:, 1], c=steps, cmap=cmap, s=16, zorder=4, edgecolors="none")
+    if colorbar and len(path) > 1:
+        from matplotlib.ticker import MaxNLocator
+
+        cb = ax.figure.colorbar(sc, ax=ax, label=path_label)
+        cb.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole numbers
+    ax.scatter(*path[0], marker="o", s=70, facecolors="white", edgecolors="k", zorder=5, label="start")
+    ax.scatter(*path[-1], marker="*", s=150, color="k", zorder=5, label="end")
+    return sc
+
+
+def draw_points(ax, points, *, z=None):
+    """Named positions: each its own marker and colour, labelled beside it (no path, no colour bar)."""
+    from matplotlib import patheffects
+
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    for i, (name, c) in enumerate(points):
+        color, marker = POINT_COLORS[i % len(POINT_COLORS)], POINT_MARKERS[i % len(POINT_MARKERS)]
+        if z is None:
+            ax.scatter(*c, marker=marker, s=90, color=color, edgecolors="k", linewidths=1.2, zorder=6, label=name)
+            ax.annotate(name, c, textcoords="offset points", xytext=(7, 7), fontsize=9, fontweight="bold",
+                        color="k", path_effects=halo, zorder=7)
+        else:
+            ax.scatter([c[0]], [c[1]], [z[i]], marker=marker, s=70, color=color, edgecolors="k", depthshade=False,
+                       label=name)
+            ax.text(c[0], c[1], z[i], f"  {name}", fontsize=9, fontweight="bold", path_effects=halo, zorder=10)
+
+
+def _levels(lo: float, hi: float, levels, log: bool):
+    """(levels, norm, is_log): log-spaced when asked and the positive range spans > 20x."""
+    from matplotlib.colors import LogNorm
+
+    if not isinstance(levels, (int, np.integer)):
+        lv = np.unique(np.asarray(levels, dtype=float))
+        if lv.ndim != 1 or lv.size < 2:
+            raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
+        is_log = log and lv[0] > 0 and lv[-1] > 20 * lv[0]
+        return lv, (LogNorm(lv[0], lv[-1]) if is_log else None), is_log
+    if levels < 2:
+        raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
+    if log and lo > 0 and hi > 20 * lo:
+        return np.geomspace(lo, hi, levels), LogNorm(vmin=lo, vmax=hi), True
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, levels), None, False
+
+
+def _tidy_colorbar(cb, lv):
+    """About eight ticks at level values, printed with 3 significant digits."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    cb.ax.yaxis.set_major_locator(FixedLocator(lv[:: max(1, len(lv) // 8)]))
+    cb.ax.yaxis.set_minor_locator(NullLocator())
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+
+
+def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
+            filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
+            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
+            colorbar: bool = True, legend: bool = True):
+    """Contours of a plane, with a path coloured by snapshot and named positions.
+
+    Parameters
+    ----------
+    surface : Surface along two directions
+        Drawn with ``coords[0]`` along x (matplotlib gets the array transposed).
+    value : str
+        What to draw: ``"loss"`` or a metric of the surface (``"accuracy"``,
+        ``"test/accuracy"``); it names the colour bar, and only a loss gets log levels.
+    path : array of shape (T, 2), None or False
+        Plane coordinates of a trajectory (e.g. from :func:`fastscape.project`):
+        a line with markers coloured by snapshot, start (circle) and end (star).
+        None (default): the path stored with the surface (``surface.path``),
+        if any; False: no path.
+    points : dict label -> (x, y), or array of shape (n, 2), optional
+        Named positions (e.g. the models of :func:`fastscape.interpolation_plane`;
+        rows of an array are labelled "A", "B", ...): each drawn with its own
+        marker and label.
+    ax : matplotlib Axes, optional
+        Drawn into when given; otherwise a new figure is made (no pyplot).
+    levels : int or 1-D array
+        Number of levels (log-spaced when ``log``, the value is a loss, and it
+        spans more than a factor 20) or the level values themselves.
+    filled : bool
+        Filled contours with a few labelled black lines; False draws coloured lines only.
+    labels : bool
+        Label the lines with their value.
+    axis_labels, explained_variance :
+        Axis titles; PCA explained-variance ratios (given, or read from
+        ``surface.meta["directions"]``) are appended, e.g. "PC1 (87.3% of variance)".
+    path_label : str
+        Title of the path's colour bar: what the colour counts (default
+        "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
+    legend : bool
+        Put a legend for the path and points under the Axes.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        NaN/inf regions are left blank (masked).
+    """
+    require("matplotlib", "`fastscape.plot.contour`")
+    check_surface(surface, 2, "contour")
+    v = resolve_value(surface, value)
+    path = check_path(stored_path(surface, path))
+    pts = check_points(points)
+    if ax is None:
+        ax = new_axes((6.4, 5.6))
+    z = finite(v.array).T  # matplotlib wants (y, x)
+    xl, yl = axis_titles(surface, axis_labels, explained_variance)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    if title:
+        ax.set_title(title)
+    vals = z[np.isfinite(z)]
+    if vals.size == 0:
+        ax.text(0.5, 0.5, f"no finite {v.label} on this grid", transform=ax.transAxes, ha="center")
+        return ax
+    lv, norm, is_log = _levels(float(vals.min()), float(vals.max()), levels, log and v.is_loss)
+    if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
+        from matplotlib.colors import Normalize
+
+        norm = Normalize(*v.limits)
+    X, Y = surface.coords
+    zm = np.ma.masked_invalid(z)
+    fmt_level = (lambda q: f"{q:.2g}") if is_log else (lambda q: f"{q:.3g}")
+    cbar_label = v.label + (" (log scale)" if is_log else "")
+    if filled:
+        cs = ax.contourf(X, Y, zm, levels=lv, cmap=cmap, norm=norm, extend="neither")
+        lines = ax.contour(X, Y, zm, levels=lv[:: max(1, len(lv) // 8)], colors="k", linewidths=0.5)
+    else:
+        cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
+    if labels and len(lines.levels):
+        ax.clabel(lines, inline=True, fontsize=7, fmt=fmt_level)
+    ax.set_xlim(X[0], X[-1])
+    ax.set_ylim(Y[0], Y[-1])
+    if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
+        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
+    if colorbar:
+        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), lv)
+    if pts is not None:
+        draw_points(ax, pts)
+    if legend and (path is not None or pts is not None):
+        legend_below(ax)
+    return ax
+
+
+# ----------------------------------------------------------------------------- 3-D surface
+
+
+def _heights(z: np.ndarray, log: bool, zmax):
+    """(transform, clip) for heights: clip at ``zmax`` ("auto": :func:`auto_zmax`), then log10."""
+    if isinstance(zmax, str):
+        if zmax != "auto":
+            raise ValueError(f"`zmax` must be a number, None or 'auto'; got {zmax!r}.")
+        zmax = auto_zmax(z)
+    positive = z[np.isfinite(z) & (z > 0)]
+    floor = float(positive.min()) if positive.size else 1e-12
+
+    def transform(q):
+        q = finite(q)
+        if zmax is not None:
+            q = np.minimum(q, zmax)  # NaN stays NaN: a gap
+        if not log:
+            return q
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log10(np.maximum(q, floor))
+
+    return transform, zmax
+
+
+def auto_camera(surface_coords, heights, target=None) -> dict:
+    """A plotly camera from which ``target`` (the path's end, else the lowest point) is in plain view.
+
+    Looking over a plateau or a ridge hides the valley behind it. So, in the
+    scene's own units (the box is 1 x 1 x 0.6), every azimuth in steps of 15
+    degrees is tried: the line of sight from the target up to the eye is
+    compared with the surface under it, and the eye goes where that line
+    clears the surface by the widest margin (ties: the side away from the
+    highest fifth of the surface, then the usual corner view).
+
+    Parameters
+    ----------
+    surface_coords : (x, y) coordinate arrays
+    heights : ndarray of shape (n_x, n_y)
+        As drawn (after clipping and log).
+    target : (x, y), optional
+    """
+    x, y = (np.asarray(c, dtype=float) for c in surface_coords)
+    h = np.asarray(heights, dtype=float)
+    ok = np.isfinite(h)
+    default = dict(eye=dict(x=1.25, y=1.25, z=1.25))
+    if ok.sum() < 4 or len(x) < 2 or len(y) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return default
+    lo, hi = float(h[ok].min()), float(h[ok].max())
+    zs = np.where(ok, (h - lo) / (hi - lo if hi > lo else 1.0) * 0.6 - 0.3, -0.3)  # holes: the floor
+    ux, uy = (x - x.min()) / np.ptp(x) - 0.5, (y - y.min()) / np.ptp(y) - 0.5
+    if target is None:
+        i, j = np.unravel_index(int(np.argmin(np.where(ok, h, np.inf))), h.shape)
+        t = np.array([ux[i], uy[j]])
+    else:
+        t = np.clip([(target[0] - x.min()) / np.ptp(x) - 0.5, (target[1] - y.min()) / np.ptp(y) - 0.5], -0.5, 0.5)
+
+    def height(px, py):
+        i = np.clip(np.searchsorted(ux, px), 0, len(ux) - 1)
+        j = np.clip(np.searchsorted(uy, py), 0, len(uy) - 1)
+        return zs[i, j]
+
+    zt = float(height(np.array([t[0]]), np.array([t[1]]))[0])
+    X, Y = np.meshgrid(ux, uy, indexing="ij")
+    high = ok & (h >= np.quantile(h[ok], 0.8))
+    away = t - np.array([X[high].mean(), Y[high].mean()])
+    away = away / (np.hypot(*away) or 1.0)
+    r, ez = 1.7, 1.0
+    best, best_score = None, -np.inf
+    for az in np.radians(np.arange(0, 360, 15) + 45):
+        d = np.array([np.cos(az), np.sin(az)])
+        s = np.linspace(0.01, 1.5, 150)
+        px, py = t[0] + s * d[0], t[1] + s * d[1]
+        inside = (np.abs(px) <= 0.5) & (np.abs(py) <= 0.5)
+        run = np.hypot(*(r * d - t))
+        sight = zt + s[inside] * (ez - zt) / run
+        clearance = float(np.min(sight - height(px[inside], py[inside]))) if inside.any() else 1.0
+        score = min(clearance, 0.05) + 0.02 * float(d @ away) + 0.001 * float(d @ [0.7071, 0.7071])
+        if score > best_score:
+            best, best_score = d, score
+    return dict(eye=dict(x=float(r * best[0]), y=float(r * best[1]), z=ez), center=dict(x=0, y=0, z=-0.1))
+
+
+def _floor_levels(zt: np.ndarray, n: int = 24):
+    vals = zt[np.isfinite(zt)]
+    if not vals.size:  # every point diverged: nothing to contour (saving such a figure says so)
+        return 0.0, 1.0, 1.0 / n
+    lo, hi = float(vals.min()), float(vals.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi, (hi - lo) / n
+
+
+def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = False,
+              zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
+              colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",
+              path_label: str = PATH_LABEL, backend: str = "plotly", ax=None):
+    """A 3-D view of a plane, with the optimiser's path and named positions on it.
+
+    Parameters
+    ----------
+    surface : Surface along two directions
+        ``value[i, j]`` is drawn at ``(coords[0][i], coords[1][j])``
+        (plotly's trace holds the array transposed, its (y, x) layout).
+    value : str
+        ``"loss"`` or a metric (``"accuracy"``, ``"test/accuracy"``); names the
+        height axis and colour bar. ``log`` applies to a loss only.
+    path : array of shape (T, 2), None or False
+        Plane coordinates of the path, drawn as a 3-D line with markers coloured
+        by snapshot (colour bar titled ``path_label``); start and end are marked
+        and labelled beside their markers. None (default): the path stored with
+        the surface (``surface.path``), if any; False: no path.
+    path_loss : array of shape (T,), optional
+        Height of each path point; default: interpolated from the surface so the
+        path lies on it (:func:`path_heights`).
+    points : dict label -> (x, y), or array of shape (n, 2), optional
+        Named positions, each with its own marker and label (no colour bar).
+    log : bool
+        Draw log10 of a loss (surfaces spanning decades; a deep basin).
+    zmax : float, None or "auto"
+        Heights above ``zmax`` are drawn flat at ``zmax``; "auto" clips only
+        huge peaks; None never clips. NaN/inf points are gaps whatever this is.
+    axis_labels, explained_variance :
+        As in :func:`contour`.
+    floor_contours : bool
+        Contour lines (about 24 levels) projected onto the floor of the box.
+    camera : "auto", dict or None
+        "auto": look from the low side toward the high side, so the valley and
+        the path's end are in view (:func:`auto_camera`); a plotly camera dict;
+        None: plotly's default.
+    backend : {"plotly", "matplotlib"}
+        "matplotlib" draws the same view on a 3-D Axes (``ax=``) for static files.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure, or matplotlib Axes (3-D) with ``backend="matplotlib"``
+        The plotly figure has no fixed size (it fills the page or the notebook
+        cell); traces ``"loss"``, then ``"path"``, ``"start"``, ``"end"`` and
+        one per named point. ``fastscape.plot.save`` writes it as HTML, or as
+        PNG/SVG/PDF through kaleido and Chromium.
+    """
+    check_backend(backend, "surface3d")
+    check_surface(surface, 2, "surface3d")
+    v = resolve_value(surface, value)
+    path = check_path(stored_path(surface, path))
+    pts = check_points(points)
+    raw = finite(v.array)
+    log = bool(log) and v.is_loss
+    transform, clip = _heights(raw, log, zmax)
+    zt = transform(raw)
+    xl, yl = axis_titles(surface, axis_labels, explained_variance)
+    zlabel = f"log10 {v.label}" if log else v.label
+    if clip is not None:
+        zlabel += f" (clipped at {clip:.3g})"
+    h = None
+    if path is not None:
+        if path_loss is None:
+            h = path_heights(surface, path, value)
+        else:
+            h = np.asarray(path_loss, dtype=float).reshape(-1)
+            if h.shape[0] != path.shape[0]:
+                raise ValueError(
+                    f"`path_loss` must hold one loss per path point ({path.shape[0]}); got {h.shape[0]}."
+                )
+        h = transform(h)
+    ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value))
+    limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
+    args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
+                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits)
+    if isinstance(camera, str):
+        if camera != "auto":
+            raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
+        camera = auto_camera(surface.coords, zt, None if path is None else path[-1])
+    args["camera"] = camera
+    if backend == "matplotlib":
+        return _surface3d_mpl(ax=ax, **args)
+    if ax is not None:
+        raise ValueError("`ax` is for backend='matplotlib'; a plotly view makes its own figure.")
+    fig = _surface3d_plotly(**args)
+    return attach_mpl(fig, lambda: (_surface3d_mpl(ax=None, **args).figure, None), size=(1000, 800))
+
+
+def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
+                      path_label, camera, limits):
+    go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
+    xl, yl, zlabel = labels
+    lo, hi, size = _floor_levels(zt)
+    fig = go.Figure()
+    fig.add_trace(go.Surface(
+        x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name=zlabel,
+        cmin=None if limits is None else limits[0], cmax=None if limits is None else limits[1],
+        colorbar=dict(title=dict(text=zlabel), x=0.86, xanchor="left", len=0.8),
+        contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
+                             usecolormap=True, highlightcolor="white", width=1)),
+        hovertemplate="%{x:.3g}, %{y:.3g}<br>" + zlabel + " %{z:.4g}<extra></extra>",
+    ))
+    annotations = []
+    if path is not None:
+        steps = np.arange(len(path))
+        fig.add_trace(go.Scatter3d(
+            x=path[:, 0], y=path[:, 1], z=h, mode="lines+markers", name="path",
+            line=dict(color="crimson", width=5),
+            marker=dict(size=3.5, color=steps, colorscale="Plasma", showscale=True,
+                        colorbar=dict(title=dict(text=path_label, side="right"), x=0.94, xanchor="left",
+                                      len=0.5)),
+            customdata=steps,
+            hovertemplate=path_label + " %{customdata}<br>" + zlabel + " %{z:.4g}<extra></extra>",
+        ))
+        for idx, label, color, symbol in ((0, "start", "white", "circle"), (-1, "end", "black", "diamond")):
+            fig.add_trace(go.Scatter3d(
+                x=[path[idx, 0]], y=[path[idx, 1]], z=[h[idx]], mode="markers", name=label,
+                marker=dict(size=7, color=color, symbol=symbol, line=dict(width=2, color="black")),
+            ))
+            annotations.append(_label3d(path[idx, 0], path[idx, 1], h[idx], label))
+    if pts is not None:
+        symbols = ("diamond", "square", "cross", "x", "circle-open", "diamond-open")
+        for i, ((name, c), z) in enumerate(zip(pts, ph)):
+            fig.add_trace(go.Scatter3d(
+                x=[c[0]], y=[c[1]], z=[z], mode="markers", name=name,
+                marker=dict(size=8, color=POINT_COLORS[i % len(POINT_COLORS)], symbol=symbols[i % len(symbols)],
+                            line=dict(width=2, color="black")),
+            ))
+            annotations.append(_label3d(c[0], c[1], z, name))
+    scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis_title=zlabel, aspectmode="manual",
+                 aspectratio=dict(x=1, y=1, z=0.6), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
+    if camera is not None:
+        scene["camera"] = camera
+    fig.update_layout(
+        title=dict(text=title) if title else None, template="plotly_white", autosize=True,
+        margin=dict(l=10, r=10, t=50 if title else 10, b=10),
+        legend=dict(x=0.01, y=0.98), scene=scene,
+    )
+    return fig
+
+
+def _label3d(x, y, z, text):
+    """A scene annotation up and to the right of its point: never hidden under the marker."""
+    return dict(x=float(x), y=float(y), z=float(z) if np.isfinite(z) else 0.0, text=f"<b>{text}</b>",
+                showarrow=True, arrowhead=0, arrowwidth=1, arrowcolor="black", ax=28, ay=-28,
+                bgcolor="rgba(255,255,255,0.85)", bordercolor="black", borderwidth=1, font=dict(size=12))
+
+
+def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
+                   camera=None, limits=None):
+    require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
+    xl, yl, zlabel = labels
+    if ax is None:
+        ax = new_axes((8.0, 6.4), projection="3d")
+    cmap = colorscale.lower() if isinstance(colorscale, str) else "viridis"
+    X, Y = np.meshgrid(surface.coords[0], surface.coords[1])
+    Z = zt.T
+    lo, hi, size = _floor_levels(zt)
+    stride = max(1, max(Z.shape) // 120)
+    ax.computed_zorder = False  # the path and labels stay on top of the surface
+    vmin, vmax = (lo, hi) if limits is None else limits
+    surf = ax.plot_surface(X, Y, np.ma.masked_invalid(Z), cmap=cmap, vmin=vmin, vmax=vmax, linewidth=0,
+                           antialiased=False, alpha=0.92, rstride=stride, cstride=stride, zorder=1)
+    floor = lo - 0.05 * (hi - lo)
+    if floor_contours:
+        ax.contour(X, Y, np.ma.masked_invalid(Z), levels=np.arange(lo, hi + size / 2, size), zdir="z",
+                   offset=floor, cmap=cmap, linewidths=0.7)
+    ax.set_zlim(floor, hi + 0.05 * (hi - lo))
+    rise = 0.06 * (hi - lo)
+    if path is not None:
+        steps = np.arange(len(path))
+        ax.plot(path[:, 0], path[:, 1], h, color="crimson", linewidth=2, zorder=10, label="path")
+        sc = ax.scatter(path[:, 0], path[:, 1], h, c=steps, cmap="plasma", s=14, depthshade=False, zorder=11)
+        if len(path) > 1:
+            ax.figure.colorbar(sc, ax=ax, label=path_label, shrink=0.45, pad=0.02)
+        for idx, label, color, marker in ((0, "start", "white", "o"), (-1, "end", "black", "D")):
+            ax.scatter([path[idx, 0]], [path[idx, 1]], [h[idx]], marker=marker, s=60, color=color, edgecolors="k",
+                       depthshade=False, zorder=12, label=label)
+            ax.text(path[idx, 0], path[idx, 1], h[idx] + rise, label, fontsize=9, fontweight="bold", zorder=13,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="k", lw=0.6, alpha=0.85))
+    if pts is not None:
+        draw_points(ax, pts, z=ph)
+    ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
+    eye = (camera or {}).get("eye")
+    if eye is not None:
+        ax.view_init(elev=float(np.degrees(np.arctan2(eye["z"], np.hypot(eye["x"], eye["y"])))),
+                     azim=float(np.degrees(np.arctan2(eye["y"], eye["x"]))))
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_zlabel(zlabel)
+    if title:
+        ax.set_title(title)
+    return ax
