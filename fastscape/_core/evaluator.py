@@ -496,7 +496,7 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
     # a budget for the timing rounds: a tenth of the job as the warm-up calls project it
     job = min(warm.values()) * total * len(batches)
     timings = _time_rounds({k: v[2] for k, v in built.items()}, {k: v[3] for k, v in built.items()},
-                           device, budget=max(0.01, 0.1 * job))
+                           device, budget=max(0.01, 0.1 * job), warm=warm)
     best = _pick(timings, rank)
     notes = [f"{k} {v * 1e6:.2f} us" for k, v in timings.items()]
 
@@ -526,10 +526,13 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
     return runner
 
 
-def _time_rounds(fns: dict, sizes: dict, device, budget: float) -> dict:
+def _time_rounds(fns: dict, sizes: dict, device, budget: float, warm: dict | None = None) -> dict:
     """Seconds per point of each function: the minimum over rounds in which every function
     runs once, interleaved; :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS` rounds, fewer when
-    ``budget`` seconds are spent (a short job cannot afford a long probe)."""
+    ``budget`` seconds are spent (a short job cannot afford a long probe), none when one
+    round would cost more than the budget: then the warm-up times ``warm`` decide."""
+    if warm is not None and sum(warm[k] * sizes[k] for k in fns) > budget:
+        return {k: warm[k] for k in fns}
     best = {k: math.inf for k in fns}
     spent = 0.0
     for r in range(1, MAX_ROUNDS + 1):
