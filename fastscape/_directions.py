@@ -448,8 +448,8 @@ def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
     ``θb − θa`` and ``θc − θa``, so each model's buffers are reproduced at its
     position exactly too.
 
-    Use with ``origin=model_a``; pass ``positions`` as the ``path`` of
-    :func:`fastscape.plot_contour` to mark the models, and choose a grid
+    Use with ``origin=model_a``; pass ``positions`` as ``points=`` of
+    :func:`fastscape.plot.contour` to mark the models, and choose a grid
     that covers them.
 
     Returns

@@ -39,7 +39,7 @@ only in speed. Registered names (``STRATEGIES``):
     serves a whole grid. The first call pays the compilation (seconds to tens
     of seconds on a small CPU).
 
-``"auto"`` (in :func:`fastscape._evaluator.evaluate`) times the eager
+``"auto"`` (in :func:`fastscape._core.evaluator.evaluate`) times the eager
 strategies that apply on a probe chunk, adds the compiled variant of the
 fastest when the projected run is long enough to repay compiling, checks each
 candidate's values against ``"vmap"``, and remembers its pick per model
