@@ -339,19 +339,6 @@ def _summary(surface, out) -> str:
             f"{run['world_size']} process(es); {lowest}")
 
 
-def _views():
-    """``(contour, surface3d, line, save, picks_value)``: the views of ``fastscape.plot``, or the
-    top-level ``plot_*`` names of the layout before it, which draw the loss only (drop the
-    fallback once ``fastscape.plot`` is on main)."""
-    try:
-        plot = importlib.import_module("fastscape.plot")
-    except ModuleNotFoundError:
-        import fastscape
-
-        return fastscape.plot_contour, fastscape.plot_surface3d, fastscape.plot_line, fastscape.save_figure, False
-    return plot.contour, plot.surface3d, plot.line, plot.save, True
-
-
 def _plot(args) -> int:
     import fastscape
 
@@ -363,10 +350,9 @@ def _plot(args) -> int:
         raise CLIError(f"`FILE` {str(path)!r} does not exist.")
     surface = fastscape.load_surface(path)
     value = surface.value(args.value)  # an unknown name lists the surface's values
-    contour, surface3d, line, save, picks = _views()
-    if value.name != surface.value_names[0] and not picks:
-        raise CLIError(f"`--value {args.value}` needs the views of fastscape.plot; this build draws the loss only.")
-    pick = {"value": args.value} if picks else {}
+    from fastscape.plot import contour, line, save, surface3d
+
+    pick = {"value": value.name}
     out = Path(args.out) if args.out is not None else path.with_name(path.stem + "-figures")
     out.mkdir(parents=True, exist_ok=True)
     written = []

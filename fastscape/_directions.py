@@ -206,7 +206,8 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
     Directions
         ``n`` dicts name -> Tensor; every entry is zero-mean Gaussian before
         normalisation (each is i.i.d. N(0, 1)). ``.info`` records kind, norm,
-        ignore, seed and states.
+        ignore, states and the seed that draws them again (the fresh one drawn
+        when ``seed=None``; None when a ``generator`` was given).
     """
     check_model(model)
     positive_int(n, "n")
@@ -222,7 +223,9 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         raw = {k: torch.randn(w.shape, generator=g, device=g.device, dtype=torch.float32)
                .to(device=w.device, dtype=w.dtype) for k, w in weights.items()}
         out.append(normalize(raw, weights, norm=norm, ignore=ignore))
-    return Directions(out, kind="random", norm=norm, ignore=ignore, seed=seed, states=states,
+    # the seed that draws these directions again (a fresh one when seed=None); None with a generator
+    used = None if generator is not None else g.initial_seed()
+    return Directions(out, kind="random", norm=norm, ignore=ignore, seed=used, states=states,
                       device=str(device))
 
 
@@ -448,8 +451,8 @@ def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
     ``θb − θa`` and ``θc − θa``, so each model's buffers are reproduced at its
     position exactly too.
 
-    Use with ``origin=model_a``; pass ``positions`` as the ``path`` of
-    :func:`fastscape.plot_contour` to mark the models, and choose a grid
+    Use with ``origin=model_a``; pass ``positions`` as ``points=`` of
+    :func:`fastscape.plot.contour` to mark the models, and choose a grid
     that covers them.
 
     Returns

@@ -461,3 +461,15 @@ def test_cuda_directions_on_the_models_device_and_seed_independent_of_device():
     assert gpu["net.0.weight"].device.type == "cuda"
     for k in cpu:
         torch.testing.assert_close(gpu[k].cpu(), cpu[k], rtol=1e-5, atol=1e-6)
+
+
+def test_unseeded_directions_record_the_seed_that_reproduces_them():
+    """seed=None draws fresh directions, and `.info["seed"]` is the seed that draws them again."""
+    model = TwoWeightNet()
+    fresh = fastscape.random_directions(model, 2, seed=None)
+    seed = fresh.info["seed"]
+    assert isinstance(seed, int)
+    again = fastscape.random_directions(model, 2, seed=seed)
+    for a, b in zip(fresh, again):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
