@@ -21,6 +21,11 @@ activations).
 table's) and every precision mode asked for runs the per-point loop too, in the
 same mode, plus the largest relative deviation of the mode's surface from a
 float64 per-point loop at a few grid points.
+
+``cold s`` is the first call in the worker's fresh process (probing, and compiling where auto
+decides it pays, included; the whole report shares one compile cache, empty at its start unless
+``TORCHINDUCTOR_CACHE_DIR`` is set), ``cold x`` its rate over the loop's. On CPU the report ends
+with the small-then-big sequence of :mod:`benchmarks.cold_warm` (``--sequence``).
 """
 
 from __future__ import annotations
@@ -148,6 +153,23 @@ def _err(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
 
 
+def matmul_floor(w: dict, limits: dict) -> float:
+    """Points per second at the measured fp32 matmul rate when the first Linear/Conv is computed
+    once per batch (the affine rule) and every later layer's matmul FLOPs are paid per point: how
+    fast the mlp path could run if elementwise work and memory traffic cost nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = w["model"].eval(), w["x"]
+    first = next((m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))), None)
+    if first is None:
+        return float("nan")
+    with torch.no_grad(), FlopCounterMode(display=False) as total:
+        model(x)
+    with torch.no_grad(), FlopCounterMode(display=False) as head:
+        first(x)
+    return limits["matmul_flops"] / max(1.0, float(total.get_total_flops() - head.get_total_flops()))
+
+
 def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[str], sizes: str,
             budget_s: float = float("inf"), compiled_variant: bool = False, repeat_below_s: float = 60.0,
             ref_points: int = 6, sweep: tuple = ()) -> dict:
@@ -229,6 +251,8 @@ def run_one(name: str, quick: bool, device: str, limits: dict, precisions: list[
                 _, m["loop_pps"] = loop_values(wd, sub, dirs, origin, warmup=2 if cuda else 1, max_seconds=loop_s,
                                                dtype=torch.bfloat16 if dtype == "bfloat16" else None)
                 m["ratio"] = m["pps"] / m["loop_pps"]
+                if mode == "fp32" and m["strategy"] == "mlp":
+                    m["matmul_floor_pps"] = matmul_floor(wd, limits)
                 peak = limits.get("matmul", {}).get(mode, limits.get("matmul_flops"))
                 m["matmul_peak_flops"] = peak
                 m["fraction_of_matmul_peak"] = flops * m["pps"] / peak if peak else float("nan")
@@ -335,7 +359,13 @@ def run_workload(name: str, *, device: str, quick: bool, sizes: str, precisions:
 
 
 HEADER = (f"{'workload':<50} {'mode':<5} {'points':>8} {'points/s':>12} {'loop pts/s':>10} {'ratio':>7} "
-          f"{'peak MiB':>8} {'%peak':>6} {'dev f64':>8} {'first s':>7}  {'strategy (chunk x batch)':<28}")
+          f"{'peak MiB':>8} {'%peak':>6} {'dev f64':>8} {'cold s':>7} {'cold x':>7}  {'strategy (chunk x batch)':<28}")
+
+
+def cold_ratio(r: dict, m: dict) -> float:
+    """The cold call's rate (the first call in the worker's fresh process: probing and compiling
+    included) over the per-point loop's."""
+    return r["points"] / m["first_s"] / m["loop_pps"]
 
 
 def row_lines(r: dict) -> list[str]:
@@ -351,15 +381,16 @@ def row_lines(r: dict) -> list[str]:
         dev = f"{m['max_rel_dev_f64']:.1e}" if "max_rel_dev_f64" in m else "-"
         lines.append(f"{r['label']:<50} {mode:<5} {r['points']:>8} {m['pps']:>12,.0f} {m['loop_pps']:>10,.0f} "
                      f"{m['ratio']:>6.1f}x {m['peak_mib']:>8.0f} {m['fraction_of_matmul_peak']:>6.1%} {dev:>8} "
-                     f"{m['first_s']:>7.1f}  {pick:<28}" + ("" if m.get("warm") else "  (one call, not warm)"))
+                     f"{m['first_s']:>7.1f} {cold_ratio(r, m):>6.1f}x  {pick:<28}"
+                     + ("" if m.get("warm") else "  (one call, not warm)"))
     return lines
 
 
 def markdown_table(rows: list[dict]) -> str:
     """workload | mode | loop points/s | fastscape points/s | ratio | % of matmul peak | peak MiB | ..."""
     out = ["| workload | mode | points | loop points/s | fastscape points/s | ratio | fraction of matmul peak "
-           "| peak memory MiB | max rel. dev. from float64 | strategy (chunk x batch) | first call s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+           "| peak memory MiB | max rel. dev. from float64 | strategy (chunk x batch) | cold call s | cold ratio |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         if not r.get("modes"):
             out.append(f"| {r.get('label', r['name'])} | - | - | {r.get('status', 'failed')} | | | | | | | |")
@@ -371,7 +402,8 @@ def markdown_table(rows: list[dict]) -> str:
             dev = f"{m['max_rel_dev_f64']:.1e}" if "max_rel_dev_f64" in m else "-"
             out.append(f"| {r['label']} | {mode} | {r['points']:,} | {m['loop_pps']:,.0f} | {m['pps']:,.0f} | "
                        f"{m['ratio']:.1f}x | {m['fraction_of_matmul_peak']:.1%} | {m['peak_mib']:.0f} | {dev} | "
-                       f"{m['strategy']} ({m['chunk']} x {m['batch']}) | {m['first_s']:.1f} |")
+                       f"{m['strategy']} ({m['chunk']} x {m['batch']}) | {m['first_s']:.1f} | "
+                       f"{cold_ratio(r, m):.1f}x |")
     return "\n".join(out) + "\n"
 
 
@@ -402,6 +434,8 @@ def main(argv=None):
     p.add_argument("--limits", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, default=float("inf"), help=argparse.SUPPRESS)
     p.add_argument("--sweep", default="", help="multiples of the planned chunk to time too, e.g. 0.25,4,16")
+    p.add_argument("--sequence", default="seed000",
+                   help="CPU: workloads whose small-then-big sequence is run (benchmarks/cold_warm.py); '' for none")
     args = p.parse_args(argv)
     sizes = args.sizes or ("gpu" if args.device == "cuda" else "cpu")
     precisions = (args.precisions.split(",") if args.precisions else [args.precision or "fp32"])
@@ -441,15 +475,30 @@ def main(argv=None):
         for mode, m in r.get("modes", {}).items():
             for n in m.get("notes", []) if mode == precisions[0] else []:
                 print(f"  {r['name']}: {n}")
+            if m.get("matmul_floor_pps"):
+                print(f"  {r['name']}: matmul floor with the first layer once per batch: "
+                      f"{m['matmul_floor_pps']:,.0f} points/s; auto runs at {m['pps'] / m['matmul_floor_pps']:.0%} of it")
         comp = r.get("compiled")
         if comp and "error" in comp:
             print(f"  {r['name']}: {comp['strategy']} failed: {comp['error']}")
         elif comp:
             print(f"  {r['name']}: {comp['strategy']} warm, chunk {comp['chunk']}: {comp['pps']:,.0f} points/s; "
                   f"largest relative difference from auto's surface {comp['diff']:.1e}")
+    # the order a user calls in: small grids first, then the big one, in one fresh process
+    sequences = []
+    for name in [n for n in args.sequence.split(",") if n and n in names and args.device == "cpu"]:
+        from benchmarks import cold_warm
+
+        grid_sizes = cold_warm.DEFAULT_SIZES[name][:3] if args.quick else cold_warm.DEFAULT_SIZES[name]
+        print(f"\nsequence small_then_big, {name}: grids {', '.join(f'{k}x{k}' for k in grid_sizes)}; the big "
+              "call should cost what it costs alone (the cold call above)")
+        seq = cold_warm.run(name, "small_then_big", grid_sizes, fresh_cache=False)
+        cold_warm.show(seq)
+        sequences.append(seq)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev_name, "torch": torch.__version__, "limits": limits, "rows": rows}, f, indent=1)
+            json.dump({"device": dev_name, "torch": torch.__version__, "limits": limits, "rows": rows,
+                       "sequences": sequences}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown_table(rows))

@@ -104,10 +104,12 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         ``meta["memory_plan"]``.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
-        How chunks are computed (see :mod:`fastscape._strategies`); the values do
-        not depend on it beyond float32 rounding. "auto" picks by a short measured
-        probe and remembers the pick; the chosen one is ``meta["strategy"]``.
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+        How chunks are computed (see :mod:`fastscape._core.strategies`); the values
+        do not depend on it beyond float32 rounding. "auto" picks by a short measured
+        probe weighed by structure and remembers the pick per job size; the chosen
+        one is ``meta["strategy"]`` (and the chunk ``meta["chunk_size"]``): passing
+        both back gives the same bits in any later run.
     progress : bool or callable, optional
         Show a progress bar with points per second and ETA (default: when
         stderr is a terminal), or a callable receiving the number of points

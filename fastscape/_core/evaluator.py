@@ -36,6 +36,9 @@ from .objective import check_scalar
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
     AUTO_CHOICES,
+    MLP_CHUNK,
+    QUADRATIC_CHUNK,
+    QUADRATIC_CHUNK_BYTES,
     LoopStrategy,
     NotApplicable,
     Strategy,
@@ -136,13 +139,6 @@ def _is_oom(err: BaseException) -> bool:
 
 #: samples of the first batch that the validation and memory probes run on
 PROBE_SAMPLES = 256
-#: strategy="auto" adds a compiled candidate only when the projected run is
-#: at least this long: compiling costs seconds to tens of seconds on a small CPU.
-COMPILE_WORTH_SECONDS = 2.0
-#: a vectorised strategy must beat the per-point loop by this factor on the probe
-#: to be chosen (measured: the transformer benchmark's vmap_compiled probed 6% faster
-#: than the loop and then ran 20% slower over the whole grid)
-LOOP_MARGIN = 0.8
 #: compiled strategies run chunks this many times the eager plan on CPU
 COMPILED_CHUNK_FACTOR = 4
 
@@ -200,12 +196,14 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
     chunk_size : int or "auto"
         Points evaluated at once. "auto" plans from the model's measured
         activation size (a few MiB per intermediate on CPU).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "vmap_compiled", "affine_compiled"}
-        How a chunk is computed (see :mod:`fastscape._strategies`); the values
-        do not depend on it beyond float32 rounding. "auto" times the
-        strategies that apply on a probe chunk, picks the fastest and
-        remembers the pick; it falls back to the loop (with a
-        FallbackWarning) when the model has no batching rule. A named strategy
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+        How a chunk is computed (see :mod:`fastscape._core.strategies`); the
+        values do not depend on it beyond float32 rounding, and with the same
+        strategy, chunk and batch they are the same bits from run to run.
+        "auto" times the strategies that apply on a probe chunk, weighs the
+        times by structural rank, compiles only when that can repay itself, and
+        remembers the pick per job size class; it falls back to the loop (with
+        a FallbackWarning) when the model has no batching rule. A named strategy
         that cannot apply to the model raises ``ValueError`` saying why.
     buffers : dict, optional
         Values for the model's buffers (default: the model's own).
@@ -347,22 +345,32 @@ def _build(name: str, ctx: _Context, args0) -> Strategy:
 
 def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport,
             expected_points: int | None = None) -> Strategy:
-    """The strategy to run: the named one, or for "auto" the fastest on a probe chunk.
+    """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks.
 
     ``expected_points`` is the size of the whole job when this call evaluates
     only part of it (a unit of a file-backed run), for the compile decision.
+    Eval-mode BatchNorm that follows a Linear/Conv is folded into it first, for every strategy.
     """
+    folded = ctx.fold_batchnorm(args0)
+    if folded:
+        report.notes.append(f"BatchNorm folded into the layer before it: {', '.join(folded)}")
     if strategy != "auto":
         if strategy.endswith("_compiled"):
             _enlarge_for_compiled(ctx, report)
-        return _build(strategy, ctx, args0)
+        runner = _build(strategy, ctx, args0)
+        if strategy == "quadratic":
+            _enlarge_for_quadratic(ctx, report, runner)
+        elif strategy == "mlp":
+            _enlarge_for_mlp(ctx, report)
+        return runner
     points = ctx.points
     total = expected_points or points.n
     n_chunks = math.ceil(total / ctx.chunk)
     if n_chunks * len(batches) <= 1:
         return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
-    key = auto_key(ctx.model, points, batches.device, batches.dtype, ctx.chunk,
-                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches])
+    key = auto_key(ctx.user_model, points, batches.device, batches.dtype, ctx.chunk,
+                   [tuple(getattr(x, "shape", ())) for x, _, _ in batches], job_class(total),
+                   (_name_of(ctx.loss_fn), *sorted(ctx.metrics)))
     if key in AUTO_CHOICES:
         eager_chunk = ctx.chunk
         try:
@@ -370,75 +378,188 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
             if name.endswith("_compiled"):
                 _enlarge_for_compiled(ctx, report)
             chosen = make_strategy(name, ctx, args0)
-            report.notes.append(f"auto: {chosen.name} (remembered)")
+            if name == "quadratic":
+                _enlarge_for_quadratic(ctx, report, chosen)
+            elif name == "mlp":
+                _enlarge_for_mlp(ctx, report)
+            report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
             ctx.chunk = eager_chunk
-    x, y, _ = batches.first()
-    args = as_args(x)
-    device = batches.device
-
-    def trial(s: Strategy):
-        """Seconds per point on one chunk of ``ctx.chunk`` points, and the values."""
-        stop = min(ctx.chunk, points.n)
-        moving = points.stack(0, stop)
-        first = _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report)  # warm-up (compiles)
-        if report.fallback:
-            return 0.0, first
-        t, vals = time_call(lambda: _run(s, "auto", ctx, 0, stop, moving, 0, args, y, report), device)
-        return t / stop, vals
-
-    plain = VmapStrategy(ctx)
-    t_plain, ref = trial(plain)
-    if report.fallback:
-        return LoopStrategy(ctx)
-    timings = {"vmap": t_plain}
-    built = {"vmap": (plain, ctx.chunk)}
-
-    def consider(name):
-        try:
-            s = make_strategy(name, ctx, args0)
-            t, vals = trial(s)
-        except NotApplicable as err:
-            report.notes.append(f"auto: {name} skipped ({err})")
-            return
-        except RuntimeError as err:
-            if _is_oom(err):
-                raise
-            report.notes.append(f"auto: {name} failed ({str(err).splitlines()[0]})")
-            return
-        n = min(len(vals), len(ref))
-        if not values_agree(vals[:n], ref[:n], rtol=1e-3):
-            report.notes.append(f"auto: {name} skipped (values differ from vmap)")
-            return
-        timings[name], built[name] = t, (s, ctx.chunk)
-
-    consider("affine")
-    consider("mlp")
-    best = min(timings, key=timings.get)
-    projected = timings[best] * total * len(batches)
-    slow = any("slow batching" in n for n in report.notes)
-    if projected >= COMPILE_WORTH_SECONDS and not slow:
-        eager_chunk = ctx.chunk
-        _enlarge_for_compiled(ctx, report)
-        consider(COMPILED_VARIANT[best])
-        ctx.chunk = eager_chunk
-    consider("loop")  # vectorising does not always pay (e.g. attention at tiny chunks): never be slower
-    best = min(timings, key=timings.get)
-    if best != "loop" and "loop" in timings and timings[best] > LOOP_MARGIN * timings["loop"]:
-        # a near tie on one probe chunk is noise; the loop is the safe side of it
-        report.notes.append(f"auto: {best} within {1 - LOOP_MARGIN:.0%} of the loop on the probe; "
-                            "taking the loop")
-        best = "loop"
-    report.notes.append("auto: " + ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in timings.items())
-                        + f" per point on a probe chunk; chose {best}")
-    AUTO_CHOICES[key] = best
-    runner, ctx.chunk = built[best]
+    runner = _choose(ctx, batches, args0, report, total)
+    if not report.fallback:  # a model vmap cannot batch warns again on its next call
+        AUTO_CHOICES[key] = runner.name
     return runner
 
 
-#: the compiled strategy tried when an eager one wins the probe (inductor fuses what "mlp" fuses by hand)
-COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled", "mlp": "affine_compiled"}
+def _name_of(fn) -> str:
+    """What the choice depends on in a loss function: which one it is ("quadratic" needs MSE)."""
+    if isinstance(fn, nn.Module):
+        return repr(fn)
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+#: strategy="auto" weighs each timed candidate by TIE ** its structural rank (RANK): a path that
+#: does less work per point is kept unless one further down the order is faster by 25% per
+#: step. A probe disturbed by load (every parallel kernel waiting for a descheduled thread)
+#: measured the seed-000 net's loop 1.5x faster than its deduplicated affine path, which
+#: does a thirtieth of the work and ran 8x faster over the grid; the transformer
+#: benchmark's vmap_compiled probed 6% faster than the loop and ran 20% slower.
+TIE = 1.25
+#: structural order, cheapest first: the quadratic form of a mean-squared-error head (a few
+#: numbers per point), the affine path that computes the first layer once per
+#: distinct coordinate, the hand-fused MLP, the affine path, the per-point loop (fused
+#: kernels, no vmap overhead), plain vmap; a compiled variant ranks one below its eager form
+RANK = {"quadratic": 0, "affine_dedup": 1, "mlp": 2, "affine": 3, "loop": 4, "vmap": 5}
+#: timing rounds of the probe: every candidate once per round, interleaved so that a burst
+#: of load hits all of them; the minimum per candidate is kept. At least MIN_ROUNDS and
+#: PROBE_SECONDS of timed work, when the job is long enough to afford it.
+MIN_ROUNDS, MAX_ROUNDS, PROBE_SECONDS = 3, 7, 0.1
+#: how much faster a compiled strategy may be than its eager form, at best (measured on CPU:
+#: seed-000 affine 10x, benchmark CNN vmap 5.5x, transformer vmap 1.5x, MNIST-size MLP affine
+#: 1x): compiling is tried only when that best case saves more than the compilation costs
+COMPILE_SPEEDUP = 6.0
+#: estimated seconds to compile a chunk function with a warm on-disk cache: a base plus a
+#: cost per leaf module (measured on a 2-core CPU: seed-000 net 2.6 s for its graph); a
+#: first compile on a machine costs several times more
+COMPILE_SECONDS = {"cpu": (1.0, 0.5), "cuda": (2.0, 0.5)}
+
+
+def job_class(points: int) -> int:
+    """The size class of a job for :data:`AUTO_CHOICES`: jobs within a factor of 4 share one.
+    A choice made for a small grid (no compiling, a few chunks) is never reused for a big one."""
+    return int(math.log2(max(1, points))) // 2
+
+
+def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
+    """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest
+    once each is weighed by its structural rank (:data:`TIE`, :data:`RANK`); then, when the
+    best case of compiling the faster of vmap and affine (:data:`COMPILE_SPEEDUP`) beats the pick
+    by more than the compilation's estimated cost, compile it and weigh it against the pick."""
+    points = ctx.points
+    x, y, _ = batches.first()
+    args = as_args(x)
+    device = batches.device
+    stop = min(ctx.chunk, points.n)
+    moving = points.stack(0, stop)
+
+    def call(s: Strategy, size: int, mov, chunk: int):
+        def fn():
+            ctx.chunk = chunk  # compiled strategies pad to it: every call sees the chunk it compiled for
+            return _run(s, "auto", ctx, 0, size, mov, 0, args, y, report)
+        return fn
+
+    eager_chunk = ctx.chunk
+    plain = VmapStrategy(ctx)
+    t_warm, ref = time_call(call(plain, stop, moving, eager_chunk), device)  # vmap's values: the reference
+    if report.fallback:
+        return LoopStrategy(ctx)
+    built = {"vmap": (plain, eager_chunk, call(plain, stop, moving, eager_chunk), stop)}
+    warm = {"vmap": t_warm / stop}
+
+    def consider(name, enlarge=None):
+        """Build, enlarge the chunk where the strategy runs best on a bigger one, warm up
+        (compiles), check the values against vmap's; the warm-up's seconds, or None."""
+        try:
+            s = make_strategy(name, ctx, args0)
+            if enlarge is not None:
+                enlarge(s)
+            chunk, size = ctx.chunk, min(ctx.chunk, points.n)
+            fn = call(s, size, moving if size == stop else points.stack(0, size), chunk)
+            t, vals = time_call(fn, device)
+        except NotApplicable as err:
+            report.notes.append(f"auto: {name} skipped ({err})")
+            return None
+        except RuntimeError as err:
+            if _is_oom(err) and (enlarge is None or ctx.chunk <= eager_chunk):
+                raise  # the planned chunk does not fit: the caller halves it
+            report.notes.append(f"auto: {name} " + ("skipped (out of memory at its larger chunk)" if _is_oom(err)
+                                                     else f"failed ({str(err).splitlines()[0]})"))
+            return None
+        finally:
+            ctx.chunk = eager_chunk
+        n = min(len(vals), len(ref))
+        if not values_agree(vals[:n], ref[:n], rtol=1e-3):
+            report.notes.append(f"auto: {name} skipped (values differ from vmap)")
+            return None
+        built[name] = (s, chunk, fn, size)
+        warm[name] = t / size
+        return t
+
+    consider("quadratic", lambda s: _enlarge_for_quadratic(ctx, report, s))
+    consider("affine")
+    consider("mlp", lambda s: _enlarge_for_mlp(ctx, report))
+    consider("loop")
+    rank = dict(RANK)
+    if "affine" in built and 0 < len(built["affine"][0].dirs_used) < points._coords.shape[1]:
+        rank["affine"] = RANK["affine_dedup"]
+    # a budget for the timing rounds: a tenth of the job as the warm-up calls project it
+    job = min(warm.values()) * total * len(batches)
+    timings = _time_rounds({k: v[2] for k, v in built.items()}, {k: v[3] for k, v in built.items()},
+                           device, budget=max(0.01, 0.1 * job), warm=warm)
+    best = _pick(timings, rank)
+    notes = [f"{k} {v * 1e6:.2f} us" for k, v in timings.items()]
+
+    # compiling: the faster of vmap and affine, unless a hand-fused or structural path won (mlp,
+    # quadratic: compiled code has not beaten them), when its best case beats the pick by more
+    # than the compilation's estimated cost
+    vectorised = [k for k in COMPILED_VARIANT if k in timings]
+    slow = any("slow batching" in n for n in report.notes)
+    if vectorised and best not in ("mlp", "quadratic") and not slow:
+        eager = min(vectorised, key=timings.get)
+        compiled = COMPILED_VARIANT[eager]
+        work = total * len(batches)
+        gain = (timings[best] - timings[eager] / COMPILE_SPEEDUP) * work
+        base, per_module = COMPILE_SECONDS["cuda" if device.type == "cuda" else "cpu"]
+        leaves = sum(1 for m in ctx.model.modules() if not any(True for _ in m.children()))
+        cost = base + per_module * leaves
+        if gain >= cost:
+            t_compile = consider(compiled, lambda s: _enlarge_for_compiled(ctx, report))
+            if t_compile is not None:
+                report.notes.append(f"auto: compiling {compiled} took {t_compile:.1f} s (estimated "
+                                    f"{cost:.1f} s against a best-case saving of {gain:.1f} s)")
+                pair = _time_rounds({k: built[k][2] for k in (best, compiled)},
+                                    {k: built[k][3] for k in (best, compiled)}, device,
+                                    budget=max(0.01, 0.1 * job))
+                notes.append(f"{compiled} {pair[compiled] * 1e6:.2f} us")
+                rank[compiled] = rank[eager]  # the same work as its eager form, fused
+                best = _pick(pair, rank)
+        else:
+            notes.append(f"{compiled} not tried (compiling est. {cost:.1f} s > best-case saving {gain:.1f} s)")
+    report.notes.append("auto: " + ", ".join(notes) + f" per point on a probe chunk (min of rounds); chose {best}")
+    runner, ctx.chunk = built[best][0], built[best][1]
+    return runner
+
+
+def _time_rounds(fns: dict, sizes: dict, device, budget: float, warm: dict | None = None) -> dict:
+    """Seconds per point of each function: the minimum over rounds in which every function
+    runs once, interleaved; :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS` rounds, fewer when
+    ``budget`` seconds are spent (a short job cannot afford a long probe), none when one
+    round would cost more than the budget: then the warm-up times ``warm`` decide."""
+    if warm is not None and sum(warm[k] * sizes[k] for k in fns) > budget:
+        return {k: warm[k] for k in fns}
+    best = {k: math.inf for k in fns}
+    spent = 0.0
+    for r in range(1, MAX_ROUNDS + 1):
+        for k, fn in fns.items():
+            t, _ = time_call(fn, device)
+            best[k] = min(best[k], t / sizes[k])
+            spent += t
+        if (r >= MIN_ROUNDS and spent >= PROBE_SECONDS) or spent >= budget:
+            break
+    return best
+
+
+def _pick(timings: dict, rank: dict) -> str:
+    """The candidate with the smallest ``time * TIE ** rank`` (see :data:`TIE`)."""
+    return min(timings, key=lambda k: (timings[k] * TIE ** rank.get(k, len(rank)), rank.get(k, len(rank))))
+
+
+#: the compiled form of each vectorised eager strategy. Compiling is not tried when "mlp" wins:
+#: inductor calls the same GEMMs and measured slower than the hand-fused path (MLP-64 2.6x
+#: vs 3.6x the loop, MNIST-size 2.9x vs 3.2x). It is tried when the loop wins: the benchmark
+#: CNN's vmap_compiled ran 2x faster than its loop.
+COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled"}
 
 
 def _loop_batches(given: Batches, plan: dict) -> Batches:
@@ -452,16 +573,40 @@ def _loop_batches(given: Batches, plan: dict) -> Batches:
     return given if max(given.batch_sizes) <= cap else given.resplit(cap)
 
 
+def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
+    """The "quadratic" strategy costs a few numbers per point, so a planned chunk grows to
+    ``QUADRATIC_CHUNK`` points within ``QUADRATIC_CHUNK_BYTES`` of per-point tensors."""
+    if report.memory_plan:
+        fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, runner.point_bytes()))
+        ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.points.n)))
+
+
+def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
+    """The "mlp" strategy walks the samples in cache-sized blocks, so on CPU a planned chunk
+    of fewer than ``MLP_CHUNK`` points grows to it (within the memory plan): the first
+    layer's per-batch outputs are then read once for several points."""
+    plan = report.memory_plan
+    if not plan or str(report.device).startswith("cuda"):
+        return
+    fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
+    ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.points.n)))
+
+
 def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
     """Compiled kernels fuse the chunk's intermediates, so on CPU they run best on
     chunks several times the eager plan (measured: seed-000 net 4x chunk, 1.7x
     faster; past ~32 MiB per gathered intermediate it falls off a cliff). Only a
-    planned ("auto") chunk is enlarged, within the memory plan's limit."""
+    planned ("auto") chunk is enlarged, within the memory plan's limit.
+
+    The compiled chunk depends on the model, data and memory only, never on the
+    number of points: a smaller grid pads its one chunk, and a new grid size
+    reuses the compiled function instead of compiling another."""
     plan = report.memory_plan
-    if not plan or ctx.points.n <= ctx.chunk or str(report.device).startswith("cuda"):
+    if not plan or str(report.device).startswith("cuda"):
         return
     fits = plan["budget_bytes"] // max(1, plan["point_bytes"])  # what free memory allows
-    ctx.chunk = int(max(ctx.chunk, min(ctx.chunk * COMPILED_CHUNK_FACTOR, fits, ctx.points.n)))
+    limit = plan.get("chunk_limit", ctx.chunk)
+    ctx.chunk = int(max(limit, min(limit * COMPILED_CHUNK_FACTOR, fits)))
 
 
 def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b, args, y,

@@ -1,0 +1,112 @@
+"""strategy="auto" that does not depend on call order (issue 12): what it remembers is
+keyed on the job size, a recorded choice reproduces the same bits, and a compiled
+strategy does not recompile when only the grid size changes.
+
+Only the public API is used; behaviour is pinned, never timings.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastscape
+
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                    reason="torch.compile needs a C++ compiler")
+
+
+class TwoWeight(nn.Module):
+    """x -> w2 * tanh(w1 * x), the seed-000 net."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Tanh(), nn.Linear(1, 1, bias=False))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _seed_case(n=300):
+    torch.manual_seed(0)
+    model = TwoWeight()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(n, 1, generator=g) * 2
+    y = torch.sin(x) + 0.1 * torch.randn(n, 1, generator=g)
+    names = ["net.0.weight", "net.2.weight"]
+    return (model, (x, y), list(fastscape.axis_directions(model, names)),
+            fastscape.axis_origin(model, names, at="zero"))
+
+
+def _surface(case, n, **kw):
+    model, data, dirs, origin = case
+    return fastscape.loss_surface(model, data, dirs, origin=origin, loss_fn=F.mse_loss, grid=(-2.0, 2.0, n),
+                                  device="cpu", progress=False, **kw)
+
+
+def _remembered(surface) -> bool:
+    return any("remembered" in note for note in surface.meta["notes"])
+
+
+def test_a_small_job_does_not_decide_for_a_much_bigger_one():
+    # same model, data, directions and chunk: only the job size differs (25 vs 10 000 points)
+    case = _seed_case()
+    small = _surface(case, 5, chunk_size=16)
+    assert not _remembered(small)
+    big = _surface(case, 100, chunk_size=16)
+    assert not _remembered(big), f"the 10 000-point job reused the 25-point job's choice: {big.meta['notes']}"
+    again = _surface(case, 100, chunk_size=16)
+    assert _remembered(again) and again.meta["strategy"] == big.meta["strategy"]
+    np.testing.assert_array_equal(again.loss, big.loss)
+
+
+def test_the_recorded_strategy_reproduces_the_same_bits():
+    case = _seed_case()
+    first = _surface(case, 60)
+    pinned = _surface(case, 60, strategy=first.meta["strategy"], chunk_size=first.meta["chunk_size"])
+    assert pinned.meta["strategy"] == first.meta["strategy"]
+    np.testing.assert_array_equal(pinned.loss, first.loss)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@needs_compiler
+@pytest.mark.parametrize("strategy", ["affine_compiled", "vmap_compiled"])
+def test_a_new_grid_size_does_not_recompile(strategy):
+    case = _seed_case()
+    ref = {n: _surface(case, n, strategy="vmap").loss for n in (40, 25, 61)}
+    before = _graphs()
+    first = _surface(case, 40, strategy=strategy)
+    compiled = _graphs() - before
+    assert compiled >= 1  # the first call compiles
+    for n in (25, 61):  # fewer points than one compiled chunk, then more chunks than before
+        surf = _surface(case, n, strategy=strategy)
+        assert surf.meta["strategy"] == strategy
+        np.testing.assert_allclose(surf.loss, ref[n], rtol=1e-5, atol=1e-6)
+    assert _graphs() - before == compiled, "a new grid size compiled again"
+    np.testing.assert_allclose(first.loss, ref[40], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_cache_defaults_to_a_directory_that_outlives_the_process(tmp_path, monkeypatch):
+    from fastscape._core.strategies import _persistent_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _persistent_compile_cache()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "fastscape" / "torchinductor")
+    assert (tmp_path / "fastscape" / "torchinductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stands
+    _persistent_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.fx_graph_cache
