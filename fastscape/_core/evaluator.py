@@ -355,14 +355,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     if folded:
         report.notes.append(f"BatchNorm folded into the layer before it: {', '.join(folded)}")
     if strategy != "auto":
-        if strategy.endswith("_compiled"):
-            _enlarge_for_compiled(ctx, report)
-        runner = _build(strategy, ctx, args0)
-        if strategy == "quadratic":
-            _enlarge_for_quadratic(ctx, report, runner)
-        elif strategy == "mlp":
-            _enlarge_for_mlp(ctx, report)
-        return runner
+        return _sized(strategy, ctx, args0, report, _build)
     points = ctx.points
     total = expected_points or points.n
     n_chunks = math.ceil(total / ctx.chunk)
@@ -374,14 +367,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     if key in AUTO_CHOICES:
         eager_chunk = ctx.chunk
         try:
-            name = AUTO_CHOICES[key]
-            if name.endswith("_compiled"):
-                _enlarge_for_compiled(ctx, report)
-            chosen = make_strategy(name, ctx, args0)
-            if name == "quadratic":
-                _enlarge_for_quadratic(ctx, report, chosen)
-            elif name == "mlp":
-                _enlarge_for_mlp(ctx, report)
+            chosen = _sized(AUTO_CHOICES[key], ctx, args0, report, make_strategy)
             report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
@@ -389,6 +375,19 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     runner = _choose(ctx, batches, args0, report, total)
     if not report.fallback:  # a model vmap cannot batch warns again on its next call
         AUTO_CHOICES[key] = runner.name
+    return runner
+
+
+def _sized(name: str, ctx: _Context, args0, report: EvalReport, build: Callable) -> Strategy:
+    """Strategy ``name`` built by ``build(name, ctx, args0)``, with ``ctx.chunk`` set to the chunk
+    it runs best at (compiled kernels, mlp and quadratic take larger chunks than the eager plan)."""
+    if name.endswith("_compiled"):
+        _enlarge_for_compiled(ctx, report)
+    runner = build(name, ctx, args0)
+    if name == "quadratic":
+        _enlarge_for_quadratic(ctx, report, runner)
+    elif name == "mlp":
+        _enlarge_for_mlp(ctx, report)
     return runner
 
 
