@@ -50,3 +50,15 @@ def make_big_data():
 
 def not_a_module():
     return 42
+
+
+def run_cli(argv, capsys):
+    """``fastscape ARGV`` in-process: ``(exit status, stdout, stderr)``."""
+    from fastscape._cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as err:
+        rc = err.code
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape._cli import main
-from tests.cli_models import make_data, make_model
+from tests.cli_models import make_data, make_model, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,15 +86,6 @@ def test_model_data_and_loss_are_imported_from_the_working_directory(tmp_path, h
     assert np.isfinite(surf.loss).all()
 
 
-def _run(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as err:
-        rc = err.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
 @pytest.fixture
 def checkpoints(tmp_path):
     """A trained model file and a folder of six snapshots around it that move mostly in a plane
@@ -125,7 +115,7 @@ def _snapshots(folder):
 def test_cli_pca_surface_equals_the_python_api(checkpoints, tmp_path, capsys):
     final, folder = checkpoints
     out = tmp_path / "pca.h5"
-    rc, _, err = _run(["surface", "--model", "tests.cli_models:make_model", "--checkpoint", final,
+    rc, _, err = run_cli(["surface", "--model", "tests.cli_models:make_model", "--checkpoint", final,
                        "--pca-dir", folder, "--data", "tests.cli_models:make_data", "--loss", "cross_entropy",
                        "--x", "-1:1:5", "--y", "-0.5:1:4", "--dtype", "float64", "--out", out, "--quiet"], capsys)
     assert rc == 0, err
@@ -145,7 +135,7 @@ def test_cli_pca_surface_equals_the_python_api(checkpoints, tmp_path, capsys):
 def test_pca_path_is_stored_and_plot_draws_it(checkpoints, tmp_path, capsys):
     final, folder = checkpoints
     out = tmp_path / "pca.h5"
-    rc, _, err = _run(["surface", "--model", "tests.cli_models:make_model", "--checkpoint", final,
+    rc, _, err = run_cli(["surface", "--model", "tests.cli_models:make_model", "--checkpoint", final,
                        "--pca-dir", folder, "--data", "tests.cli_models:make_data", "--loss", "cross_entropy",
                        "--x", "-1:1:5", "--y", "-1:1:5", "--out", out, "--quiet"], capsys)
     assert rc == 0, err
@@ -167,7 +157,7 @@ def test_pca_path_is_stored_and_plot_draws_it(checkpoints, tmp_path, capsys):
     assert (surf.path[0] < 0).all()
 
     figs = tmp_path / "figs"
-    rc, _, err = _run(["plot", out, "--out", figs, "--no-vtp"], capsys)
+    rc, _, err = run_cli(["plot", out, "--out", figs, "--no-vtp"], capsys)
     assert rc == 0, err
     html = (figs / "surface3d.html").read_text()
     assert '"name":"path"' in html.replace(" ", "")
@@ -175,7 +165,7 @@ def test_pca_path_is_stored_and_plot_draws_it(checkpoints, tmp_path, capsys):
 
 def test_random_directions_surface_has_no_path(tmp_path, capsys):
     out = tmp_path / "s.h5"
-    rc, _, err = _run(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
+    rc, _, err = run_cli(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
                        "--loss", "cross_entropy", "--x", "-1:1:3", "--y", "-1:1:3", "--out", out, "--quiet"], capsys)
     assert rc == 0, err
     assert fastscape.load_surface(out).path is None
@@ -212,7 +202,7 @@ def test_data_may_name_several_datasets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "mypkg", raising=False)
     monkeypatch.delitem(sys.modules, "mypkg.models", raising=False)
-    rc, _, err = _run(["surface", "--model", "mypkg.models:net", "--data", "mypkg.models:splits", "--loss",
+    rc, _, err = run_cli(["surface", "--model", "mypkg.models:net", "--data", "mypkg.models:splits", "--loss",
                        "cross_entropy", "--metric", "accuracy", "--x", "-1:1:3", "--y", "-1:1:3", "--out", "s.h5",
                        "--quiet"], capsys)
     assert rc == 0, err
@@ -220,7 +210,7 @@ def test_data_may_name_several_datasets(tmp_path, monkeypatch, capsys):
     surf = fastscape.load_surface(tmp_path / "s.h5")
     assert surf.value_names == ["train/loss", "train/accuracy", "test/loss", "test/accuracy"]
     assert surf.meta["datasets"] == {"train": 30, "test": 10}
-    rc, _, err = _run(["plot", "s.h5", "--value", "accuracy"], capsys)
+    rc, _, err = run_cli(["plot", "s.h5", "--value", "accuracy"], capsys)
     assert rc == 2 and err.count("\n") == 1
     assert "`value` must be one of ['train/loss', 'train/accuracy', 'test/loss', 'test/accuracy']" in err
 

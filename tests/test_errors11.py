@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastscape
-from fastscape._cli import main
+from tests.cli_models import run_cli
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 
@@ -32,15 +32,6 @@ def _setup(n=8, d_in=3):
     return model, torch.randn(n, d_in, generator=g), torch.randn(n, 1, generator=g)
 
 
-def _cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as err:
-        rc = err.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
 # --------------------------------------------------------------------------- device
 
 
@@ -56,7 +47,7 @@ def test_cuda_device_without_cuda_is_one_clear_error():
 
 @NO_CUDA
 def test_cli_cuda_device_without_cuda_is_one_line(tmp_path, capsys):
-    rc, _, err = _cli(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
+    rc, _, err = run_cli(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
                        "--loss", "cross_entropy", "--x", "-1:1:3", "--out", tmp_path / "s.h5", "--device", "cuda",
                        "--quiet"], capsys)
     assert rc == 2
@@ -87,7 +78,7 @@ def test_grid_too_large_says_points_and_bytes_before_allocating():
 
 
 def test_cli_plot_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
-    rc, _, err = _cli(["plot", tmp_path], capsys)
+    rc, _, err = run_cli(["plot", tmp_path], capsys)
     assert rc == 2
     assert "is a folder" in err and "does not exist" not in err
 

@@ -234,12 +234,16 @@ class _Context:
         self.user_model = model
         self.folded: list[str] = []
 
+    def first_point(self) -> dict:
+        """Every tensor of the first point: the shared ones and the first point's moving ones."""
+        return {**self.shared, **{k: v[0] for k, v in self.points.stack(0, 1).items()}}
+
     def fold_batchnorm(self, args0: tuple) -> list[str]:
         """Evaluate a shallow clone in which every eval-mode BatchNorm that directly follows a
         Linear/Conv in an ``nn.Sequential`` is folded into that layer (see :func:`fold_batchnorm`).
         Returns the folded BatchNorm paths; idempotent."""
         if self.model is self.user_model:
-            p0 = {**self.shared, **{k: v[0] for k, v in self.points.stack(0, 1).items()}}
+            p0 = self.first_point()
             self.model, self.folded = fold_batchnorm(self.user_model, args0, p0)
         return self.folded
 
@@ -569,7 +573,7 @@ class AffineStrategy(Strategy):
         if not isinstance(points, AffinePoints):
             raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
         path, layer, self.flatten = _find_raw_input_layer(
-            ctx.model, args0, {**ctx.shared, **{k: v[0] for k, v in points.stack(0, 1).items()}})
+            ctx.model, args0, ctx.first_point())
         prefix = f"{path}." if path else ""
         own = [n for n, _ in layer.named_parameters(recurse=False)]
         self.keys = {n: prefix + n for n in own}
@@ -981,7 +985,7 @@ class QuadraticStrategy(Strategy):
             raise NotApplicable("the loss is not F.mse_loss (mean) with no metrics")
         if len(args0) != 1 or not isinstance(args0[0], torch.Tensor):
             raise NotApplicable("the model's input is not a single tensor")
-        p0 = {**ctx.shared, **{k: v[0] for k, v in points.stack(0, 1).items()}}
+        p0 = ctx.first_point()
         path, head = _output_linear(ctx.model, args0, p0)
         prefix = f"{path}." if path else ""
         self.w_key, self.b_key = prefix + "weight", (prefix + "bias" if head.bias is not None else None)
