@@ -17,6 +17,7 @@ restored after.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -297,12 +298,14 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                     moving = points.stack(start, stop)
                     acc = torch.zeros(stop - start, n_sets, width, dtype=torch.float64, device=device)
                     for b, (g, (x, y, n)) in enumerate(zip(batches.groups, batches)):
-                        vals = _run(runner, strategy, ctx, start, stop, moving, b, as_args(x), y, report)
-                        if report.fallback and not isinstance(runner, LoopStrategy):
-                            runner = LoopStrategy(ctx)
+                        with _batching_warnings(report):
+                            vals = runner.run(start, stop, moving, b, as_args(x), y)
                         acc[:, g] += vals.to(torch.float64) * n
                 except RuntimeError as err:
-                    if not _is_oom(err) or chunk == 1:
+                    if not _is_oom(err):
+                        runner = _fall_back(err, runner, strategy, ctx, report)
+                        continue  # this chunk again, point by point
+                    if chunk == 1:
                         raise
                     chunk = max(1, chunk // 2)
                     ctx.chunk = chunk
@@ -445,14 +448,16 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
     def call(s: Strategy, size: int, mov, chunk: int):
         def fn():
             ctx.chunk = chunk  # compiled strategies pad to it: every call sees the chunk it compiled for
-            return _run(s, "auto", ctx, 0, size, mov, 0, args, y, report)
+            with _batching_warnings(report):
+                return s.run(0, size, mov, 0, args, y)
         return fn
 
     eager_chunk = ctx.chunk
     plain = VmapStrategy(ctx)
-    t_warm, ref = time_call(call(plain, stop, moving, eager_chunk), device)  # vmap's values: the reference
-    if report.fallback:
-        return LoopStrategy(ctx)
+    try:
+        t_warm, ref = time_call(call(plain, stop, moving, eager_chunk), device)  # vmap's values: the reference
+    except RuntimeError as err:
+        return _fall_back(err, plain, "auto", ctx, report)
     built = {"vmap": (plain, eager_chunk, call(plain, stop, moving, eager_chunk), stop)}
     warm = {"vmap": t_warm / stop}
 
@@ -608,44 +613,43 @@ def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
     ctx.chunk = int(max(limit, min(limit * COMPILED_CHUNK_FACTOR, fits)))
 
 
-def _run(runner: Strategy, strategy: str, ctx: _Context, start, stop, moving, b, args, y,
-         report: EvalReport):
-    if isinstance(runner, LoopStrategy):
-        return runner.run(start, stop, moving, b, args, y)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            vals = runner.run(start, stop, moving, b, args, y)
-        for w in caught:
-            msg = str(w.message)
-            if "performance drop" in msg and "batching rule" in msg:
-                # correct but slow: PyTorch loops over points inside vmap for this op
-                if not report.fallback and not any("slow batching" in n for n in report.notes):
-                    report.notes.append(f"slow batching: {msg.split('.')[0]}")
-                    warnings.warn(f"vmap has no batching rule for an operation of this model "
-                                  f"({msg.split('.')[0].split('for ')[-1]}); PyTorch evaluates it "
-                                  "point by point inside vmap, which is slower.", FallbackWarning,
-                                  stacklevel=4)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return vals
-    except RuntimeError as err:
-        if _is_oom(err):
-            raise
-        if strategy != "auto":
-            # the named strategy was checked against the model, but vmap meets an operation
-            # without a batching rule only now (nn.LSTM, nn.GRU): say what to use instead
-            raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: "
-                             f"{str(err).splitlines()[0]}. Use strategy='auto' (it falls back to the "
-                             "per-point loop) or strategy='loop'.") from err
-        # no batching rule (nn.LSTM, nn.GRU, ...): the per-point path gives the same
-        # numbers; if it fails too, its error is the real one and propagates.
-        vals = LoopStrategy(ctx).run(start, stop, moving, b, args, y)
-        warnings.warn(
-            f"the model could not be vectorised with torch.func.vmap ({str(err).splitlines()[0]}); "
-            "falling back to evaluating points one by one, which is slower.",
-            FallbackWarning, stacklevel=4,
-        )
-        report.fallback = True
-        report.notes.append(f"vmap fallback: {str(err).splitlines()[0]}")
-        return vals
+@contextlib.contextmanager
+def _batching_warnings(report: EvalReport):
+    """Warnings raised while a strategy runs a chunk, passed on, except PyTorch's "performance
+    drop ... batching rule" warning: vmap is correct but loops over points inside for an operation
+    without a batching rule, which becomes one FallbackWarning and a note in ``report``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        msg = str(w.message)
+        if "performance drop" in msg and "batching rule" in msg:
+            if not report.fallback and not any("slow batching" in n for n in report.notes):
+                report.notes.append(f"slow batching: {msg.split('.')[0]}")
+                warnings.warn(f"vmap has no batching rule for an operation of this model "
+                              f"({msg.split('.')[0].split('for ')[-1]}); PyTorch evaluates it "
+                              "point by point inside vmap, which is slower.", FallbackWarning, stacklevel=4)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _fall_back(err: RuntimeError, runner: Strategy, strategy: str, ctx: _Context,
+               report: EvalReport) -> Strategy:
+    """The per-point loop, after vectorised ``runner`` failed with ``err`` (not out of memory)
+    under ``strategy="auto"``: vmap met an operation without a batching rule (``nn.LSTM``,
+    ``nn.GRU``), and the loop gives the same numbers. Warns once (FallbackWarning) and notes it.
+    A named strategy raises ``ValueError`` saying what to use instead; an error of the loop
+    itself, or out of memory, is the real one and propagates."""
+    if _is_oom(err) or isinstance(runner, LoopStrategy):
+        raise err
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if strategy != "auto":
+        # the named strategy was checked against the model, but vmap meets an operation
+        # without a batching rule only now
+        raise ValueError(f"`strategy={strategy!r}` cannot evaluate this model: {first}. Use strategy='auto' "
+                         "(it falls back to the per-point loop) or strategy='loop'.") from err
+    warnings.warn(f"the model could not be vectorised with torch.func.vmap ({first}); falling back to "
+                  "evaluating points one by one, which is slower.", FallbackWarning, stacklevel=3)
+    report.fallback = True
+    report.notes.append(f"vmap fallback: {first}")
+    return LoopStrategy(ctx)

@@ -156,14 +156,51 @@ class _TinyLinear(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _values(loss_fn, metrics, out, y):
-    if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
-        # a bf16 evaluation: the loss of the model's output in float32 (as autocast does),
-        # not rounded to 8 bits of mantissa itself
-        out = out.float()
-        y = y.float() if isinstance(y, torch.Tensor) and y.is_floating_point() else y
-    vals = [loss_fn(out, y)] + [m(out, y) for m in metrics.values()]
-    return torch.stack([v.to(vals[0].dtype) for v in vals])
+class PointLoss:
+    """The loss and metrics at one point of weight space: the model's forward with that point's
+    tensors, then ``loss_fn`` and every metric of its output. This is where the loss is computed:
+    the vectorised strategies map it over a chunk of points with ``torch.func.vmap`` (and
+    ``torch.compile``), the loop calls it point by point.
+
+    Parameters
+    ----------
+    model : nn.Module or None
+        Run through ``functional_call`` with the point's tensors. None when the strategy has
+        computed the model's output itself (the mlp path): it comes in as ``table``.
+    loss_fn, metrics : the batch-mean loss and the metrics, each ``(output, target) -> scalar``
+    pre_key : str, optional
+        The name under which ``table[row]`` enters the parameters: the affine path's precomputed
+        first-layer output (see :class:`_Injected`).
+    tiny_linear : bool
+        Rewrite 1-wide ``F.linear`` calls as broadcasts (eager code; see :class:`_TinyLinear`).
+    """
+
+    def __init__(self, model, loss_fn, metrics, *, pre_key: str | None = None, tiny_linear: bool = True):
+        self.model, self.loss_fn, self.metrics = model, loss_fn, metrics
+        self.pre_key, self.tiny_linear = pre_key, tiny_linear
+
+    def __call__(self, shared, moving, args, y, table=None, row=None) -> torch.Tensor:
+        """Values at one point, shape (1 + n_metrics,): the loss first, then the metrics in order.
+
+        ``shared`` holds the tensors every point has (buffers, unmoved parameters), ``moving``
+        this point's own; ``args`` the model's inputs and ``y`` the targets of one data batch;
+        ``table[row]`` (or ``table`` when ``row`` is None) a precomputed output, see above.
+        """
+        if self.model is None:
+            out = table
+        else:
+            params = {**shared, **moving}
+            if table is not None:
+                params[self.pre_key] = table if row is None else table[row]
+            with _TinyLinear() if self.tiny_linear else contextlib.nullcontext():
+                out = functional_call(self.model, params, args)
+        if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
+            # a bf16 evaluation: the loss of the model's output in float32 (as autocast does),
+            # not rounded to 8 bits of mantissa itself
+            out = out.float()
+            y = y.float() if isinstance(y, torch.Tensor) and y.is_floating_point() else y
+        values = [self.loss_fn(out, y), *(m(out, y) for m in self.metrics.values())]
+        return torch.stack([v.to(values[0].dtype) for v in values])
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -171,11 +208,6 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     if t.shape[0] >= rows:
         return t
     return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
-
-
-def _mode(compiled: bool):
-    """The tiny-linear rewrite in eager code; inductor makes its own choice when compiled."""
-    return contextlib.nullcontext if compiled else _TinyLinear
 
 
 class _PerBatch:
@@ -263,13 +295,14 @@ class LoopStrategy(Strategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
+        self.point = PointLoss(ctx.model, ctx.loss_fn, ctx.metrics)
         self.channels_last: bool | None = None  # decided on a probe forward (see _layout)
         self._layout_tries = 0
         self._converted = _PerBatch()  # channels-last args per data batch
 
     def run(self, start, stop, moving, batch_index, args, y):
         c = self.ctx
-        params = [{**c.shared, **{k: v[i] for k, v in moving.items()}} for i in range(stop - start)]
+        points = [{k: v[i] for k, v in moving.items()} for i in range(stop - start)]
         # one point at a time may use the fused transformer kernels, as a plain forward would
         # (measured: 12% faster on the benchmark's encoder layer)
         with _mha_fastpath(c.mha_fastpath):
@@ -277,12 +310,14 @@ class LoopStrategy(Strategy):
                 # a diverging first point cannot tell the layouts apart: ask again on the
                 # next chunk's first point, a few times, then keep the plain layout
                 self._layout_tries += 1
-                decided = self._layout(params[0], args)
+                decided = self._layout({**c.shared, **points[0]}, args)
                 self.channels_last = decided if decided is not None or self._layout_tries >= LAYOUT_TRIES else None
             if self.channels_last:
                 args = self._to_channels_last(args, batch_index)
-            return torch.stack([_values(c.loss_fn, c.metrics, functional_call(c.model, p, args), y)
-                                for p in params])
+            values = []
+            for one in points:
+                values.append(self.point(c.shared, one, args, y))
+            return torch.stack(values)
 
     def _to_channels_last(self, args: tuple, batch_index: int) -> tuple:
         """``args`` with the image batch in channels-last layout, converted once per data batch."""
@@ -320,17 +355,10 @@ class VmapStrategy(Strategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        model, loss_fn, metrics, mode = ctx.model, ctx.loss_fn, ctx.metrics, _mode(self.compiled)
-
-        def build():
-            def one_point(shared, moving, args, y):
-                with mode():
-                    out = functional_call(model, {**shared, **moving}, args)
-                return _values(loss_fn, metrics, out, y)
-
-            return vmap(one_point, in_dims=(None, 0, None, None))
-
-        self.fn = _compiled(self.name, ctx, build) if self.compiled else build()
+        self.point = PointLoss(ctx.model, ctx.loss_fn, ctx.metrics, tiny_linear=not self.compiled)
+        self.fn = vmap(self.point, in_dims=(None, 0, None, None))  # every point of a chunk at once
+        if self.compiled:
+            self.fn = _compiled(self.name, ctx, self.fn)
 
     def run(self, start, stop, moving, batch_index, args, y):
         c = stop - start
@@ -615,23 +643,12 @@ class AffineStrategy(Strategy):
         self._cache = _PerBatch()  # (base, z) per data batch
         self._grid_rows = None  # (distinct rows, each point's row, the same on the host): see _distinct
         self._used_index = None  # dirs_used on the device, when they are not consecutive
-        clone, loss_fn, metrics, pre_key = self.clone, ctx.loss_fn, ctx.metrics, self.pre_key
-        mode = _mode(self.compiled)
-
-        def build():
-            def one_point(shared, moving, pre, args, y):
-                with mode():
-                    out = functional_call(clone, {**shared, **moving, pre_key: pre}, args)
-                return _values(loss_fn, metrics, out, y)
-
-            inner = vmap(one_point, in_dims=(None, 0, 0, None, None))
-
-            def chunk_fn(shared, moving, table, index, args, y):
-                return inner(shared, moving, table[index], args, y)
-
-            return chunk_fn
-
-        self.fn = _compiled(self.name, ctx, build) if self.compiled else build()
+        self.point = PointLoss(self.clone, ctx.loss_fn, ctx.metrics, pre_key=self.pre_key,
+                               tiny_linear=not self.compiled)
+        # every point of a chunk at once; each takes its first-layer output from the table's row
+        self.fn = vmap(self.point, in_dims=(None, 0, None, None, None, 0))
+        if self.compiled:
+            self.fn = _compiled(self.name, ctx, self.fn)
 
     def _layer_outputs(self, batch_index, x):
         """(base, Z): the layer's output at the origin, shape (n, ...), and the
@@ -704,7 +721,7 @@ class AffineStrategy(Strategy):
         else:  # one row per point (coords is already padded to the chunk when compiled)
             table, index = self._table(coords, base, z), torch.arange(coords.shape[0], device=coords.device)
         with _math_attention():
-            return self.fn(self.ctx.shared, moving, table, index, args, y)[:c]
+            return self.fn(self.ctx.shared, moving, args, y, table, index)[:c]
 
 
     def _used_coords(self, start: int, stop: int) -> torch.Tensor:
@@ -835,8 +852,8 @@ class MlpStrategy(AffineStrategy):
             else:
                 raise NotApplicable(f"module {prefix}{name} ({type(mod).__name__}) is not a Linear, Flatten "
                                     "or parameter-free elementwise activation")
-        loss_fn, metrics = ctx.loss_fn, ctx.metrics
-        self.values = vmap(lambda out, y: _values(loss_fn, metrics, out, y), in_dims=(0, None))
+        # the model's output is computed here, layer by layer: only the loss remains for each point
+        self.values = vmap(PointLoss(None, ctx.loss_fn, ctx.metrics), in_dims=(None, None, None, None, 0, None))
         self._work: dict[tuple, torch.Tensor] = {}
 
     def _param(self, key: str, moving: dict):
@@ -911,7 +928,7 @@ class MlpStrategy(AffineStrategy):
                     h = h.flatten(2)
                 else:
                     h = self._linear(i, h, *weights[i])
-            vals = self.values(h, y[s0:s1])
+            vals = self.values({}, {}, (), y[s0:s1], h, None)
             if block >= n:
                 return vals
             # sample-weighted, as the evaluator weighs its batches
@@ -1002,10 +1019,10 @@ class QuadraticStrategy(Strategy):
         if self.body is None:
             raise NotApplicable("the model is a single nn.Linear")
         self.body_shared = {key: v for key, v in ctx.shared.items() if key not in head_keys}
-        body, mode = self.body, _mode(False)
+        body = self.body
 
         def one_row(moving, args):
-            with mode():
+            with _TinyLinear():
                 return functional_call(body, {**self.body_shared, **moving}, args)
 
         self.body_fn = vmap(one_row, in_dims=(0, None))
@@ -1025,7 +1042,7 @@ class QuadraticStrategy(Strategy):
             if moving:
                 h = self.body_fn(moving, args)  # (R, n, F)
             else:  # nothing before the output layer moves
-                with _mode(False)():
+                with _TinyLinear():
                     h = functional_call(self.body, self.body_shared, args).unsqueeze(0)
         if h.dim() != 3 or y.shape != (h.shape[1], self.out_features):
             raise NotApplicable(f"the targets' shape {tuple(y.shape)} is not the output's "
@@ -1073,10 +1090,10 @@ QUADRATIC_CHUNK, QUADRATIC_CHUNK_BYTES = 1 << 20, 256 << 20
 # ----------------------------------------------------------------------------- registry
 
 
-def _compiled(name: str, ctx, build: Callable[[], Callable]) -> Callable:
-    """``torch.compile(build())``, cached per strategy, model object, loss
-    function and metrics, so that repeated surfaces of one model compile once
-    (dynamo's guards still recompile for new shapes or dtypes)."""
+def _compiled(name: str, ctx, fn: Callable) -> Callable:
+    """``torch.compile(fn)``, cached per strategy, model object, loss function and metrics, so
+    that repeated surfaces of one model compile once (dynamo's guards still recompile for new
+    shapes or dtypes): on a hit the cached function is returned and ``fn`` is not used."""
     if not compiler_available():
         raise NotApplicable("torch.compile needs a C++ compiler (g++ or clang++) on PATH")
     model = ctx.user_model  # (ctx.model is a fresh clone per call when BatchNorm is folded)
@@ -1089,7 +1106,7 @@ def _compiled(name: str, ctx, build: Callable[[], Callable]) -> Callable:
         # inductor imports torch.utils.mkldnn, which warns about torch.jit at import
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch.utils.mkldnn  # noqa: F401
-    compiled = torch.compile(build(), dynamic=False)
+    compiled = torch.compile(fn, dynamic=False)
     _COMPILED[key] = (weakref.ref(model), _ref(ctx.loss_fn), compiled)
     return compiled
 
