@@ -29,12 +29,12 @@ from ._core.points import AffinePoints
 from ._distributed import rank_world
 from ._store import (
     FORMAT,
+    GridRun,
     SurfaceStore,
     callable_fingerprint,
     data_fingerprint,
     grid_fingerprint,
     on_rank0,
-    run_grid,
 )
 from ._surface import Surface
 
@@ -171,13 +171,71 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     buffers = None
     if isinstance(origin, nn.Module):
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
-    shape = tuple(len(a) for a in axes)
     rank, world = rank_world()
-    # what a file must vouch for; hashing the data and the functions is only needed for a file
+    settings, why = _settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
+                              metrics=metrics, hash_inputs=store is not None)
+    if store is not None:
+        found = _reuse_or_lock(store, settings, why)
+        if found is not None:
+            return found
+    try:
+        bar = _progress(progress, coords.shape[0], show=rank == 0,
+                        desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape")
+        run = None
+        try:
+            if store is None and world == 1:
+                values, report = evaluate(model, batches, AffinePoints(orig, directions, coords), loss_fn=loss_fn,
+                                          metrics=metrics, chunk_size=chunk_size, strategy=strategy,
+                                          buffers=buffers, progress=bar)
+            else:  # unit by unit: into the file, over the ranks
+                orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
+                dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
+                grid = GridRun(model, given, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
+                               coords.shape[0], loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size,
+                               batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
+                               store=store, progress=bar, why=why)
+                for u, lo, hi in grid.pending():
+                    values, rep = evaluate(model, grid.batches, AffinePoints(orig_d, dirs_d, coords[lo:hi]),
+                                           loss_fn=loss_fn, metrics=metrics, chunk_size=grid.chunk,
+                                           strategy=grid.strategy, buffers=buffers, progress=bar)
+                    grid.keep(u, values, rep)
+                values, report, run = grid.gather()
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        surface = _surface(values, report, run, axes=axes, batches=batches, directions=directions,
+                           settings=settings, info=info)
+        if store is not None:
+            on_rank0(lambda: store.finish(surface))
+        return surface
+    finally:
+        if store is not None and rank == 0:
+            store.release()
+
+
+def _warn_nonfinite(directions, origin) -> None:
+    """One warning naming the first direction (or origin) entry that holds NaN or inf."""
+    named = [(f"directions[{i}][{k!r}]", t) for i, d in enumerate(directions) for k, t in d.items()]
+    named += [(f"origin[{k!r}]", t) for k, t in origin.items()]
+    for where, t in named:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            warnings.warn(f"`{where}` holds {kind}: every point it reaches is NaN (0 * inf is NaN too, so "
+                          "usually the whole surface).", UserWarning, stacklevel=3)
+            return
+
+
+def _settings(model, given, batches, orig, buffers, directions, axes, dt, *, loss_fn, metrics,
+              hash_inputs: bool) -> tuple[dict, dict]:
+    """What a file must vouch for (see :data:`fastscape._store.SETTINGS_KEYS`), and why it cannot.
+
+    ``why`` names the loss or metrics that cannot be fingerprinted. Hashing the
+    data and the functions is only needed for a file (``hash_inputs``).
+    """
     why = {}
     loss_fp = data_fp = None
     metrics_fp = {}
-    if store is not None:
+    if hash_inputs:
         data_fp = data_fingerprint(given)
         loss_fp, reason = callable_fingerprint(loss_fn, name="loss_fn")
         if reason:
@@ -192,7 +250,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                                           **{n: b for n, b in model.named_buffers()}}),
         "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
-        "grid_shape": list(shape),
+        "grid_shape": [len(a) for a in axes],
         "grid_fingerprint": grid_fingerprint(axes),
         # several datasets: samples per name, so that another split is another request
         "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
@@ -203,10 +261,11 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         "metrics_fingerprint": metrics_fp,
         "dtype": str(dt).replace("torch.", ""),
     }
-    if store is None:
-        return _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why,
-                        loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size, batch_size=batch_size,
-                        strategy=strategy, buffers=buffers, progress=progress, store=None)
+    return settings, why
+
+
+def _reuse_or_lock(store: SurfaceStore, settings: dict, why: dict) -> Surface | None:
+    """The complete surface ``store`` holds for ``settings``, or None with rank 0 holding its lock."""
     # a complete file needs no lock (it may sit in a read-only folder)
     found = on_rank0(lambda: store.completed(settings, why=why))
     if found is not None:
@@ -223,58 +282,16 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
             store.release()
         return done
 
-    found = on_rank0(lock)
-    if found is not None:
-        return found
-    try:
-        return _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why,
-                        loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size, batch_size=batch_size,
-                        strategy=strategy, buffers=buffers, progress=progress, store=store)
-    finally:
-        if rank == 0:
-            store.release()
+    return on_rank0(lock)
 
 
-def _warn_nonfinite(directions, origin) -> None:
-    """One warning naming the first direction (or origin) entry that holds NaN or inf."""
-    named = [(f"directions[{i}][{k!r}]", t) for i, d in enumerate(directions) for k, t in d.items()]
-    named += [(f"origin[{k!r}]", t) for k, t in origin.items()]
-    for where, t in named:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
-            warnings.warn(f"`{where}` holds {kind}: every point it reaches is NaN (0 * inf is NaN too, so "
-                          "usually the whole surface).", UserWarning, stacklevel=3)
-            return
-
-
-def _compute(model, given, batches, orig, directions, coords, axes, shape, info, settings, why, *, loss_fn,
-             metrics, chunk_size, batch_size, strategy, buffers, progress, store) -> Surface:
-    """Evaluate the grid (in memory, or unit by unit into ``store``) and build the Surface."""
-    rank, world = rank_world()
-    k = len(directions)
+def _surface(values: dict, report, run: dict | None, *, axes, batches, directions, settings: dict,
+             info: dict) -> Surface:
+    """The Surface of a grid's ``values`` (name -> one value per point, C order), with its meta."""
     dev, dt = batches.device, batches.dtype
-    bar = _progress(progress, coords.shape[0], desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape",
-                    show=rank == 0)
-    run = None
-    try:
-        if store is None and world == 1:
-            points = AffinePoints(orig, directions, coords)
-            values, report = evaluate(model, batches, points, loss_fn=loss_fn, metrics=metrics,
-                                      chunk_size=chunk_size, strategy=strategy, buffers=buffers,
-                                      progress=bar)
-        else:
-            orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
-            dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
-            values, report, run = run_grid(
-                model, given, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
-                coords.shape[0], loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size,
-                batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
-                store=store, progress=bar, why=why)
-    finally:
-        if hasattr(bar, "close"):
-            bar.close()
+    shape = tuple(len(a) for a in axes)
     meta = {
-        "n_directions": k,
+        "n_directions": len(directions),
         "grid_shape": list(shape),
         "n_samples": batches.n_samples,
         "device": str(dev),
@@ -302,15 +319,12 @@ def _compute(model, given, batches, orig, directions, coords, axes, shape, info,
         meta["run"] = run
     meta["directions"] = info
     first = next(iter(values))  # "loss", or the first dataset's "train/loss"
-    surface = Surface(
+    return Surface(
         coords=axes,
         loss=values.pop(first).reshape(shape),
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )
-    if store is not None:
-        on_rank0(lambda: store.finish(surface))
-    return surface
 
 
 def callable_name(fn) -> str:

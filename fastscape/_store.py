@@ -72,7 +72,7 @@ from ._distributed import all_gather_object, broadcast_object, rank_world
 from ._optional import require
 from ._surface import load_surface
 
-__all__ = ["SurfaceStore", "run_grid", "on_rank0", "SETTINGS_KEYS", "grid_fingerprint", "data_fingerprint",
+__all__ = ["SurfaceStore", "GridRun", "on_rank0", "SETTINGS_KEYS", "grid_fingerprint", "data_fingerprint",
            "callable_fingerprint", "FORMAT"]
 
 logger = logging.getLogger("fastscape")
@@ -788,10 +788,22 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
             "width": len(value_names(batches, metrics)), "memory_plan": memory_plan}
 
 
-def run_grid(model, given, make_points, n_points: int, *, loss_fn, metrics: dict, chunk_size,
-             batch_size, strategy: str, buffers, settings: dict, store: SurfaceStore | None,
-             progress, why: dict | None = None) -> tuple[dict[str, np.ndarray], EvalReport, dict]:
-    """Evaluate a grid unit by unit, persisting units into ``store`` and sharing them over ranks.
+class GridRun:
+    """The bookkeeping of a grid evaluated unit by unit, into ``store`` and over the ranks.
+
+    It never evaluates a unit itself (only :func:`_plan`'s probes, when it
+    starts a new plan); the caller evaluates each pending unit and hands the
+    values back::
+
+        grid = GridRun(...)
+        for u, lo, hi in grid.pending():
+            values, rep = evaluate(model, grid.batches, points[lo:hi], chunk_size=grid.chunk,
+                                   strategy=grid.strategy, ...)
+            grid.keep(u, values, rep)
+        values, report, run = grid.gather()
+
+    Starting it fixes the plan (rank 0 resumes it from ``store``, or makes a new
+    one), shares it with every rank and deals the units still to do over them.
 
     Parameters
     ----------
@@ -799,101 +811,130 @@ def run_grid(model, given, make_points, n_points: int, *, loss_fn, metrics: dict
         The data as given (not yet cut to ``batch_size``): the plan cuts it, and a
         resumed run cuts it again exactly as the plan recorded.
     make_points : callable ``(start, stop) -> AffinePoints``
-        Points ``start:stop`` of the grid in C order.
+        Points ``start:stop`` of the grid in C order (for the plan's probes).
     settings : dict
         What a file must match to be resumed (see :data:`SETTINGS_KEYS`).
     store : SurfaceStore or None
         ``None`` keeps units in memory (a distributed run without a file).
     progress : callable ``(n_done) -> None`` or None; see :func:`fastscape._landscape._progress`.
+        Its ``start(total)``, when it has one, is told this rank's points.
     why : dict, optional
         The loss or metrics that cannot be fingerprinted: a partial run is refused.
 
-    Returns
-    -------
-    values : dict name -> ndarray of shape (n_points,)
-    report : EvalReport
-        Of this process's work in this run.
-    run : dict
-        ``units``, ``unit_points``, ``reused_units``, ``world_size``.
+    Attributes
+    ----------
+    batches : Batches
+        The data as the plan cuts it.
+    chunk : int
+        The chunk to evaluate the next unit with (smaller after an out-of-memory back-off).
+    strategy : str
+        The plan's strategy.
     """
-    rank, world = rank_world()
-    metrics = dict(metrics or {})
 
-    def plan():
-        return _plan(model, given, make_points, n_points, loss_fn=loss_fn, metrics=metrics,
-                     chunk_size=chunk_size, batch_size=batch_size, strategy=strategy, buffers=buffers)
+    def __init__(self, model, given, make_points, n_points: int, *, loss_fn, metrics: dict, chunk_size,
+                 batch_size, strategy: str, buffers, settings: dict, store: SurfaceStore | None,
+                 progress, why: dict | None = None):
+        self.rank, self.world = rank_world()
+        self.n_points = n_points
+        self.store = store
+        metrics = dict(metrics or {})
 
-    def reproducible(manifest):
-        if "batching" not in manifest or "batch" not in manifest:
-            return "the manifest records no data batching"
-        now = _batching(_batches_for(given, manifest["batch"]))
-        if now != manifest["batching"]:
-            return f"the data now comes in other batches ({now}) than the plan recorded ({manifest['batching']})"
-        return None
+        def plan():
+            return _plan(model, given, make_points, n_points, loss_fn=loss_fn, metrics=metrics,
+                         chunk_size=chunk_size, batch_size=batch_size, strategy=strategy, buffers=buffers)
 
-    done: dict[int, np.ndarray] = {}
+        def reproducible(manifest):
+            if "batching" not in manifest or "batch" not in manifest:
+                return "the manifest records no data batching"
+            now = _batching(_batches_for(given, manifest["batch"]))
+            if now != manifest["batching"]:
+                return f"the data now comes in other batches ({now}) than the plan recorded ({manifest['batching']})"
+            return None
 
-    def start_rank0():
-        if store is None:
-            return plan(), []
-        manifest, found = store.open(settings, plan, reproducible, why=why)
-        done.update(found)
-        return manifest, sorted(found)
+        #: units found finished on disk (rank 0 only) and units this rank computed
+        self.done: dict[int, np.ndarray] = {}
+        self.new: dict[int, np.ndarray] = {}
 
-    manifest, done_ids = on_rank0(start_rank0)
-    if store is not None:
-        store.use(manifest)
-        for arg, reason in (why or {}).items():
-            if rank == 0:  # a new run (a partial one was refused): say now that it cannot be reused
-                warnings.warn(unfingerprintable_message(arg, reason), UserWarning, stacklevel=4)
-    if chunk_size != "auto" and manifest["chunk"] != min(int(chunk_size), n_points):
-        logger.info("resuming with the file's chunk size %d (asked %s)", manifest["chunk"], chunk_size)
-    batches = _batches_for(given, manifest["batch"])
-    todo = sorted(set(range(manifest["n_units"])) - set(done_ids))
-    mine = todo[rank::world]
-    if hasattr(progress, "start"):
-        progress.start(total=sum(_unit_len(manifest, u) for u in mine))
+        def start_rank0():
+            if store is None:
+                return plan(), []
+            manifest, found = store.open(settings, plan, reproducible, why=why)
+            self.done.update(found)
+            return manifest, sorted(found)
 
-    chunk = manifest["chunk"]
-    strategy = manifest.get("strategy", strategy)
-    report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
-                        n_points=0, n_samples=batches.n_samples, device=str(batches.device),
-                        dtype=str(batches.dtype).replace("torch.", ""),
-                        memory_plan=dict(manifest["memory_plan"]), fallback=bool(manifest.get("fallback")))
-    new: dict[int, np.ndarray] = {}
-    names = value_names(batches, metrics)
-    t0 = time.perf_counter()
-    for u in mine:
-        lo = u * manifest["unit"]
-        hi = lo + _unit_len(manifest, u)
-        values, rep = evaluate(model, batches, make_points(lo, hi), loss_fn=loss_fn, metrics=metrics,
-                               chunk_size=chunk, strategy=strategy, buffers=buffers, progress=progress)
-        arr = np.stack([values[k] for k in names], axis=1)
+        manifest, self.done_ids = on_rank0(start_rank0)
+        self.manifest = manifest
         if store is not None:
-            store.write_unit(u, arr)
-        new[u] = arr
-        report.n_points += hi - lo
+            store.use(manifest)
+            for arg, reason in (why or {}).items():
+                if self.rank == 0:  # a new run (a partial one was refused): say now that it cannot be reused
+                    warnings.warn(unfingerprintable_message(arg, reason), UserWarning, stacklevel=3)
+        if chunk_size != "auto" and manifest["chunk"] != min(int(chunk_size), n_points):
+            logger.info("resuming with the file's chunk size %d (asked %s)", manifest["chunk"], chunk_size)
+        self.batches = _batches_for(given, manifest["batch"])
+        todo = sorted(set(range(manifest["n_units"])) - set(self.done_ids))
+        self.mine = todo[self.rank::self.world]
+        if hasattr(progress, "start"):
+            progress.start(total=sum(_unit_len(manifest, u) for u in self.mine))
+
+        self.chunk = manifest["chunk"]
+        self.strategy = manifest.get("strategy", strategy)
+        batches = self.batches
+        self.report = EvalReport(strategy=self.strategy, chunk_size=self.chunk,
+                                 batch_size=max(batches.batch_sizes), n_points=0, n_samples=batches.n_samples,
+                                 device=str(batches.device), dtype=str(batches.dtype).replace("torch.", ""),
+                                 memory_plan=dict(manifest["memory_plan"]),
+                                 fallback=bool(manifest.get("fallback")))
+        self.names = value_names(batches, metrics)
+        self.t0 = time.perf_counter()
+
+    def pending(self):
+        """This rank's units still to do: ``(u, lo, hi)``, unit ``u`` holding points ``lo:hi``."""
+        for u in self.mine:
+            lo = u * self.manifest["unit"]
+            yield u, lo, lo + _unit_len(self.manifest, u)
+
+    def keep(self, u: int, values: dict[str, np.ndarray], rep: EvalReport) -> None:
+        """Keep unit ``u``'s values (written to the store when there is one) and its report."""
+        arr = np.stack([values[k] for k in self.names], axis=1)
+        if self.store is not None:
+            self.store.write_unit(u, arr)
+        self.new[u] = arr
+        report = self.report
+        report.n_points += len(arr)
         report.strategy = rep.strategy
         report.fallback = report.fallback or rep.fallback
         report.oom_backoffs += rep.oom_backoffs
         report.notes.extend(n for n in rep.notes if n not in report.notes)
-        if rep.chunk_size < chunk:  # an out-of-memory back-off: keep the smaller chunk
-            chunk = report.chunk_size = rep.chunk_size
-    report.seconds = time.perf_counter() - t0
+        if rep.chunk_size < self.chunk:  # an out-of-memory back-off: keep the smaller chunk
+            self.chunk = report.chunk_size = rep.chunk_size
 
-    # every rank receives every unit; rank 0 also contributes the units found on disk
-    shares = all_gather_object({**new, **done} if rank == 0 else new)
-    table = np.empty((n_points, len(names)), dtype=np.float64)
-    seen = 0
-    for share in shares:
-        for u, arr in share.items():
-            lo = u * manifest["unit"]
-            table[lo:lo + len(arr)] = arr
-            seen += 1
-    if seen < manifest["n_units"]:
-        raise RuntimeError(f"only {seen} of {manifest['n_units']} units were computed; a rank failed.")
-    run = {"units": manifest["n_units"], "unit_points": manifest["unit"], "reused_units": len(done_ids),
-           "world_size": world}
-    logger.info("rank %d evaluated %d of %d units (%d reused from disk)", rank, len(mine),
-                manifest["n_units"], len(done_ids))
-    return {k: table[:, j].copy() for j, k in enumerate(names)}, report, run
+    def gather(self) -> tuple[dict[str, np.ndarray], EvalReport, dict]:
+        """Every unit, from every rank (a collective call).
+
+        Returns
+        -------
+        values : dict name -> ndarray of shape (n_points,)
+        report : EvalReport
+            Of this process's work in this run.
+        run : dict
+            ``units``, ``unit_points``, ``reused_units``, ``world_size``.
+        """
+        self.report.seconds = time.perf_counter() - self.t0
+        manifest, rank = self.manifest, self.rank
+        # every rank receives every unit; rank 0 also contributes the units found on disk
+        shares = all_gather_object({**self.new, **self.done} if rank == 0 else self.new)
+        table = np.empty((self.n_points, len(self.names)), dtype=np.float64)
+        seen = 0
+        for share in shares:
+            for u, arr in share.items():
+                lo = u * manifest["unit"]
+                table[lo:lo + len(arr)] = arr
+                seen += 1
+        if seen < manifest["n_units"]:
+            raise RuntimeError(f"only {seen} of {manifest['n_units']} units were computed; a rank failed.")
+        run = {"units": manifest["n_units"], "unit_points": manifest["unit"], "reused_units": len(self.done_ids),
+               "world_size": self.world}
+        logger.info("rank %d evaluated %d of %d units (%d reused from disk)", rank, len(self.mine),
+                    manifest["n_units"], len(self.done_ids))
+        return {k: table[:, j].copy() for j, k in enumerate(self.names)}, self.report, run
