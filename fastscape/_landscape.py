@@ -190,14 +190,17 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
             else:  # unit by unit: into the file, over the ranks
                 orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
                 dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
-                grid = GridRun(model, given, lambda lo, hi: AffinePoints(orig_d, dirs_d, coords[lo:hi]),
-                               coords.shape[0], loss_fn=loss_fn, metrics=metrics, chunk_size=chunk_size,
-                               batch_size=batch_size, strategy=strategy, buffers=buffers, settings=settings,
-                               store=store, progress=bar, why=why)
+
+                def points(lo, hi):  # points lo:hi of the grid, C order
+                    return AffinePoints(orig_d, dirs_d, coords[lo:hi])
+
+                grid = GridRun(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
+                               chunk_size=chunk_size, batch_size=batch_size, strategy=strategy, buffers=buffers,
+                               settings=settings, store=store, progress=bar, why=why)
                 for u, lo, hi in grid.pending():
-                    values, rep = evaluate(model, grid.batches, AffinePoints(orig_d, dirs_d, coords[lo:hi]),
-                                           loss_fn=loss_fn, metrics=metrics, chunk_size=grid.chunk,
-                                           strategy=grid.strategy, buffers=buffers, progress=bar)
+                    values, rep = evaluate(model, grid.batches, points(lo, hi), loss_fn=loss_fn, metrics=metrics,
+                                           chunk_size=grid.chunk, strategy=grid.strategy, buffers=buffers,
+                                           progress=bar)
                     grid.keep(u, values, rep)
                 values, report, run = grid.gather()
         finally:

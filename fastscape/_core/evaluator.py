@@ -1,18 +1,19 @@
 """The one evaluator: the loss (and metrics) of a model at many points of weight space.
 
-Every point of a chunk is evaluated at once: the moving tensors are stacked
-along a leading grid dimension and ``torch.func.vmap`` maps
-``torch.func.functional_call`` over them, with buffers, fixed tensors and the
-data batch shared by all points. Chunks bound the memory; the data is walked in
-batches, and each point's loss is the exact sample-weighted mean over the whole
-dataset: ``sum_b n_b * loss_fn(out_b, y_b) / sum_b n_b``.
+:func:`evaluate` plans the chunk and data batches from the free memory, selects
+a *strategy* (:mod:`fastscape._core.strategies`) and runs the chunk loop: for
+each chunk of points and each data batch it calls the strategy's ``run``, whose
+``PointLoss`` computes the model's output at a point and calls ``loss_fn``. The
+vectorised strategies evaluate every point of a chunk at once: the moving
+tensors are stacked along a leading grid dimension and ``torch.func.vmap`` maps
+``PointLoss`` over them, with buffers, fixed tensors and the data batch shared
+by all points. Chunks bound the memory; each point's loss is the exact
+sample-weighted mean over the whole dataset: ``sum_b n_b * loss_fn(out_b, y_b) / sum_b n_b``.
 
-How a chunk is computed is a *strategy* (:mod:`fastscape._strategies`): plain
-vmap, the first-layer affine fast path, their ``torch.compile`` variants, or
-the per-point loop; ``strategy="auto"`` picks by a measured probe. Models whose
-operations have no vmap batching rule (``nn.LSTM``, ``nn.GRU``) fall back to a per-point path with one warning. The user's model is never
-written: only its ``training`` flags are switched to eval for the call and
-restored after.
+``strategy="auto"`` picks by a measured probe. Models whose operations have no
+vmap batching rule (``nn.LSTM``, ``nn.GRU``) fall back to the per-point loop with
+one warning. The user's model is never written: only its ``training`` flags are
+switched to eval for the call and restored after.
 """
 
 from __future__ import annotations
