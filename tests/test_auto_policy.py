@@ -5,7 +5,9 @@ strategy does not recompile when only the grid size changes.
 Only the public API is used; behaviour is pinned, never timings.
 """
 
+import copy
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -110,3 +112,39 @@ def test_compile_cache_defaults_to_a_directory_that_outlives_the_process(tmp_pat
     import torch._inductor.config as inductor_config
 
     assert inductor_config.fx_graph_cache
+
+
+def test_a_candidate_that_fails_is_skipped_not_taken_for_a_model_vmap_cannot_batch(monkeypatch):
+    """A candidate of auto's probe that raises (a compiler error, an operation its path does not
+    cover) is noted and skipped. It used to be run point by point instead, with a FallbackWarning
+    saying the model could not be vectorised, and the loop's time entered the race as its own."""
+    from fastscape._core import strategies
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom: this path cannot run here")
+
+    monkeypatch.setattr(strategies.AffineStrategy, "run", broken)
+    monkeypatch.setattr(strategies.MlpStrategy, "run", broken)
+    strategies.AUTO_CHOICES.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    x, y = torch.randn(400, 6), torch.randint(0, 3, (400,))
+    dirs = fastscape.random_directions(model, n=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastscape.FallbackWarning)
+        surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=(-1, 1, 21),
+                                      chunk_size=8, device="cpu", progress=False)
+    assert surf.meta["fallback"] is False
+    assert surf.meta["strategy"] in ("vmap", "loop")
+    assert any(n.startswith("auto: affine failed (boom") for n in surf.meta["notes"]), surf.meta["notes"]
+    assert any(n.startswith("auto: mlp failed (boom") for n in surf.meta["notes"]), surf.meta["notes"]
+    # the values are the model's: a plain per-point loop in float64
+    ref = np.empty(21 * 21)
+    axis = np.linspace(-1, 1, 21)
+    m64 = copy.deepcopy(model).double()
+    base = {n: p.detach().double() for n, p in model.named_parameters()}
+    for i, (a, b) in enumerate((a, b) for a in axis for b in axis):
+        params = {n: base[n] + a * dirs[0][n].double() + b * dirs[1][n].double() for n in base}
+        with torch.no_grad():
+            ref[i] = float(F.cross_entropy(torch.func.functional_call(m64, params, (x.double(),)), y))
+    np.testing.assert_allclose(surf.loss.ravel(), ref, rtol=1e-4)

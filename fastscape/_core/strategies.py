@@ -295,7 +295,8 @@ class LoopStrategy(Strategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.point = PointLoss(ctx.model, ctx.loss_fn, ctx.metrics)
+        # one point at a time has no batched matmul to rewrite: plain F.linear (see _TinyLinear)
+        self.point = PointLoss(ctx.model, ctx.loss_fn, ctx.metrics, tiny_linear=False)
         self.channels_last: bool | None = None  # decided on a probe forward (see _layout)
         self._layout_tries = 0
         self._converted = _PerBatch()  # channels-last args per data batch
