@@ -84,6 +84,12 @@ SETTINGS_KEYS = ("format", "model_fingerprint", "origin_fingerprint", "direction
                  "metrics", "metrics_fingerprint", "dtype")
 #: at most this many unit files per surface; units hold whole chunks.
 MAX_UNITS = 2048
+#: with chunk_size="auto", a unit holds at least this many seconds of work as the plan's probe
+#: measured it (and there are at least as many units as ranks). Every unit is one evaluate
+#: call that derives its per-batch tables anew (the affine and mlp paths' first-layer outputs):
+#: one chunk per unit made a 441-point MNIST-size MLP surface 2.2x slower into a file than in
+#: memory. A kill loses at most the units in flight, so a few seconds of work.
+UNIT_SECONDS = 2.0
 #: data up to this many bytes is hashed whole; larger data through a strided sample of its samples.
 DATA_HASH_BYTES = 256 << 20
 _UNIT = re.compile(r"^unit-(\d+)\.npz$")
@@ -753,33 +759,50 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
           buffers) -> dict:
     """Chunk, data batch, strategy and unit size of a run, fixed when it starts.
 
-    The probes may fall back to the per-point loop; their FallbackWarning is
-    given once, here, and the plan records ``fallback``.
+    With ``chunk_size="auto"`` the strategy, chunk and data batches are planned as
+    :func:`evaluate` plans them for the whole grid in memory (the probes are told
+    the job's size), and a unit holds :data:`UNIT_SECONDS` of work; an explicit
+    chunk is also the unit. The probes may fall back to the per-point loop; their
+    FallbackWarning is given once, here, and the plan records ``fallback``.
     """
     batches = _batches_for(given, None if batch_size is None else positive_int(batch_size, "batch_size"))
     fallback = None
     if chunk_size == "auto":
-        # the planner needs one point on the real data; its value is discarded
+        # the memory plan needs one point on the real data (its value is discarded); a named
+        # strategy's chunk grows to what it runs best at over the whole job (expected_points)
         (_, probe), fallback = _quiet_fallback(lambda: evaluate(
             model, batches, make_points(0, 1), loss_fn=loss_fn, metrics=metrics, chunk_size="auto",
-            strategy=strategy, buffers=buffers))
-        chunk = min(probe.memory_plan["chunk_limit"], n_points)
-        batch = probe.memory_plan["batch"]
-        memory_plan = {**probe.memory_plan, "chunk": chunk}
+            strategy=strategy, buffers=buffers, expected_points=None if strategy == "auto" else n_points))
+        eager = min(probe.memory_plan["chunk_limit"], n_points)
+        chunk, batch = min(max(eager, probe.chunk_size), n_points), probe.batch_size
+        memory_plan, per_point = probe.memory_plan, probe.seconds / max(1, probe.n_points)
     else:
         chunk, batch, memory_plan = min(positive_int(chunk_size, "chunk_size"), n_points), batch_size, {}
+        eager = chunk
     if strategy == "auto":
         # choose once, on one chunk, for the whole run: units computed in other runs or
         # on other ranks then use the same strategy, so a resumed or sharded result is
-        # bit-identical to an uninterrupted one (strategies agree only to rounding)
+        # bit-identical to an uninterrupted one (strategies agree only to rounding). With
+        # chunk_size "auto" the chosen strategy's chunk is planned as in memory: the same
+        # strategy, chunk and batches as loss_surface without a file.
         (_, probe), seen = _quiet_fallback(lambda: evaluate(
-            model, batches, make_points(0, min(chunk, n_points)), loss_fn=loss_fn, metrics=metrics,
-            chunk_size=chunk, strategy="auto", buffers=buffers, expected_points=n_points))
+            model, batches, make_points(0, eager), loss_fn=loss_fn, metrics=metrics,
+            chunk_size="auto" if chunk_size == "auto" else chunk, strategy="auto", buffers=buffers,
+            expected_points=n_points))
         strategy = probe.strategy
         fallback = fallback or seen
+        if chunk_size == "auto":
+            chunk, batch, memory_plan = min(probe.chunk_size, n_points), probe.batch_size, probe.memory_plan
+            per_point = probe.seconds / max(1, probe.n_points)
+    memory_plan = {**memory_plan, "chunk": chunk} if memory_plan else {}
     if fallback is not None:
         warnings.warn_explicit(fallback.message, fallback.category, fallback.filename, fallback.lineno)
-    per_unit = max(1, math.ceil(math.ceil(n_points / chunk) / MAX_UNITS))
+    n_chunks = math.ceil(n_points / chunk)
+    per_unit = max(1, math.ceil(n_chunks / MAX_UNITS))
+    if chunk_size == "auto":  # an explicit chunk is also the unit of work, as the user chose it
+        _, world = rank_world()
+        per_unit = max(per_unit, min(math.floor(UNIT_SECONDS / max(per_point * chunk, 1e-9)),
+                                     math.ceil(n_chunks / world)))
     unit = chunk * per_unit
     batch = None if batch is None else int(batch)
     return {"chunk": int(chunk), "strategy": strategy, "fallback": fallback is not None,

@@ -327,3 +327,52 @@ def test_progress_counts_every_point_once(gen, monkeypatch, tmp_path, capsys):
     fastscape.loss_surface(model, (x, y), dirs, progress=True, **kw)
     err = capsys.readouterr().err
     assert "fastscape" in err and "pt/s" in err and "/35" in err
+
+
+# --------------------------------------------------------------------------- the plan of a file-backed run
+
+
+def _wide_mlp_case():
+    """An MLP whose activations over the data fill the eager chunk plan with two points, so the
+    "mlp" strategy runs larger chunks than the plan (see fastscape._core.evaluator._enlarge_for_mlp)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(3000, 64, generator=g), torch.randint(0, 10, (3000,), generator=g)
+    return model, (x, y), fastscape.random_directions(model, n=2, seed=2), F.cross_entropy
+
+
+def _seed_net_case():
+    """The seed-000 net with axis directions over its two weights: "quadratic" takes the whole grid in one chunk."""
+    from fastscape._demo import TwoWeightNet, piecewise_data
+
+    model = TwoWeightNet()
+    names = [n for n, _ in model.named_parameters()]
+    return (model, piecewise_data(), list(fastscape.axis_directions(model, names)), F.mse_loss)
+
+
+@pytest.mark.parametrize("case,strategy", [(_wide_mlp_case, "mlp"), (_seed_net_case, "quadratic")])
+def test_a_file_backed_run_plans_its_chunk_as_in_memory(case, strategy, tmp_path):
+    # it used to take the eager plan's chunk (and one chunk per unit): the mlp and quadratic paths
+    # then ran 10-20x slower into a file than in memory
+    model, data, dirs, loss_fn = case()
+    kw = dict(loss_fn=loss_fn, grid=(-1.0, 1.0, 21), device="cpu", strategy=strategy, progress=False)
+    mem = fastscape.loss_surface(model, data, dirs, **kw)
+    assert mem.meta["chunk_size"] > mem.meta["memory_plan"]["chunk_limit"]  # the strategy's own chunk
+    filed = fastscape.loss_surface(model, data, dirs, out=tmp_path / "s.h5", **kw)
+    assert filed.meta["strategy"] == strategy
+    assert filed.meta["chunk_size"] == mem.meta["chunk_size"]
+    np.testing.assert_array_equal(filed.loss, mem.loss)  # same chunks, same batches: the same bits
+
+
+@pytest.mark.parametrize("unit_seconds,units", [(0.0, "one per chunk"), (1e9, "one")])
+def test_auto_chunk_units_hold_unit_seconds_of_work(unit_seconds, units, monkeypatch, tmp_path):
+    model, data, dirs, loss_fn = _wide_mlp_case()
+    monkeypatch.setattr(_store, "UNIT_SECONDS", unit_seconds)
+    surf = fastscape.loss_surface(model, data, dirs, loss_fn=loss_fn, grid=(-1.0, 1.0, 9), device="cpu",
+                                  strategy="mlp", progress=False, out=tmp_path / "s.h5")
+    chunk, run = surf.meta["chunk_size"], surf.meta["run"]
+    if units == "one":
+        assert run["units"] == 1 and run["unit_points"] >= 81
+    else:
+        assert run["unit_points"] == chunk and run["units"] == -(-81 // chunk)

@@ -211,8 +211,11 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         Values for the model's buffers (default: the model's own).
     progress : callable ``(n_points_done) -> None``, optional
     expected_points : int, optional
-        Size of the whole job when ``points`` is only part of it; "auto" uses it
-        to decide whether compiling pays.
+        Size of the whole job when ``points`` is only part of it (a probe or a unit
+        of a file-backed run): "auto" uses it to decide whether compiling pays, and
+        with ``chunk_size="auto"`` the chunk a strategy runs best at (mlp and
+        quadratic take more points than the eager plan) grows up to it, so that
+        ``report.chunk_size`` is the chunk for the whole job.
 
     Returns
     -------
@@ -266,7 +269,8 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
-        ctx = _Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath)
+        ctx = _Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath,
+                       job_points=expected_points or points.n)
         report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
                             dtype=str(dtype).replace("torch.", ""),
@@ -275,7 +279,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         with torch.no_grad():
             while True:
                 try:
-                    runner = _select(strategy, ctx, batches, args0, report, expected_points)
+                    runner = _select(strategy, ctx, batches, args0, report)
                     chunk = report.chunk_size = ctx.chunk
                     if isinstance(runner, LoopStrategy) and memory_plan:
                         # the few-MiB batch plan serves vectorised chunks; one point at a time
@@ -347,13 +351,14 @@ def _build(name: str, ctx: _Context, args0) -> Strategy:
         raise ValueError(f"`strategy={name!r}` cannot evaluate this model: {err}.") from None
 
 
-def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport,
-            expected_points: int | None = None) -> Strategy:
-    """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks.
+def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport) -> Strategy:
+    """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks, with
+    ``ctx.chunk`` set to the chunk it runs best at.
 
-    ``expected_points`` is the size of the whole job when this call evaluates
-    only part of it (a unit of a file-backed run), for the compile decision.
-    Eval-mode BatchNorm that follows a Linear/Conv is folded into it first, for every strategy.
+    ``ctx.job_points`` is the size of the whole job (more than ``ctx.points`` when this call
+    evaluates a probe or a unit of a file-backed run): the compile decision and a strategy's
+    larger chunk go by it. Eval-mode BatchNorm that follows a Linear/Conv is folded into it
+    first, for every strategy.
     """
     folded = ctx.fold_batchnorm(args0)
     if folded:
@@ -361,7 +366,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     if strategy != "auto":
         return _sized(strategy, ctx, args0, report, _build)
     points = ctx.points
-    total = expected_points or points.n
+    total = ctx.job_points
     n_chunks = math.ceil(total / ctx.chunk)
     if n_chunks * len(batches) <= 1:
         return VmapStrategy(ctx)  # one call in all: probing would cost more than it saves
@@ -583,7 +588,7 @@ def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
     ``QUADRATIC_CHUNK`` points within ``QUADRATIC_CHUNK_BYTES`` of per-point tensors."""
     if report.memory_plan:
         fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, runner.point_bytes()))
-        ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.points.n)))
+        ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.job_points)))
 
 
 def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
@@ -594,7 +599,7 @@ def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
     if not plan or str(report.device).startswith("cuda"):
         return
     fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
-    ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.points.n)))
+    ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.job_points)))
 
 
 def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:

@@ -258,10 +258,13 @@ class _Context:
     PyTorch's fused transformer inference path, which the evaluator switches off
     for vectorised strategies (it has no vmap batching rule)."""
 
-    def __init__(self, model, shared, points, loss_fn, metrics, chunk, mha_fastpath=False):
+    def __init__(self, model, shared, points, loss_fn, metrics, chunk, mha_fastpath=False, job_points=None):
         self.model, self.shared, self.points = model, shared, points
         self.loss_fn, self.metrics, self.chunk = loss_fn, metrics, chunk
         self.mha_fastpath = mha_fastpath
+        #: points of the whole job (more than ``points`` when this call is a probe or a unit of it):
+        #: a strategy's chunk grows at most to it
+        self.job_points = getattr(points, "n", 0) if job_points is None else job_points
         #: the caller's model; ``model`` becomes a shallow clone when BatchNorm is folded
         self.user_model = model
         self.folded: list[str] = []
