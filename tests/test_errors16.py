@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,49 @@ def test_a_checkpoint_with_the_right_names_but_wrong_shapes_names_the_tensors(tm
     err = proc.stderr
     assert "Traceback" not in err
     assert "--checkpoint" in err and "body.0.weight" in err and "(20, 6)" in err and "(24, 6)" in err, err
+
+
+def test_warnings_point_at_the_users_call():
+    """A warning about the user's input names the line of the user's code that called fastscape,
+    not a line inside fastscape (or contextlib's decorator frame) where it was raised."""
+
+    m = MLP()
+    x = torch.randn(20, 5)
+    x[0, 0] = float("nan")
+    y = torch.randint(0, 3, (20,))
+    d = fastscape.random_directions(m, n=1, seed=0)
+    lstm = LSTMRegressor()
+    m1 = MLP(d_out=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastscape.loss_surface(m, (x, y), d, loss_fn=F.cross_entropy, grid=(-1, 1, 3), progress=False)
+        fastscape.loss_surface(lstm, (torch.randn(8, 4, 3), torch.randn(8, 1)),
+                               fastscape.random_directions(lstm, n=1, seed=0), loss_fn=F.mse_loss, grid=(-1, 1, 9),
+                               chunk_size=3, progress=False)
+        fastscape.loss_surface(m1, (torch.randn(20, 5), torch.randn(20)), fastscape.random_directions(m1, n=1, seed=0),
+                               loss_fn=F.mse_loss, grid=(-1, 1, 3), progress=False)
+    kinds = {"holds NaN": None, "could not be vectorised": None, "target size": None}
+    for w in caught:
+        for k in kinds:
+            if k in str(w.message):
+                kinds[k] = w
+    assert all(kinds.values()), [str(w.message) for w in caught]
+    for k, w in kinds.items():
+        assert w.filename == __file__, (k, w.filename, w.lineno)
+
+
+@pytest.mark.parametrize("which", ["loss_fn", "metrics['mae']"])
+def test_a_loss_that_fails_on_the_models_output_names_itself_and_the_shapes(which):
+    # a 3-wide output against 1-wide targets: mse_loss cannot broadcast (20, 3) with (20,)
+    m = MLP(d_out=3)
+    x, y = torch.randn(20, 5), torch.randn(20)
+    loss, metrics = F.mse_loss, {"mae": F.l1_loss}
+    if which == "loss_fn":
+        metrics = None
+    else:
+        loss = lambda out, t: out.sum() * 0  # noqa: E731  (the loss itself runs)
+        loss.fastscape_fingerprint = "zero"
+    with pytest.raises(RuntimeError, match=re.escape(f"`{which}` failed on the model's output of shape "
+                                                     "(20, 3) and targets of shape (20,)")):
+        fastscape.loss_surface(m, (x, y), fastscape.random_directions(m, n=1, seed=0), loss_fn=loss,
+                               metrics=metrics, grid=(-1, 1, 3), progress=False)

@@ -34,7 +34,7 @@ from .data import Batches, NamedBatches, as_args
 from .guards import named_failure, values_agree, warn_once
 from .memory import LIVE_FACTOR, peak_memory, plan_chunk
 from .metrics import check_metrics
-from .objective import check_scalar
+from .objective import scalar_of
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
     AUTO_CHOICES,
@@ -263,9 +263,9 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         with torch.no_grad():
             with named_failure(model, args0):  # data the model does not take: say which layer and shape
                 out0 = functional_call(model, p0, args0)
-            check_scalar(loss_fn(out0, y0), "loss_fn")
+            scalar_of(loss_fn, out0, y0, "loss_fn")
             for name, m in metrics.items():
-                check_scalar(m(out0, y0), f"metrics[{name!r}]")
+                scalar_of(m, out0, y0, f"metrics[{name!r}]")
         given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sys
 import warnings
 
 import torch
@@ -51,7 +53,8 @@ def values_agree(a: torch.Tensor, b: torch.Tensor, *, rtol: float = 1e-3, atol_s
 
 class warn_once(contextlib.ContextDecorator):
     """Collect the warnings raised inside the block; on leaving it, re-issue each
-    distinct one once, from where it was first raised. Warnings are the same when
+    distinct one once, from where it was first raised (from the user's line that
+    called fastscape when that place is inside fastscape). Warnings are the same when
     their category and text agree up to the numbers in it: PyTorch's broadcast
     warning names the batch's size (another for the last batch), and is attributed
     to whichever line called the loss (the probe's, or a strategy's).
@@ -74,13 +77,43 @@ class warn_once(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         self._catcher.__exit__(*exc)
         seen = set()
+        caller = None
         for w in self._record:
             key = (w.category, re.sub(r"[0-9]+", "#", str(w.message)))
             if key in seen:
                 continue
             seen.add(key)
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            filename, lineno = w.filename, w.lineno
+            if _internal(filename):  # raised by fastscape, or by torch about a line of fastscape's
+                caller = caller or _callers_line()
+                filename, lineno = caller
+            try:
+                warnings.warn_explicit(w.message, w.category, filename, lineno, source=w.source)
+            except Warning:
+                if exc[0] is None:
+                    raise
+                # a warning the user's filters turn into an error must not hide the block's own error
         return False
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _internal(filename: str) -> bool:
+    """Whether a warning attributed to ``filename`` points inside fastscape (or at the frame
+    of a decorator such as this one) rather than at the user's code."""
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE + os.sep) or path == os.path.abspath(contextlib.__file__)
+
+
+def _callers_line() -> tuple[str, int]:
+    """(file, line) of the innermost frame on the stack outside fastscape: the user's call."""
+    frame = sys._getframe(1)
+    while frame is not None and _internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return "<fastscape>", 0
+    return frame.f_code.co_filename, frame.f_lineno
 
 
 def _shape_text(args) -> str:

@@ -60,6 +60,22 @@ def check_scalar(value, what: str) -> torch.Tensor:
     return value
 
 
+def scalar_of(fn: Callable, out, y, what: str) -> torch.Tensor:
+    """``fn(out, y)``, checked to be a scalar tensor; an error inside ``fn`` is re-raised (same
+    type) naming ``what`` and the shapes of the model's output and of the targets it got."""
+    try:
+        value = fn(out, y)
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise type(err)(f"`{what}` failed on the model's output of shape {_shape(out)} and targets of shape "
+                        f"{_shape(y)}: {first}") from err
+    return check_scalar(value, what)
+
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 def batch_loss(model: nn.Module, params: ParamDict, args: tuple, y, loss_fn: Callable,
                buffers: ParamDict | None = None) -> torch.Tensor:
     """``loss_fn(model(*args), y)`` at ``params`` (and ``buffers``): a differentiable 0-d tensor.
