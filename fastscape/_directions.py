@@ -145,7 +145,9 @@ def normalize(direction: ParamDict, weights: ParamDict, *, norm: str | None = "f
     return out
 
 
-def _generator(seed, generator) -> torch.Generator:
+def make_generator(seed, generator) -> torch.Generator:
+    """``generator`` itself when given, else a new CPU generator seeded with ``seed`` (or with fresh
+    entropy when ``seed`` is None). The one seed policy of directions and estimators."""
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator; got {type(generator).__name__}.")
@@ -217,7 +219,7 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         raise TypeError(f"`states` must be True or False; got {states!r}.")
     weights = _perturbable(model, states)
     device = model_device(model)
-    g = _generator(seed, generator)
+    g = make_generator(seed, generator)
     out = []
     for _ in range(n):
         raw = {k: torch.randn(w.shape, generator=g, device=g.device, dtype=torch.float32)
@@ -285,7 +287,7 @@ def orthogonalize(directions) -> Directions:
 _ENTRY = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<idx>[0-9,\s]+)\])?$")
 
 
-def _locate(weights: ParamDict, entry: str):
+def locate_entry(weights: ParamDict, entry: str):
     if not isinstance(entry, str):
         raise TypeError(f"`names` entries must be strings such as 'fc.weight[0, 3]'; got {entry!r}.")
     m = _ENTRY.match(entry.strip())
@@ -312,7 +314,7 @@ def _locate(weights: ParamDict, entry: str):
 def _entries(weights, names):
     if isinstance(names, str):
         names = [names]
-    located = [_locate(weights, e) for e in names]
+    located = [locate_entry(weights, e) for e in names]
     if not located:
         raise ValueError("`names` must list at least one parameter entry.")
     seen = {}

@@ -38,12 +38,12 @@ from torch.func import grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._core.data import Batches, as_args
-from ._core.evaluator import _is_oom
+from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
 from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
                            resolve_device, resolve_dtype, unflatten)
-from ._directions import Directions, _generator
+from ._directions import Directions, make_generator
 
 __all__ = ["ConvergenceWarning", "hessian_vector_product", "hessian_eigenpairs", "hessian_trace"]
 
@@ -159,7 +159,7 @@ class _HVP:
                 try:
                     rows = self._products((mode, vectorised), args, y, vecs)
                 except (RuntimeError, NotImplementedError) as err:
-                    if _is_oom(err):
+                    if is_out_of_memory(err):
                         raise
                     errors.append((vectorised, err))
                     continue
@@ -362,7 +362,7 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
     if max_iter < n:
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
-    g = _generator(seed, None)
+    g = make_generator(seed, None)
     with model_state_guard(model):
         theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
                                                      generator=g, device=op.device, dtype=op.dtype)
@@ -427,7 +427,7 @@ def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, d
     if min_iter < 2 or min_iter > max_iter:
         raise ValueError(f"`min_iter` must be at least 2 and at most `max_iter` ({max_iter}); got {min_iter}.")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
-    g = _generator(seed, None)
+    g = make_generator(seed, None)
     samples: list[float] = []
     mean = stderr = math.nan
     with model_state_guard(model):

@@ -34,6 +34,8 @@ from ._core.params import (
     positive_int,
 )
 from ._core.points import ExplicitPoints
+from ._directions import axis_directions, locate_entry
+from ._landscape import loss_surface
 
 __all__ = [
     "loss_and_gradient",
@@ -153,9 +155,6 @@ def cross_sections(model: nn.Module, data, *, loss_fn: Callable, names=None, spa
     CrossSections
         Draw it with :func:`fastscape.plot.cross_sections`.
     """
-    from ._directions import _locate, axis_directions
-    from ._landscape import loss_surface
-
     if not np.isfinite(span) or span <= 0:
         raise ValueError(f"`span` must be a positive number; got {span!r}.")
     n = positive_int(n, "n")
@@ -163,7 +162,7 @@ def cross_sections(model: nn.Module, data, *, loss_fn: Callable, names=None, spa
     entries = _entry_names(weights, names)
     if not entries:
         raise ValueError("`names` must list at least one parameter entry, e.g. 'fc.weight[0, 1]'.")
-    located = [_locate(weights, e) for e in entries]
+    located = [locate_entry(weights, e) for e in entries]
     loss0, g = loss_and_gradient(model, data, loss_fn=loss_fn, batch_size=batch_size)
     device = model_device(model)
     curves = []

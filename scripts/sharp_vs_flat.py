@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     lines.append(f"in this run the {sharper} solution has the larger top Hessian eigenvalue and the {better} "
                  "solution the higher test accuracy.")
     mid = line["train"]
-    lines.append(f"interpolation: train loss at 0 / 0.5 / 1: "
+    lines.append("interpolation: train loss at 0 / 0.5 / 1: "
                  + " / ".join(f"{np.interp(a, mid.coords[0], mid.loss):.4f}" for a in (0.0, 0.5, 1.0)))
     lines += [f"wrote {p}" for p in written]
     write_summary(out, lines, {"top_eigenvalue": top, "epochs": epochs})

@@ -104,6 +104,31 @@ def test_graph_sees_function_level_imports(tmp_path, monkeypatch):
     assert _cycles(graph) == [["fastscape._b", "fastscape._core.a"]]
 
 
+def private_imports() -> list[str]:
+    """``importer: module._name`` for each underscored name one module imports from another
+    (a private module itself, such as ``from .. import _optional``, is not a name)."""
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = _resolve(name, path.name == "__init__.py", node.level, node.module)
+            if not base.startswith("fastscape"):
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__") \
+                        and f"{base}.{alias.name}" not in modules:
+                    found.append(f"{name}: {base}.{alias.name}")
+    return found
+
+
+def test_no_private_name_crosses_modules():
+    """A name another module needs is part of its module's interface: it has no underscore."""
+    found = private_imports()
+    assert not found, f"private names imported across modules: {found}"
+
+
 def test_no_import_cycles():
     cycles = _cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c + [c[0]]) for c in cycles)

@@ -11,7 +11,7 @@ from fastscape._demo import TwoWeightNet, piecewise_data
 from fastscape._core.data import Batches
 from fastscape._core.evaluator import evaluate
 from fastscape._core.points import AffinePoints
-from fastscape._core.grid import make_axes, mesh
+from fastscape._core.grid import mesh
 from fastscape._core.params import model_parameters
 from fastscape._core.strategies import AUTO_CHOICES, STRATEGIES, compiler_available
 from tests.models import MLP, SmallCNN, WithBuffer, assert_unchanged, snapshot, trained_bn_stats
@@ -76,11 +76,11 @@ def test_strategy_matches_loop_reference(case, strategy, gen):
 def test_affine_folds_activation_and_deduplicates(gen):
     # the seed-000 first layer moves with w1 only: tanh(w1 x) is computed once per distinct w1
     model, x, y, loss_fn, dirs, origin = _case("seed000", gen)
-    from fastscape._core.strategies import AffineStrategy, _Context
+    from fastscape._core.strategies import AffineStrategy, Context
 
     points = AffinePoints(origin, dirs, torch.zeros(3, 2))
     points.to(torch.device("cpu"), torch.float32)
-    s = AffineStrategy(_Context(model, {}, points, loss_fn, {}, 3), (x,))
+    s = AffineStrategy(Context(model, {}, points, loss_fn, {}, 3), (x,))
     assert s.path == "net.0" and s.dirs_used == [0]
     assert [type(a) for a in s.acts] == [nn.Tanh]
     assert isinstance(s.clone.net[1], nn.Identity) and isinstance(model.net[1], nn.Tanh)
@@ -254,13 +254,13 @@ class _ViewCNN(nn.Module):
 
 @pytest.mark.parametrize("make, channels, expected", [(SmallCNN, 1, True), (_ViewCNN, 2, False)])
 def test_loop_feeds_images_channels_last_only_where_the_model_takes_it(make, channels, expected, gen):
-    from fastscape._core.strategies import LoopStrategy, _Context
+    from fastscape._core.strategies import LoopStrategy, Context
 
     torch.manual_seed(0)
     model = make().eval()
     x, y = torch.randn(20, channels, 8, 8, generator=gen), torch.randint(0, 3, (20,), generator=gen)
     params = model_parameters(model)
-    s = LoopStrategy(_Context(model, dict(model.named_buffers()), None, F.cross_entropy, {}, 1))
+    s = LoopStrategy(Context(model, dict(model.named_buffers()), None, F.cross_entropy, {}, 1))
     assert s._layout(params, (x,)) is expected
     dirs = _dirs(model, gen)
     loss, report = _surface(model, x, y, F.cross_entropy, dirs, None, AXES, strategy="loop")

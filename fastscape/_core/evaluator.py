@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from .data import Batches, NamedBatches, as_args
 from .guards import named_failure, values_agree, warn_once
-from .memory import LIVE_FACTOR, peak_memory, plan_chunk
+from .memory import LIVE_FACTOR, is_out_of_memory, peak_memory, plan_chunk
 from .metrics import check_metrics
 from .objective import scalar_of
 from .params import ParamDict, model_state_guard, positive_int
@@ -45,7 +45,7 @@ from .strategies import (
     NotApplicable,
     Strategy,
     VmapStrategy,
-    _Context,
+    Context,
     auto_key,
     make_strategy,
     strategy_names,
@@ -131,12 +131,6 @@ def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: i
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def _is_oom(err: BaseException) -> bool:
-    msg = str(err)
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in msg \
-        or "can't allocate memory" in msg or "not enough memory" in msg
 
 
 #: samples of the first batch that the validation and memory probes run on
@@ -269,7 +263,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         given_batches = batches
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
-        ctx = _Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath,
+        ctx = Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath,
                        job_points=expected_points or points.n)
         report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
@@ -288,7 +282,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                         report.batch_size = max(batches.batch_sizes)
                     break
                 except RuntimeError as err:  # out of memory while probing: halve as below
-                    if not _is_oom(err) or chunk == 1:
+                    if not is_out_of_memory(err) or chunk == 1:
                         raise
                     chunk = ctx.chunk = max(1, chunk // 2)
                     report.oom_backoffs += 1
@@ -307,7 +301,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                             vals = runner.run(start, stop, moving, b, as_args(x), y)
                         acc[:, g] += vals.to(torch.float64) * n
                 except RuntimeError as err:
-                    if not _is_oom(err):
+                    if not is_out_of_memory(err):
                         runner = _fall_back(err, runner, strategy, ctx, report)
                         continue  # this chunk again, point by point
                     if chunk == 1:
@@ -344,14 +338,14 @@ def value_names(batches, metrics) -> list[str]:
     return [f"{d}/{m}" for d in batches.names for m in base]
 
 
-def _build(name: str, ctx: _Context, args0) -> Strategy:
+def _build(name: str, ctx: Context, args0) -> Strategy:
     try:
         return make_strategy(name, ctx, args0)
     except NotApplicable as err:
         raise ValueError(f"`strategy={name!r}` cannot evaluate this model: {err}.") from None
 
 
-def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalReport) -> Strategy:
+def _select(strategy: str, ctx: Context, batches: Batches, args0, report: EvalReport) -> Strategy:
     """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks, with
     ``ctx.chunk`` set to the chunk it runs best at.
 
@@ -387,7 +381,7 @@ def _select(strategy: str, ctx: _Context, batches: Batches, args0, report: EvalR
     return runner
 
 
-def _sized(name: str, ctx: _Context, args0, report: EvalReport, build: Callable) -> Strategy:
+def _sized(name: str, ctx: Context, args0, report: EvalReport, build: Callable) -> Strategy:
     """Strategy ``name`` built by ``build(name, ctx, args0)``, with ``ctx.chunk`` set to the chunk
     it runs best at (compiled kernels, mlp and quadratic take larger chunks than the eager plan)."""
     if name.endswith("_compiled"):
@@ -439,7 +433,7 @@ def job_class(points: int) -> int:
     return int(math.log2(max(1, points))) // 2
 
 
-def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
+def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
     """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest
     once each is weighed by its structural rank (:data:`TIE`, :data:`RANK`); then, when the
     best case of compiling the faster of vmap and affine (:data:`COMPILE_SPEEDUP`) beats the pick
@@ -481,9 +475,9 @@ def _choose(ctx: _Context, batches: Batches, args0, report: EvalReport, total: i
             report.notes.append(f"auto: {name} skipped ({err})")
             return None
         except RuntimeError as err:
-            if _is_oom(err) and (enlarge is None or ctx.chunk <= eager_chunk):
+            if is_out_of_memory(err) and (enlarge is None or ctx.chunk <= eager_chunk):
                 raise  # the planned chunk does not fit: the caller halves it
-            report.notes.append(f"auto: {name} " + ("skipped (out of memory at its larger chunk)" if _is_oom(err)
+            report.notes.append(f"auto: {name} " + ("skipped (out of memory at its larger chunk)" if is_out_of_memory(err)
                                                      else f"failed ({str(err).splitlines()[0]})"))
             return None
         finally:
@@ -583,7 +577,7 @@ def _loop_batches(given: Batches, plan: dict) -> Batches:
     return given if max(given.batch_sizes) <= cap else given.resplit(cap)
 
 
-def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
+def _enlarge_for_quadratic(ctx: Context, report: EvalReport, runner) -> None:
     """The "quadratic" strategy costs a few numbers per point, so a planned chunk grows to
     ``QUADRATIC_CHUNK`` points within ``QUADRATIC_CHUNK_BYTES`` of per-point tensors."""
     if report.memory_plan:
@@ -591,7 +585,7 @@ def _enlarge_for_quadratic(ctx: _Context, report: EvalReport, runner) -> None:
         ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.job_points)))
 
 
-def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
+def _enlarge_for_mlp(ctx: Context, report: EvalReport) -> None:
     """The "mlp" strategy walks the samples in cache-sized blocks, so on CPU a planned chunk
     of fewer than ``MLP_CHUNK`` points grows to it (within the memory plan): the first
     layer's per-batch outputs are then read once for several points."""
@@ -602,7 +596,7 @@ def _enlarge_for_mlp(ctx: _Context, report: EvalReport) -> None:
     ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.job_points)))
 
 
-def _enlarge_for_compiled(ctx: _Context, report: EvalReport) -> None:
+def _enlarge_for_compiled(ctx: Context, report: EvalReport) -> None:
     """Compiled kernels fuse the chunk's intermediates, so on CPU they run best on
     chunks several times the eager plan (measured: seed-000 net 4x chunk, 1.7x
     faster; past ~32 MiB per gathered intermediate it falls off a cliff). Only a
@@ -639,14 +633,14 @@ def _batching_warnings(report: EvalReport):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _fall_back(err: RuntimeError, runner: Strategy, strategy: str, ctx: _Context,
+def _fall_back(err: RuntimeError, runner: Strategy, strategy: str, ctx: Context,
                report: EvalReport) -> Strategy:
     """The per-point loop, after vectorised ``runner`` failed with ``err`` (not out of memory)
     under ``strategy="auto"``: vmap met an operation without a batching rule (``nn.LSTM``,
     ``nn.GRU``), and the loop gives the same numbers. Warns once (FallbackWarning) and notes it.
     A named strategy raises ``ValueError`` saying what to use instead; an error of the loop
     itself, or out of memory, is the real one and propagates."""
-    if _is_oom(err) or isinstance(runner, LoopStrategy):
+    if is_out_of_memory(err) or isinstance(runner, LoopStrategy):
         raise err
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     if strategy != "auto":

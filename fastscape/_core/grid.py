@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .memory import _human, free_memory
+from .memory import human_bytes, free_memory
 
 def _bytes_per_point(k: int) -> int:
     """Host bytes of one point of a k-direction grid: its k coordinates twice while the
@@ -96,7 +96,7 @@ def check_grid_size(axes: list[np.ndarray]) -> int:
     if need > free:
         raise ValueError(
             f"`grid` has {n} points ({' x '.join(map(str, sizes))}); its coordinates and losses need "
-            f"{_human(need)} ({_bytes_per_point(len(axes))} bytes a point), more than the {_human(free)} "
+            f"{human_bytes(need)} ({_bytes_per_point(len(axes))} bytes a point), more than the {human_bytes(free)} "
             f"of memory available ({source}). Use fewer points.")
     return n
 

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["MemoryPlan", "free_memory", "parse_bytes", "peak_memory", "plan_chunk", "ENV_BUDGET"]
+__all__ = ["MemoryPlan", "free_memory", "parse_bytes", "peak_memory", "plan_chunk", "ENV_BUDGET", "human_bytes",
+           "is_out_of_memory"]
 
 logger = logging.getLogger("fastscape")
 
@@ -242,14 +243,21 @@ def plan_chunk(device: torch.device | str, *, n_points: int, target_chunk: int, 
                       chunk_limit=limit, chunk=int(max(1, min(limit, n_points))), batch=int(batch))
     logger.info(
         "memory plan on %s: %s free (%s), budget %s, %s per point -> chunks of up to %d points "
-        "(speed target %d), data batches of %d", plan.device, _human(free), source, _human(budget),
-        _human(point), limit, target_chunk, batch,
+        "(speed target %d), data batches of %d", plan.device, human_bytes(free), source, human_bytes(budget),
+        human_bytes(point), limit, target_chunk, batch,
     )
     return plan
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     exp = min(int(math.log(n, 1024)), 4)
     return f"{n / 1024 ** exp:.1f} {'BKMGT'[exp]}iB"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says the device (CUDA) or the host (CPU allocator) ran out of memory."""
+    msg = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in msg \
+        or "can't allocate memory" in msg or "not enough memory" in msg

@@ -237,7 +237,7 @@ class Strategy:
 
     Parameters
     ----------
-    ctx : _Context
+    ctx : Context
         The model, shared tensors (buffers, unmoved parameters), points,
         loss function and metrics.
     """
@@ -253,7 +253,7 @@ class Strategy:
         raise NotImplementedError
 
 
-class _Context:
+class Context:
     """What every strategy shares. ``mha_fastpath`` is the caller's setting of
     PyTorch's fused transformer inference path, which the evaluator switches off
     for vectorised strategies (it has no vmap batching rule)."""
