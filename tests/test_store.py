@@ -334,7 +334,7 @@ def test_progress_counts_every_point_once(gen, monkeypatch, tmp_path, capsys):
 
 def _wide_mlp_case():
     """An MLP whose activations over the data fill the eager chunk plan with two points, so the
-    "mlp" strategy runs larger chunks than the plan (see fastscape._core.evaluator._enlarge_for_mlp)."""
+    "mlp" strategy runs larger chunks than the plan (see fastscape._core.strategies.MlpStrategy.best_chunk)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
     g = torch.Generator().manual_seed(3)

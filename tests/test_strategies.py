@@ -80,7 +80,7 @@ def test_affine_folds_activation_and_deduplicates(gen):
 
     points = AffinePoints(origin, dirs, torch.zeros(3, 2))
     points.to(torch.device("cpu"), torch.float32)
-    s = AffineStrategy(Context(model, {}, points, loss_fn, {}, 3), (x,))
+    s = AffineStrategy(Context(model, {}, points, loss_fn, {}, 3, args0=(x,)))
     assert s.path == "net.0" and s.dirs_used == [0]
     assert [type(a) for a in s.acts] == [nn.Tanh]
     assert isinstance(s.clone.net[1], nn.Identity) and isinstance(model.net[1], nn.Tanh)
@@ -266,3 +266,48 @@ def test_loop_feeds_images_channels_last_only_where_the_model_takes_it(make, cha
     loss, report = _surface(model, x, y, F.cross_entropy, dirs, None, AXES, strategy="loop")
     ref = loop_surface(model, x, y, F.cross_entropy, params, dirs, AXES)
     np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_every_strategy_is_built_the_same_way():
+    """One constructor signature: ``cls(ctx)``, the probe's inputs in the context."""
+    import inspect
+
+    for name, cls in STRATEGIES.items():
+        assert cls.name == name
+        assert list(inspect.signature(cls).parameters) == ["ctx"], name
+        assert not cls.compiled or STRATEGIES[cls.eager].compiled is False, name
+
+
+def test_auto_walks_the_registry(monkeypatch, gen):
+    """A strategy added to the registry is probed, checked against vmap and can be chosen by
+    auto, with no other change; one that computes other values is refused."""
+    from fastscape._core import strategies
+
+    class Doubled(strategies.VmapStrategy):
+        """vmap's values, twice: wrong, so auto must refuse it."""
+        name = "doubled"
+
+        def run(self, *args):
+            return 2 * super().run(*args)
+
+    class Cheap(strategies.VmapStrategy):
+        """vmap itself, claiming the lowest rank: auto takes it unless it is far slower."""
+        name, rank = "cheap", -20
+
+    monkeypatch.setitem(STRATEGIES, "doubled", Doubled)
+    monkeypatch.setitem(STRATEGIES, "cheap", Cheap)
+    AUTO_CHOICES.clear()
+    model, x, y, _, dirs, _ = _case("mlp", gen)
+    axes = [np.linspace(-1, 1, 9)] * 2
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes, chunk_size=9,
+                                  device="cpu", progress=False)
+    AUTO_CHOICES.clear()
+    notes = " | ".join(surf.meta["notes"])
+    assert "auto: doubled skipped (values differ from vmap)" in notes
+    assert surf.meta["strategy"] == "cheap", notes
+    ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, axes)
+    np.testing.assert_allclose(surf.loss, ref, rtol=2e-5, atol=1e-6)
+    assert "cheap" in fastscape._core.strategies.strategy_names()

@@ -38,14 +38,12 @@ from .objective import scalar_of
 from .params import ParamDict, model_state_guard, positive_int
 from .strategies import (
     AUTO_CHOICES,
-    MLP_CHUNK,
-    QUADRATIC_CHUNK,
-    QUADRATIC_CHUNK_BYTES,
+    STRATEGIES,
+    Context,
     LoopStrategy,
     NotApplicable,
     Strategy,
     VmapStrategy,
-    Context,
     auto_key,
     make_strategy,
     strategy_names,
@@ -135,8 +133,6 @@ def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: i
 
 #: samples of the first batch that the validation and memory probes run on
 PROBE_SAMPLES = 256
-#: compiled strategies run chunks this many times the eager plan on CPU
-COMPILED_CHUNK_FACTOR = 4
 
 
 def _plan_chunk(model, batches: Batches, points, p0, args0, n0, chunk_size, device, dtype):
@@ -264,7 +260,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         chunk, batches, memory_plan = _plan_chunk(model, batches, points, p0, args0, n0, chunk_size, device, dtype)
 
         ctx = Context(model, shared, points, loss_fn, metrics, chunk, mha_fastpath=guard.fastpath,
-                       job_points=expected_points or points.n)
+                      job_points=expected_points or points.n, args0=args0)
         report = EvalReport(strategy=strategy, chunk_size=chunk, batch_size=max(batches.batch_sizes),
                             n_points=points.n, n_samples=batches.n_samples, device=str(device),
                             dtype=str(dtype).replace("torch.", ""),
@@ -273,7 +269,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
         with torch.no_grad():
             while True:
                 try:
-                    runner = _select(strategy, ctx, batches, args0, report)
+                    runner = _select(strategy, ctx, batches, report)
                     chunk = report.chunk_size = ctx.chunk
                     if isinstance(runner, LoopStrategy) and memory_plan:
                         # the few-MiB batch plan serves vectorised chunks; one point at a time
@@ -309,7 +305,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                     chunk = max(1, chunk // 2)
                     ctx.chunk = chunk
                     if runner.compiled:
-                        runner = make_strategy(runner.name.replace("_compiled", ""), ctx, args0)
+                        runner = make_strategy(runner.eager, ctx)
                     report.oom_backoffs += 1
                     report.notes.append(f"out of memory at chunk {stop - start}; halved to {chunk}")
                     if device.type == "cuda":
@@ -338,14 +334,14 @@ def value_names(batches, metrics) -> list[str]:
     return [f"{d}/{m}" for d in batches.names for m in base]
 
 
-def _build(name: str, ctx: Context, args0) -> Strategy:
+def _build(name: str, ctx: Context) -> Strategy:
     try:
-        return make_strategy(name, ctx, args0)
+        return make_strategy(name, ctx)
     except NotApplicable as err:
         raise ValueError(f"`strategy={name!r}` cannot evaluate this model: {err}.") from None
 
 
-def _select(strategy: str, ctx: Context, batches: Batches, args0, report: EvalReport) -> Strategy:
+def _select(strategy: str, ctx: Context, batches: Batches, report: EvalReport) -> Strategy:
     """The strategy to run: the named one, or for "auto" the one :func:`_choose` picks, with
     ``ctx.chunk`` set to the chunk it runs best at.
 
@@ -354,11 +350,11 @@ def _select(strategy: str, ctx: Context, batches: Batches, args0, report: EvalRe
     larger chunk go by it. Eval-mode BatchNorm that follows a Linear/Conv is folded into it
     first, for every strategy.
     """
-    folded = ctx.fold_batchnorm(args0)
+    folded = ctx.fold_batchnorm()
     if folded:
         report.notes.append(f"BatchNorm folded into the layer before it: {', '.join(folded)}")
     if strategy != "auto":
-        return _sized(strategy, ctx, args0, report, _build)
+        return _sized(_build(strategy, ctx), ctx, report)
     points = ctx.points
     total = ctx.job_points
     n_chunks = math.ceil(total / ctx.chunk)
@@ -368,29 +364,24 @@ def _select(strategy: str, ctx: Context, batches: Batches, args0, report: EvalRe
                    [tuple(getattr(x, "shape", ())) for x, _, _ in batches], job_class(total),
                    (_name_of(ctx.loss_fn), *sorted(ctx.metrics)))
     if key in AUTO_CHOICES:
-        eager_chunk = ctx.chunk
         try:
-            chosen = _sized(AUTO_CHOICES[key], ctx, args0, report, make_strategy)
+            chosen = _sized(make_strategy(AUTO_CHOICES[key], ctx), ctx, report)
             report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
-            ctx.chunk = eager_chunk
-    runner = _choose(ctx, batches, args0, report, total)
+            pass
+    runner = _choose(ctx, batches, report, total)
     if not report.fallback:  # a model vmap cannot batch warns again on its next call
         AUTO_CHOICES[key] = runner.name
     return runner
 
 
-def _sized(name: str, ctx: Context, args0, report: EvalReport, build: Callable) -> Strategy:
-    """Strategy ``name`` built by ``build(name, ctx, args0)``, with ``ctx.chunk`` set to the chunk
-    it runs best at (compiled kernels, mlp and quadratic take larger chunks than the eager plan)."""
-    if name.endswith("_compiled"):
-        _enlarge_for_compiled(ctx, report)
-    runner = build(name, ctx, args0)
-    if name == "quadratic":
-        _enlarge_for_quadratic(ctx, report, runner)
-    elif name == "mlp":
-        _enlarge_for_mlp(ctx, report)
+def _sized(runner: Strategy, ctx: Context, report: EvalReport) -> Strategy:
+    """``runner``, with ``ctx.chunk`` grown to the chunk it runs best at when the chunk was
+    planned (``chunk_size="auto"``): compiled kernels, mlp and quadratic take larger chunks
+    than the eager plan (:meth:`Strategy.best_chunk`)."""
+    if report.memory_plan:
+        ctx.chunk = runner.best_chunk(report.memory_plan)
     return runner
 
 
@@ -401,18 +392,13 @@ def _name_of(fn) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
-#: strategy="auto" weighs each timed candidate by TIE ** its structural rank (RANK): a path that
+#: strategy="auto" weighs each timed candidate by TIE ** its structural rank (Strategy.rank): a path that
 #: does less work per point is kept unless one further down the order is faster by 25% per
 #: step. A probe disturbed by load (every parallel kernel waiting for a descheduled thread)
 #: measured the seed-000 net's loop 1.5x faster than its deduplicated affine path, which
 #: does a thirtieth of the work and ran 8x faster over the grid; the transformer
 #: benchmark's vmap_compiled probed 6% faster than the loop and ran 20% slower.
 TIE = 1.25
-#: structural order, cheapest first: the quadratic form of a mean-squared-error head (a few
-#: numbers per point), the affine path that computes the first layer once per
-#: distinct coordinate, the hand-fused MLP, the affine path, the per-point loop (fused
-#: kernels, no vmap overhead), plain vmap; a compiled variant ranks one below its eager form
-RANK = {"quadratic": 0, "affine_dedup": 1, "mlp": 2, "affine": 3, "loop": 4, "vmap": 5}
 #: timing rounds of the probe: every candidate once per round, interleaved so that a burst
 #: of load hits all of them; the minimum per candidate is kept. At least MIN_ROUNDS and
 #: PROBE_SECONDS of timed work, when the job is long enough to afford it.
@@ -433,11 +419,12 @@ def job_class(points: int) -> int:
     return int(math.log2(max(1, points))) // 2
 
 
-def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: int) -> Strategy:
-    """``strategy="auto"``: time the strategies that apply on a probe chunk and take the fastest
-    once each is weighed by its structural rank (:data:`TIE`, :data:`RANK`); then, when the
-    best case of compiling the faster of vmap and affine (:data:`COMPILE_SPEEDUP`) beats the pick
-    by more than the compilation's estimated cost, compile it and weigh it against the pick."""
+def _choose(ctx: Context, batches: Batches, report: EvalReport, total: int) -> Strategy:
+    """``strategy="auto"``: walk the registry (:data:`STRATEGIES`), time every eager strategy
+    that applies on a probe chunk and take the fastest once each is weighed by its structural
+    rank (:data:`TIE`, :attr:`Strategy.rank`); then, when the best case of compiling the faster
+    vectorised one (:data:`COMPILE_SPEEDUP`) beats the pick by more than the compilation's
+    estimated cost, compile it and weigh it against the pick."""
     points = ctx.points
     x, y, _ = batches.first()
     args = as_args(x)
@@ -461,13 +448,11 @@ def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: in
     built = {"vmap": (plain, eager_chunk, call(plain, stop, moving, eager_chunk), stop)}
     warm = {"vmap": t_warm / stop}
 
-    def consider(name, enlarge=None):
-        """Build, enlarge the chunk where the strategy runs best on a bigger one, warm up
+    def consider(name):
+        """Build, grow the chunk where the strategy runs best on a bigger one, warm up
         (compiles), check the values against vmap's; the warm-up's seconds, or None."""
         try:
-            s = make_strategy(name, ctx, args0)
-            if enlarge is not None:
-                enlarge(s)
+            s = _sized(make_strategy(name, ctx), ctx, report)
             chunk, size = ctx.chunk, min(ctx.chunk, points.n)
             fn = call(s, size, moving if size == stop else points.stack(0, size), chunk)
             t, vals = time_call(fn, device)
@@ -475,7 +460,7 @@ def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: in
             report.notes.append(f"auto: {name} skipped ({err})")
             return None
         except RuntimeError as err:
-            if is_out_of_memory(err) and (enlarge is None or ctx.chunk <= eager_chunk):
+            if is_out_of_memory(err) and ctx.chunk <= eager_chunk:
                 raise  # the planned chunk does not fit: the caller halves it
             report.notes.append(f"auto: {name} " + ("skipped (out of memory at its larger chunk)" if is_out_of_memory(err)
                                                      else f"failed ({str(err).splitlines()[0]})"))
@@ -490,13 +475,10 @@ def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: in
         warm[name] = t / size
         return t
 
-    consider("quadratic", lambda s: _enlarge_for_quadratic(ctx, report, s))
-    consider("affine")
-    consider("mlp", lambda s: _enlarge_for_mlp(ctx, report))
-    consider("loop")
-    rank = dict(RANK)
-    if "affine" in built and 0 < len(built["affine"][0].dirs_used) < points._coords.shape[1]:
-        rank["affine"] = RANK["affine_dedup"]
+    for name, cls in STRATEGIES.items():
+        if not cls.compiled and name not in built:
+            consider(name)
+    rank = {k: v[0].rank for k, v in built.items()}
     # a budget for the timing rounds: a tenth of the job as the warm-up calls project it
     job = min(warm.values()) * total * len(batches)
     timings = _time_rounds({k: v[2] for k, v in built.items()}, {k: v[3] for k, v in built.items()},
@@ -504,21 +486,22 @@ def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: in
     best = _pick(timings, rank)
     notes = [f"{k} {v * 1e6:.2f} us" for k, v in timings.items()]
 
-    # compiling: the faster of vmap and affine, unless a hand-fused or structural path won (mlp,
-    # quadratic: compiled code has not beaten them), when its best case beats the pick by more
-    # than the compilation's estimated cost
-    vectorised = [k for k in COMPILED_VARIANT if k in timings]
+    # compiling: the faster eager strategy that has a compiled form, unless a hand-fused or
+    # structural path won (Strategy.fused), when its best case beats the pick by more than the
+    # compilation's estimated cost
+    variants = {cls.eager: name for name, cls in STRATEGIES.items() if cls.compiled}
+    vectorised = [k for k in variants if k in timings]
     slow = any("slow batching" in n for n in report.notes)
-    if vectorised and best not in ("mlp", "quadratic") and not slow:
+    if vectorised and not built[best][0].fused and not slow:
         eager = min(vectorised, key=timings.get)
-        compiled = COMPILED_VARIANT[eager]
+        compiled = variants[eager]
         work = total * len(batches)
         gain = (timings[best] - timings[eager] / COMPILE_SPEEDUP) * work
         base, per_module = COMPILE_SECONDS["cuda" if device.type == "cuda" else "cpu"]
         leaves = sum(1 for m in ctx.model.modules() if not any(True for _ in m.children()))
         cost = base + per_module * leaves
         if gain >= cost:
-            t_compile = consider(compiled, lambda s: _enlarge_for_compiled(ctx, report))
+            t_compile = consider(compiled)
             if t_compile is not None:
                 report.notes.append(f"auto: compiling {compiled} took {t_compile:.1f} s (estimated "
                                     f"{cost:.1f} s against a best-case saving of {gain:.1f} s)")
@@ -526,7 +509,7 @@ def _choose(ctx: Context, batches: Batches, args0, report: EvalReport, total: in
                                     {k: built[k][3] for k in (best, compiled)}, device,
                                     budget=max(0.01, 0.1 * job))
                 notes.append(f"{compiled} {pair[compiled] * 1e6:.2f} us")
-                rank[compiled] = rank[eager]  # the same work as its eager form, fused
+                rank[compiled] = built[compiled][0].rank
                 best = _pick(pair, rank)
         else:
             notes.append(f"{compiled} not tried (compiling est. {cost:.1f} s > best-case saving {gain:.1f} s)")
@@ -559,13 +542,6 @@ def _pick(timings: dict, rank: dict) -> str:
     return min(timings, key=lambda k: (timings[k] * TIE ** rank.get(k, len(rank)), rank.get(k, len(rank))))
 
 
-#: the compiled form of each vectorised eager strategy. Compiling is not tried when "mlp" wins:
-#: inductor calls the same GEMMs and measured slower than the hand-fused path (MLP-64 2.6x
-#: vs 3.6x the loop, MNIST-size 2.9x vs 3.2x). It is tried when the loop wins: the benchmark
-#: CNN's vmap_compiled ran 2x faster than its loop.
-COMPILED_VARIANT = {"vmap": "vmap_compiled", "affine": "affine_compiled"}
-
-
 def _loop_batches(given: Batches, plan: dict) -> Batches:
     """The data as given, split only where one point's batch would not fit the
     memory budget or, on CPU, where its largest intermediate would pass
@@ -575,42 +551,6 @@ def _loop_batches(given: Batches, plan: dict) -> Batches:
     if plan.get("device_type") == "cpu":
         cap = min(cap, max(1, CPU_LOOP_TARGET_BYTES // max(1, plan["largest_sample_bytes"])))
     return given if max(given.batch_sizes) <= cap else given.resplit(cap)
-
-
-def _enlarge_for_quadratic(ctx: Context, report: EvalReport, runner) -> None:
-    """The "quadratic" strategy costs a few numbers per point, so a planned chunk grows to
-    ``QUADRATIC_CHUNK`` points within ``QUADRATIC_CHUNK_BYTES`` of per-point tensors."""
-    if report.memory_plan:
-        fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, runner.point_bytes()))
-        ctx.chunk = int(max(ctx.chunk, min(QUADRATIC_CHUNK, fits, ctx.job_points)))
-
-
-def _enlarge_for_mlp(ctx: Context, report: EvalReport) -> None:
-    """The "mlp" strategy walks the samples in cache-sized blocks, so on CPU a planned chunk
-    of fewer than ``MLP_CHUNK`` points grows to it (within the memory plan): the first
-    layer's per-batch outputs are then read once for several points."""
-    plan = report.memory_plan
-    if not plan or str(report.device).startswith("cuda"):
-        return
-    fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
-    ctx.chunk = int(max(ctx.chunk, min(MLP_CHUNK, fits, ctx.job_points)))
-
-
-def _enlarge_for_compiled(ctx: Context, report: EvalReport) -> None:
-    """Compiled kernels fuse the chunk's intermediates, so on CPU they run best on
-    chunks several times the eager plan (measured: seed-000 net 4x chunk, 1.7x
-    faster; past ~32 MiB per gathered intermediate it falls off a cliff). Only a
-    planned ("auto") chunk is enlarged, within the memory plan's limit.
-
-    The compiled chunk depends on the model, data and memory only, never on the
-    number of points: a smaller grid pads its one chunk, and a new grid size
-    reuses the compiled function instead of compiling another."""
-    plan = report.memory_plan
-    if not plan or str(report.device).startswith("cuda"):
-        return
-    fits = plan["budget_bytes"] // max(1, plan["point_bytes"])  # what free memory allows
-    limit = plan.get("chunk_limit", ctx.chunk)
-    ctx.chunk = int(max(limit, min(limit * COMPILED_CHUNK_FACTOR, fits)))
 
 
 @contextlib.contextmanager

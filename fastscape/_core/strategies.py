@@ -57,8 +57,11 @@ directly follows a Linear/Conv in an ``nn.Sequential`` is folded into that layer
 per point (:func:`fold_batchnorm`); the affine and mlp paths apply it to their
 first-layer table, once per batch when no direction moves it.
 
-``"auto"`` (:func:`fastscape._core.evaluator._choose`) times the strategies
-that apply on a probe chunk in interleaved rounds (minimum per candidate),
+Every strategy is a :class:`Strategy` subclass registered in ``STRATEGIES``, built
+as ``cls(ctx)``, with its structural ``rank`` and the chunk it runs best at
+(``best_chunk``); a compiled one names the ``eager`` strategy it compiles.
+``"auto"`` (:func:`fastscape._core.evaluator._choose`) walks the registry: it times
+the eager strategies that apply on a probe chunk in interleaved rounds (minimum per candidate),
 weighs each time by its structural rank so that a disturbed probe cannot trade
 a path that does less work for one several times slower, tries the compiled
 variant of a vectorised pick only when compiling can repay its estimated cost,
@@ -233,20 +236,41 @@ class _PerBatch:
 
 
 class Strategy:
-    """One way to evaluate a chunk. Built once per :func:`evaluate` call.
+    """One way to evaluate a chunk, registered in :data:`STRATEGIES` under its ``name``.
+
+    Every strategy is built the same way, ``cls(ctx)``, once per :func:`evaluate` call, and
+    raises :class:`NotApplicable` when it cannot evaluate the model; ``strategy="auto"`` walks
+    the registry, builds what applies and times it.
 
     Parameters
     ----------
     ctx : Context
-        The model, shared tensors (buffers, unmoved parameters), points,
-        loss function and metrics.
+        The model, the probe's inputs, shared tensors (buffers, unmoved parameters), points,
+        loss function and metrics, and the planned chunk.
     """
 
     name = "?"
+    #: structural rank for ``strategy="auto"``, cheapest first: how much work a point costs
+    #: (the quadratic form of an MSE head 0, the affine path over distinct coordinates 1, the
+    #: hand-fused MLP 2, the affine path 3, the per-point loop 4, plain vmap 5). auto weighs
+    #: each measured time by ``TIE ** rank`` (:data:`fastscape._core.evaluator.TIE`); a
+    #: compiled strategy has its eager form's rank (the same work, fused).
+    rank = 5
+    #: whether ``run`` goes through ``torch.compile``, and then the eager strategy it compiles
     compiled = False
+    eager: str | None = None
+    #: hand-fused or structural (mlp, quadratic): compiled code has not beaten it, so auto does
+    #: not try compiling when it wins (inductor calls the same GEMMs: MLP-64 2.6x vs 3.6x the loop)
+    fused = False
 
     def __init__(self, ctx):
         self.ctx = ctx
+
+    def best_chunk(self, plan: dict) -> int:
+        """The chunk this strategy runs best at, given the memory plan of a ``chunk_size="auto"``
+        call (:meth:`fastscape._core.memory.MemoryPlan.as_dict`): by default the planned
+        ``ctx.chunk``. Never more than the plan's memory allows."""
+        return self.ctx.chunk
 
     def run(self, start: int, stop: int, moving: dict, batch_index: int, args: tuple, y):
         """Values of points ``start:stop`` on one batch: a tensor of shape (stop-start, 1 + n_metrics)."""
@@ -258,8 +282,11 @@ class Context:
     PyTorch's fused transformer inference path, which the evaluator switches off
     for vectorised strategies (it has no vmap batching rule)."""
 
-    def __init__(self, model, shared, points, loss_fn, metrics, chunk, mha_fastpath=False, job_points=None):
+    def __init__(self, model, shared, points, loss_fn, metrics, chunk, mha_fastpath=False, job_points=None,
+                 args0: tuple = ()):
         self.model, self.shared, self.points = model, shared, points
+        #: the model's inputs on the probe's samples: strategies find their layers on one forward of them
+        self.args0 = args0
         self.loss_fn, self.metrics, self.chunk = loss_fn, metrics, chunk
         self.mha_fastpath = mha_fastpath
         #: points of the whole job (more than ``points`` when this call is a probe or a unit of it):
@@ -273,13 +300,13 @@ class Context:
         """Every tensor of the first point: the shared ones and the first point's moving ones."""
         return {**self.shared, **{k: v[0] for k, v in self.points.stack(0, 1).items()}}
 
-    def fold_batchnorm(self, args0: tuple) -> list[str]:
+    def fold_batchnorm(self) -> list[str]:
         """Evaluate a shallow clone in which every eval-mode BatchNorm that directly follows a
         Linear/Conv in an ``nn.Sequential`` is folded into that layer (see :func:`fold_batchnorm`).
         Returns the folded BatchNorm paths; idempotent."""
         if self.model is self.user_model:
             p0 = self.first_point()
-            self.model, self.folded = fold_batchnorm(self.user_model, args0, p0)
+            self.model, self.folded = fold_batchnorm(self.user_model, self.args0, p0)
         return self.folded
 
 
@@ -295,6 +322,7 @@ def _mha_fastpath(enabled: bool):
 
 class LoopStrategy(Strategy):
     name = "loop"
+    rank = 4
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -374,7 +402,10 @@ class VmapStrategy(Strategy):
 
 class VmapCompiled(VmapStrategy):
     name = "vmap_compiled"
-    compiled = True
+    compiled, eager = True, "vmap"
+
+    def best_chunk(self, plan: dict) -> int:
+        return _compiled_chunk(self.ctx, plan)
 
 
 # ----------------------------------------------------------------------------- BatchNorm folding
@@ -598,8 +629,9 @@ def _shallow_clone_with(model: nn.Module, swaps: Mapping[str, nn.Module]):
 class AffineStrategy(Strategy):
     name = "affine"
 
-    def __init__(self, ctx, args0: tuple):
+    def __init__(self, ctx):
         super().__init__(ctx)
+        args0 = ctx.args0
 
         points = ctx.points
         if not isinstance(points, AffinePoints):
@@ -653,6 +685,12 @@ class AffineStrategy(Strategy):
         self.fn = vmap(self.point, in_dims=(None, 0, None, None, None, 0))
         if self.compiled:
             self.fn = _compiled(self.name, ctx, self.fn)
+
+    @property
+    def rank(self) -> int:
+        """1 when only some directions move the first layer (it is computed once per distinct
+        value of their coordinates), else 3 (see :attr:`Strategy.rank`)."""
+        return 1 if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1] else 3
 
     def _layer_outputs(self, batch_index, x):
         """(base, Z): the layer's output at the origin, shape (n, ...), and the
@@ -786,7 +824,29 @@ class _Values:
 
 class AffineCompiled(AffineStrategy):
     name = "affine_compiled"
-    compiled = True
+    compiled, eager = True, "affine"
+
+    def best_chunk(self, plan: dict) -> int:
+        return _compiled_chunk(self.ctx, plan)
+
+
+#: compiled strategies run chunks this many times the eager plan on CPU
+COMPILED_CHUNK_FACTOR = 4
+
+
+def _compiled_chunk(ctx, plan: dict) -> int:
+    """Compiled kernels fuse the chunk's intermediates, so on CPU they run best on chunks
+    several times the eager plan (measured: seed-000 net 4x chunk, 1.7x faster; past ~32 MiB
+    per gathered intermediate it falls off a cliff), within what free memory allows.
+
+    The compiled chunk depends on the model, data and memory only, never on the number of
+    points: a smaller grid pads its one chunk, and a new grid size reuses the compiled function
+    instead of compiling another."""
+    if plan.get("device_type") == "cuda":
+        return ctx.chunk
+    fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
+    limit = plan.get("chunk_limit", ctx.chunk)
+    return int(max(limit, min(limit * COMPILED_CHUNK_FACTOR, fits)))
 
 
 def _in_place(act: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -823,9 +883,11 @@ def _returns_output_of(model: nn.Module, seq: nn.Module, args: tuple, shared, po
 
 class MlpStrategy(AffineStrategy):
     name = "mlp"
+    rank, fused = 2, True
 
-    def __init__(self, ctx, args0: tuple):
-        super().__init__(ctx, args0)
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        args0 = ctx.args0
         seq_path, _, first = self.path.rpartition(".")
         seq = ctx.model.get_submodule(seq_path)
         names = list(seq._modules) if type(seq) is nn.Sequential else []
@@ -859,6 +921,15 @@ class MlpStrategy(AffineStrategy):
         # the model's output is computed here, layer by layer: only the loss remains for each point
         self.values = vmap(PointLoss(None, ctx.loss_fn, ctx.metrics), in_dims=(None, None, None, None, 0, None))
         self._work: dict[tuple, torch.Tensor] = {}
+
+    def best_chunk(self, plan: dict) -> int:
+        """On CPU at least :data:`MLP_CHUNK` points (within the memory plan): the mlp path walks
+        the samples in cache-sized blocks, and the first layer's per-batch outputs are then read
+        once for several points."""
+        if plan.get("device_type") == "cuda":
+            return self.ctx.chunk
+        fits = plan["budget_bytes"] // max(1, plan["point_bytes"])
+        return int(max(self.ctx.chunk, min(MLP_CHUNK, fits, self.ctx.job_points)))
 
     def _param(self, key: str, moving: dict):
         return moving[key] if key in moving else self.ctx.shared.get(key)
@@ -996,9 +1067,11 @@ class QuadraticStrategy(Strategy):
     so the expansion loses nothing to cancellation at float32 precision."""
 
     name = "quadratic"
+    rank, fused = 0, True
 
-    def __init__(self, ctx, args0: tuple):
+    def __init__(self, ctx):
         super().__init__(ctx)
+        args0 = ctx.args0
         points = ctx.points
         if not isinstance(points, AffinePoints):
             raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
@@ -1031,6 +1104,12 @@ class QuadraticStrategy(Strategy):
 
         self.body_fn = vmap(one_row, in_dims=(0, None))
         self._cache = _PerBatch()  # (G, C, yy) per batch when no direction moves the body
+
+    def best_chunk(self, plan: dict) -> int:
+        """A point costs a few numbers, not a forward: up to :data:`QUADRATIC_CHUNK` points within
+        :data:`QUADRATIC_CHUNK_BYTES` of per-point tensors."""
+        fits = max(1, QUADRATIC_CHUNK_BYTES // max(1, self.point_bytes()))
+        return int(max(self.ctx.chunk, min(QUADRATIC_CHUNK, fits, self.ctx.job_points)))
 
     def point_bytes(self) -> int:
         """Bytes a chunk holds per point: its moving tensors and its (G, C) in float64."""
@@ -1167,12 +1246,9 @@ def strategy_names() -> list[str]:
     return ["auto", *STRATEGIES]
 
 
-def make_strategy(name: str, ctx, args0: tuple) -> Strategy:
+def make_strategy(name: str, ctx) -> Strategy:
     """Build strategy ``name``; raises NotApplicable when it cannot evaluate the model."""
-    cls = STRATEGIES[name]
-    if issubclass(cls, (AffineStrategy, QuadraticStrategy)):
-        return cls(ctx, args0)
-    return cls(ctx)
+    return STRATEGIES[name](ctx)
 
 
 def auto_key(model: nn.Module, points, device, dtype, chunk: int, batch_shapes, job: int = 0,
