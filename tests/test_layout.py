@@ -2,7 +2,8 @@
 
 Every import counts, also those inside functions (a cycle held apart by a
 function-level import is still a cycle). Run this file as a script to print the
-graph: ``python tests/test_layout.py``.
+graph: ``python tests/test_layout.py``; of another checkout's package (an older
+commit, say): ``python tests/test_layout.py /path/to/checkout/fastscape``.
 """
 
 from __future__ import annotations
@@ -187,8 +188,15 @@ def test_fixed_names_keep_their_signatures(name):
     assert str(inspect.signature(obj)) == FIXED_SIGNATURES[name]
 
 
-if __name__ == "__main__":  # print the graph: one line per module, its imports after the arrow
-    for mod, targets in sorted(import_graph().items()):
+if __name__ == "__main__":
+    # print the graph: one line per module, its imports after the arrow; then the cycles and the
+    # private names crossing modules. Another checkout's package: python tests/test_layout.py DIR/fastscape
+    if len(sys.argv) > 1:
+        PACKAGE = Path(sys.argv[1]).resolve()
+    graph = import_graph()
+    for mod, targets in sorted(graph.items()):
         print(f"{mod} -> {', '.join(sorted(targets)) or '(nothing)'}")
-    cyc = _cycles(import_graph())
+    cyc = _cycles(graph)
     print(f"\n{len(cyc)} cycle(s)" + "".join("\n  " + " -> ".join(c + [c[0]]) for c in cyc))
+    private = private_imports()
+    print(f"{len(private)} private name(s) imported across modules" + "".join(f"\n  {p}" for p in private))
