@@ -793,7 +793,9 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
         fallback = fallback or seen
         if chunk_size == "auto":
             chunk, batch, memory_plan = min(probe.chunk_size, n_points), probe.batch_size, probe.memory_plan
-            per_point = probe.seconds / max(1, probe.n_points)
+            # the probe's warm time per point when auto timed it; else the probe's own, which
+            # includes building its per-batch tables once (more units: safe, a little slower)
+            per_point = probe.point_seconds or probe.seconds / max(1, probe.n_points)
     memory_plan = {**memory_plan, "chunk": chunk} if memory_plan else {}
     if fallback is not None:
         warnings.warn_explicit(fallback.message, fallback.category, fallback.filename, fallback.lineno)

@@ -87,6 +87,9 @@ class EvalReport:
     oom_backoffs: int = 0
     notes: list[str] = field(default_factory=list)
     memory_plan: dict = field(default_factory=dict)
+    #: seconds per point over all the data batches, as strategy="auto"'s probe measured the chosen
+    #: strategy warm (its per-batch tables built); 0 when nothing was timed
+    point_seconds: float = 0.0
 
     @property
     def points_per_second(self) -> float:
@@ -365,14 +368,15 @@ def _select(strategy: str, ctx: Context, batches: Batches, report: EvalReport) -
                    (_name_of(ctx.loss_fn), *sorted(ctx.metrics)))
     if key in AUTO_CHOICES:
         try:
-            chosen = _sized(make_strategy(AUTO_CHOICES[key], ctx), ctx, report)
+            name, report.point_seconds = AUTO_CHOICES[key]
+            chosen = _sized(make_strategy(name, ctx), ctx, report)
             report.notes.append(f"auto: {chosen.name} (remembered for jobs of this size)")
             return chosen
         except NotApplicable:
             pass
     runner = _choose(ctx, batches, report, total)
     if not report.fallback:  # a model vmap cannot batch warns again on its next call
-        AUTO_CHOICES[key] = runner.name
+        AUTO_CHOICES[key] = (runner.name, report.point_seconds)
     return runner
 
 
@@ -484,6 +488,7 @@ def _choose(ctx: Context, batches: Batches, report: EvalReport, total: int) -> S
     timings = _time_rounds({k: v[2] for k, v in built.items()}, {k: v[3] for k, v in built.items()},
                            device, budget=max(0.01, 0.1 * job), warm=warm)
     best = _pick(timings, rank)
+    seconds = dict(timings)
     notes = [f"{k} {v * 1e6:.2f} us" for k, v in timings.items()]
 
     # compiling: the faster eager strategy that has a compiled form, unless a hand-fused or
@@ -509,12 +514,14 @@ def _choose(ctx: Context, batches: Batches, report: EvalReport, total: int) -> S
                                     {k: built[k][3] for k in (best, compiled)}, device,
                                     budget=max(0.01, 0.1 * job))
                 notes.append(f"{compiled} {pair[compiled] * 1e6:.2f} us")
+                seconds.update(pair)
                 rank[compiled] = built[compiled][0].rank
                 best = _pick(pair, rank)
         else:
             notes.append(f"{compiled} not tried (compiling est. {cost:.1f} s > best-case saving {gain:.1f} s)")
     report.notes.append("auto: " + ", ".join(notes) + f" per point on a probe chunk (min of rounds); chose {best}")
     runner, ctx.chunk = built[best][0], built[best][1]
+    report.point_seconds = seconds[best] * len(batches)
     return runner
 
 

@@ -118,8 +118,8 @@ PER_CHUNK_UNIQUE_DEVICES = frozenset({"cpu"})
 #: plain layout, when each of them diverges (no finite output to compare)
 LAYOUT_TRIES = 4
 
-#: strategy="auto" picks, keyed by :func:`auto_key`
-AUTO_CHOICES: dict[tuple, str] = {}
+#: strategy="auto" picks, keyed by :func:`auto_key`: (strategy name, its probed seconds per point)
+AUTO_CHOICES: dict[tuple, tuple[str, float]] = {}
 _COMPILED: dict[tuple, tuple] = {}
 
 
