@@ -148,3 +148,25 @@ def test_a_candidate_that_fails_is_skipped_not_taken_for_a_model_vmap_cannot_bat
         with torch.no_grad():
             ref[i] = float(F.cross_entropy(torch.func.functional_call(m64, params, (x.double(),)), y))
     np.testing.assert_allclose(surf.loss.ravel(), ref, rtol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("strategy", ["vmap_compiled", "affine_compiled"])
+def test_compiled_functions_do_not_keep_the_users_model_alive(strategy):
+    """The cache of compiled chunk functions is per model object: a second surface of the same
+    model reuses its function (test above), and a model the user drops is freed with it (the
+    cache held every compiled model, and its weights, for the life of the process)."""
+    import gc
+    import weakref
+
+    def surface_of_a_new_model():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        fastscape.loss_surface(m, (x, y), fastscape.random_directions(m, n=2, seed=0), loss_fn=F.cross_entropy,
+                               grid=(-1, 1, 5), strategy=strategy, device="cpu", progress=False)
+        return weakref.ref(m)
+
+    ref = surface_of_a_new_model()
+    gc.collect()
+    assert ref() is None, "a compiled surface kept the model alive after the user dropped it"

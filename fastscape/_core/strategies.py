@@ -120,7 +120,8 @@ LAYOUT_TRIES = 4
 
 #: strategy="auto" picks, keyed by :func:`auto_key`: (strategy name, its probed seconds per point)
 AUTO_CHOICES: dict[tuple, tuple[str, float]] = {}
-_COMPILED: dict[tuple, tuple] = {}
+#: compiled chunk functions: the user's model -> {(strategy, loss, metrics, folded): (loss ref, function)}
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 class NotApplicable(ValueError):
@@ -387,7 +388,9 @@ class VmapStrategy(Strategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.point = PointLoss(ctx.model, ctx.loss_fn, ctx.metrics, tiny_linear=not self.compiled)
+        # a compiled function is cached while the user holds the model: it must not hold the model itself
+        model = _shallow_clone_with(ctx.model, {}) if self.compiled else ctx.model
+        self.point = PointLoss(model, ctx.loss_fn, ctx.metrics, tiny_linear=not self.compiled)
         self.fn = vmap(self.point, in_dims=(None, 0, None, None))  # every point of a chunk at once
         if self.compiled:
             self.fn = _compiled(self.name, ctx, self.fn)
@@ -1174,23 +1177,28 @@ QUADRATIC_CHUNK, QUADRATIC_CHUNK_BYTES = 1 << 20, 256 << 20
 
 
 def _compiled(name: str, ctx, fn: Callable) -> Callable:
-    """``torch.compile(fn)``, cached per strategy, model object, loss function and metrics, so
+    """``torch.compile(fn)``, cached per model object, strategy, loss function and metrics, so
     that repeated surfaces of one model compile once (dynamo's guards still recompile for new
-    shapes or dtypes): on a hit the cached function is returned and ``fn`` is not used."""
+    shapes or dtypes): on a hit the cached function is returned and ``fn`` is not used.
+
+    The cache holds a model's functions only while the user holds the model (its key is a weak
+    reference to it), so ``fn`` must not reference the user's model object itself: it runs a
+    shallow clone (:func:`_shallow_clone_with`), which shares the parameters and submodules."""
     if not compiler_available():
         raise NotApplicable("torch.compile needs a C++ compiler (g++ or clang++) on PATH")
     model = ctx.user_model  # (ctx.model is a fresh clone per call when BatchNorm is folded)
-    key = (name, id(model), id(ctx.loss_fn), tuple((k, id(m)) for k, m in ctx.metrics.items()), tuple(ctx.folded))
-    hit = _COMPILED.get(key)
-    if hit is not None and hit[0]() is model and hit[1]() is ctx.loss_fn:
-        return hit[2]
+    key = (name, id(ctx.loss_fn), tuple((k, id(m)) for k, m in ctx.metrics.items()), tuple(ctx.folded))
+    mine = _COMPILED.setdefault(model, {})
+    hit = mine.get(key)
+    if hit is not None and hit[0]() is ctx.loss_fn:
+        return hit[1]
     _persistent_compile_cache()
     with warnings.catch_warnings():
         # inductor imports torch.utils.mkldnn, which warns about torch.jit at import
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch.utils.mkldnn  # noqa: F401
     compiled = torch.compile(fn, dynamic=False)
-    _COMPILED[key] = (weakref.ref(model), _ref(ctx.loss_fn), compiled)
+    mine[key] = (_ref(ctx.loss_fn), compiled)
     return compiled
 
 
