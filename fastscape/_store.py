@@ -776,6 +776,13 @@ def _plan(model, given, make_points, n_points, *, loss_fn, metrics, chunk_size, 
         eager = min(probe.memory_plan["chunk_limit"], n_points)
         chunk, batch = min(max(eager, probe.chunk_size), n_points), probe.batch_size
         memory_plan, per_point = probe.memory_plan, probe.seconds / max(1, probe.n_points)
+        if strategy != "auto" and n_points > chunk:
+            # a named strategy's warm time per point, for the unit size: two chunks, the second
+            # timed (the one-point probe above mostly measured building the per-batch tables)
+            (_, timed), _ = _quiet_fallback(lambda: evaluate(
+                model, _batches_for(given, batch), make_points(0, min(n_points, 2 * chunk)), loss_fn=loss_fn,
+                metrics=metrics, chunk_size=chunk, strategy=strategy, buffers=buffers))
+            per_point = timed.point_seconds or per_point
     else:
         chunk, batch, memory_plan = min(positive_int(chunk_size, "chunk_size"), n_points), batch_size, {}
         eager = chunk

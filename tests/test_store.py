@@ -376,3 +376,35 @@ def test_auto_chunk_units_hold_unit_seconds_of_work(unit_seconds, units, monkeyp
         assert run["units"] == 1 and run["unit_points"] >= 81
     else:
         assert run["unit_points"] == chunk and run["units"] == -(-81 // chunk)
+
+
+def test_a_named_strategy_file_run_sizes_units_by_its_warm_time(monkeypatch, tmp_path):
+    """A strategy's first chunk builds its per-batch tables (here: 0.5 s, simulated); the unit
+    size must come from the time of a chunk after that, or a run gets a unit per chunk or two.
+    EvalReport.point_seconds is the second chunk's time per point."""
+    import time
+
+    from fastscape._core import strategies
+
+    real, calls = strategies.VmapStrategy.run, []
+
+    def slow_first_call(self, *args):
+        calls.append(1)
+        time.sleep(0.5 if len(calls) == 1 else 0.002)
+        return real(self, *args)
+
+    monkeypatch.setattr(strategies.VmapStrategy, "run", slow_first_call)
+    monkeypatch.setattr(_store, "UNIT_SECONDS", 0.2)
+    torch.manual_seed(0)
+    model = MLP()
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    dirs = fastscape.random_directions(model, n=2, seed=0)
+    monkeypatch.setenv("FASTSCAPE_MEMORY_BUDGET", "40K")  # a few points per chunk: many chunks
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=(-1, 1, 21), device="cpu",
+                                  strategy="vmap", progress=False, out=tmp_path / "s.h5")
+    chunk, run = surf.meta["chunk_size"], surf.meta["run"]
+    n_chunks = -(-441 // chunk)
+    assert n_chunks >= 20, (chunk, run)
+    # 2 ms per chunk of `chunk` points against 0.2 s per unit: about 100 chunks a unit, so a few units
+    # (a per-point time taken from the slow first chunk would give one or two chunks a unit)
+    assert run["units"] <= max(2, n_chunks // 10), (chunk, run)

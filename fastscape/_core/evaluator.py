@@ -87,8 +87,9 @@ class EvalReport:
     oom_backoffs: int = 0
     notes: list[str] = field(default_factory=list)
     memory_plan: dict = field(default_factory=dict)
-    #: seconds per point over all the data batches, as strategy="auto"'s probe measured the chosen
-    #: strategy warm (its per-batch tables built); 0 when nothing was timed
+    #: seconds per point over all the data batches, warm (the strategy's per-batch tables built):
+    #: the second chunk's time, or for a single chunk what strategy="auto"'s probe measured; 0
+    #: when nothing was timed
     point_seconds: float = 0.0
 
     @property
@@ -132,6 +133,13 @@ def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: i
 
 
 # --------------------------------------------------------------------------- evaluation
+
+
+def _clock(device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 #: samples of the first batch that the validation and memory probes run on
@@ -289,9 +297,11 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
             # one row per point, one block of (loss, *metrics) per dataset
             n_sets, width = len(batches.counts), 1 + len(metrics)
             sums = torch.zeros(points.n, n_sets, width, dtype=torch.float64, device=device)
-            start = 0
+            start, finished = 0, 0
             while start < points.n:
                 stop = min(start + chunk, points.n)
+                if finished == 1:  # the second chunk is timed: per-batch tables are built by then
+                    t_chunk = _clock(device)
                 try:
                     moving = points.stack(start, stop)
                     acc = torch.zeros(stop - start, n_sets, width, dtype=torch.float64, device=device)
@@ -315,6 +325,9 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                         torch.cuda.empty_cache()
                     continue
                 sums[start:stop] = acc
+                if finished == 1:
+                    report.point_seconds = (_clock(device) - t_chunk) / (stop - start)
+                finished += 1
                 if progress is not None:
                     progress(stop - start)
                 start = stop
