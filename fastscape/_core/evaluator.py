@@ -45,6 +45,7 @@ from .strategies import (
     Strategy,
     VmapStrategy,
     auto_key,
+    clock,
     make_strategy,
     strategy_names,
     time_call,
@@ -133,13 +134,6 @@ def plan_sizes(per_sample_elems: int, n_samples: int, n_points: int, itemsize: i
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def _clock(device) -> float:
-    """``time.perf_counter()`` once the device has finished its queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 #: samples of the first batch that the validation and memory probes run on
@@ -301,7 +295,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
             while start < points.n:
                 stop = min(start + chunk, points.n)
                 if finished == 1:  # the second chunk is timed: per-batch tables are built by then
-                    t_chunk = _clock(device)
+                    t_chunk = clock(device)
                 try:
                     moving = points.stack(start, stop)
                     acc = torch.zeros(stop - start, n_sets, width, dtype=torch.float64, device=device)
@@ -326,7 +320,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
                     continue
                 sums[start:stop] = acc
                 if finished == 1:
-                    report.point_seconds = (_clock(device) - t_chunk) / (stop - start)
+                    report.point_seconds = (clock(device) - t_chunk) / (stop - start)
                 finished += 1
                 if progress is not None:
                     progress(stop - start)

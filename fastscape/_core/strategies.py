@@ -629,18 +629,21 @@ def _shallow_clone_with(model: nn.Module, swaps: Mapping[str, nn.Module]):
     return rebuild(model, "")
 
 
+def _affine_points(ctx) -> AffinePoints:
+    """``ctx.points``, when they are an affine grid (the first-layer and quadratic paths need
+    ``origin + coords @ directions``); raises NotApplicable otherwise."""
+    if not isinstance(ctx.points, AffinePoints):
+        raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
+    return ctx.points
+
+
 class AffineStrategy(Strategy):
     name = "affine"
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        args0 = ctx.args0
-
-        points = ctx.points
-        if not isinstance(points, AffinePoints):
-            raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
-        path, layer, self.flatten = _find_raw_input_layer(
-            ctx.model, args0, ctx.first_point())
+        points = _affine_points(ctx)
+        path, layer, self.flatten = _find_raw_input_layer(ctx.model, ctx.args0, ctx.first_point())
         prefix = f"{path}." if path else ""
         own = [n for n, _ in layer.named_parameters(recurse=False)]
         self.keys = {n: prefix + n for n in own}
@@ -1075,9 +1078,7 @@ class QuadraticStrategy(Strategy):
     def __init__(self, ctx):
         super().__init__(ctx)
         args0 = ctx.args0
-        points = ctx.points
-        if not isinstance(points, AffinePoints):
-            raise NotApplicable("points are not an affine grid (origin + coords @ directions)")
+        points = _affine_points(ctx)
         if not _is_mean_mse(ctx.loss_fn) or ctx.metrics:
             raise NotApplicable("the loss is not F.mse_loss (mean) with no metrics")
         if len(args0) != 1 or not isinstance(args0[0], torch.Tensor):
@@ -1269,12 +1270,15 @@ def auto_key(model: nn.Module, points, device, dtype, chunk: int, batch_shapes, 
             int(chunk), tuple(batch_shapes), int(job), tuple(objective))
 
 
+def clock(device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def time_call(fn: Callable[[], torch.Tensor], device) -> tuple[float, torch.Tensor]:
     """Seconds of one call of ``fn`` (synchronised on CUDA) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t = clock(device)
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t, out
+    return clock(device) - t, out
