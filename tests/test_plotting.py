@@ -175,7 +175,7 @@ def test_surface3d_camera_looks_over_the_valley_not_the_plateau():
 
 
 def test_surface3d_path_lies_on_the_surface():
-    from fastscape.plot._plane import path_heights
+    from fastscape.plot._marks import path_heights
 
     s = _plane()
     fig = plot.surface3d(s, path=_path(), zmax=None)

@@ -8,6 +8,8 @@ and writes them with Pillow: no browser, no ffmpeg.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import (
@@ -22,6 +24,9 @@ from ._common import (
     require,
     resolve_value,
 )
+
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
 
 __all__ = ["animate_path", "animate_fit", "frame_indices"]
 
@@ -61,7 +66,7 @@ def frame_indices(t: int, max_frames: int) -> np.ndarray:
 
 def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
                  explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
-                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL):
+                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL) -> go.Figure:
     """The optimiser's path crawling over a plane's contours, one frame per recorded snapshot.
 
     Parameters
@@ -136,7 +141,7 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
     _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ")
 
     def make():
-        from ._plane import contour
+        from ._contour import contour
 
         mfig = new_figure((7.4, 6.0))
         ax = contour(surface, value=value, ax=mfig.add_subplot(), levels=25, log=log, axis_labels=(xl, yl),
@@ -159,7 +164,7 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
 
 
 def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: int = 120,
-                title: str = "Fit during training"):
+                title: str = "Fit during training") -> go.Figure:
     """A 1-D regression net's prediction improving during training, one frame per snapshot.
 
     Parameters

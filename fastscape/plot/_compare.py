@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import require
-from ._plane import contour, legend_below
+from ._contour import contour
+from ._marks import legend_below
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
 
 __all__ = ["optimizer_comparison", "RUN_COLORS"]
 
@@ -14,7 +20,7 @@ __all__ = ["optimizer_comparison", "RUN_COLORS"]
 RUN_COLORS = ("#ff2d2d", "#ff9f1c", "#ff4fd8", "#4dd2ff", "#c77dff", "#b15928")
 
 
-def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw):
+def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw) -> Axes:
     """Contours of the shared plane with every optimizer's path, each in its own colour.
 
     Parameters

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import check_surface, finite, new_axes, require, resolve_value
-from ._plane import legend_below
+from ._marks import legend_below
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
 
 __all__ = ["line"]
 
@@ -39,7 +44,7 @@ def _has(surface, name) -> bool:
 
 def line(lines, *, value: str = "loss", metric: str | None = "accuracy", ax=None, log: bool = False,
          xlabel: str | None = None, title: str | None = None, marks: Mapping[str, float] | None = None,
-         legend: bool = True):
+         legend: bool = True) -> Axes:
     """A value along one or several lines on one Axes; a second value dashed on a twin axis.
 
     Parameters

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import (
@@ -18,6 +20,10 @@ from ._common import (
     resolve_value,
 )
 
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
+    from matplotlib.axes import Axes
+
 __all__ = ["volume", "VOLUME_KINDS", "shell_levels"]
 
 #: how :func:`volume` draws a 3-direction surface.
@@ -31,7 +37,8 @@ def shell_levels(lo: float, hi: float, n: int) -> np.ndarray:
 
 def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = False, levels: int = 6,
            opacity: float = 0.3, at=None, zmax="auto", axis_labels=None, explained_variance=None,
-           title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly", ax=None):
+           title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly",
+           ax=None) -> go.Figure | Axes:
     """A value along three directions, as nested shells of equal value or as three orthogonal slices.
 
     Parameters

@@ -1,0 +1,142 @@
+"""Filled contours of a plane (matplotlib), with a path and named positions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._common import (
+    PATH_LABEL,
+    axis_titles,
+    check_path,
+    check_points,
+    check_surface,
+    finite,
+    new_axes,
+    require,
+    resolve_value,
+)
+from ._marks import draw_path, draw_points, legend_below, stored_path
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
+
+__all__ = ["contour"]
+
+
+def _levels(lo: float, hi: float, levels, log: bool):
+    """(levels, norm, is_log): log-spaced when asked and the positive range spans > 20x."""
+    from matplotlib.colors import LogNorm
+
+    if not isinstance(levels, (int, np.integer)):
+        lv = np.unique(np.asarray(levels, dtype=float))
+        if lv.ndim != 1 or lv.size < 2:
+            raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
+        is_log = log and lv[0] > 0 and lv[-1] > 20 * lv[0]
+        return lv, (LogNorm(lv[0], lv[-1]) if is_log else None), is_log
+    if levels < 2:
+        raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
+    if log and lo > 0 and hi > 20 * lo:
+        return np.geomspace(lo, hi, levels), LogNorm(vmin=lo, vmax=hi), True
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, levels), None, False
+
+
+def _tidy_colorbar(cb, lv):
+    """About eight ticks at level values, printed with 3 significant digits."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    cb.ax.yaxis.set_major_locator(FixedLocator(lv[:: max(1, len(lv) // 8)]))
+    cb.ax.yaxis.set_minor_locator(NullLocator())
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+
+
+def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
+            filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
+            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
+            colorbar: bool = True, legend: bool = True) -> Axes:
+    """Contours of a plane, with a path coloured by snapshot and named positions.
+
+    Parameters
+    ----------
+    surface : Surface along two directions
+        Drawn with ``coords[0]`` along x (matplotlib gets the array transposed).
+    value : str
+        What to draw: ``"loss"`` or a metric of the surface (``"accuracy"``,
+        ``"test/accuracy"``); it names the colour bar, and only a loss gets log levels.
+    path : array of shape (T, 2), None or False
+        Plane coordinates of a trajectory (e.g. from :func:`fastscape.project`):
+        a line with markers coloured by snapshot, start (circle) and end (star).
+        None (default): the path stored with the surface (``surface.path``),
+        if any; False: no path.
+    points : dict label -> (x, y), or array of shape (n, 2), optional
+        Named positions (e.g. the models of :func:`fastscape.interpolation_plane`;
+        rows of an array are labelled "A", "B", ...): each drawn with its own
+        marker and label.
+    ax : matplotlib Axes, optional
+        Drawn into when given; otherwise a new figure is made (no pyplot).
+    levels : int or 1-D array
+        Number of levels (log-spaced when ``log``, the value is a loss, and it
+        spans more than a factor 20) or the level values themselves.
+    filled : bool
+        Filled contours with a few labelled black lines; False draws coloured lines only.
+    labels : bool
+        Label the lines with their value.
+    axis_labels, explained_variance :
+        Axis titles; PCA explained-variance ratios (given, or read from
+        ``surface.meta["directions"]``) are appended, e.g. "PC1 (87.3% of variance)".
+    path_label : str
+        Title of the path's colour bar: what the colour counts (default
+        "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
+    legend : bool
+        Put a legend for the path and points under the Axes.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        NaN/inf regions are left blank (masked).
+    """
+    require("matplotlib", "`fastscape.plot.contour`")
+    check_surface(surface, 2, "contour")
+    v = resolve_value(surface, value)
+    path = check_path(stored_path(surface, path))
+    pts = check_points(points)
+    if ax is None:
+        ax = new_axes((6.4, 5.6))
+    z = finite(v.array).T  # matplotlib wants (y, x)
+    xl, yl = axis_titles(surface, axis_labels, explained_variance)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    if title:
+        ax.set_title(title)
+    vals = z[np.isfinite(z)]
+    if vals.size == 0:
+        ax.text(0.5, 0.5, f"no finite {v.label} on this grid", transform=ax.transAxes, ha="center")
+        return ax
+    lv, norm, is_log = _levels(float(vals.min()), float(vals.max()), levels, log and v.is_loss)
+    if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
+        from matplotlib.colors import Normalize
+
+        norm = Normalize(*v.limits)
+    X, Y = surface.coords
+    zm = np.ma.masked_invalid(z)
+    fmt_level = (lambda q: f"{q:.2g}") if is_log else (lambda q: f"{q:.3g}")
+    cbar_label = v.label + (" (log scale)" if is_log else "")
+    if filled:
+        cs = ax.contourf(X, Y, zm, levels=lv, cmap=cmap, norm=norm, extend="neither")
+        lines = ax.contour(X, Y, zm, levels=lv[:: max(1, len(lv) // 8)], colors="k", linewidths=0.5)
+    else:
+        cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
+    if labels and len(lines.levels):
+        ax.clabel(lines, inline=True, fontsize=7, fmt=fmt_level)
+    ax.set_xlim(X[0], X[-1])
+    ax.set_ylim(Y[0], Y[-1])
+    if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
+        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
+    if colorbar:
+        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), lv)
+    if pts is not None:
+        draw_points(ax, pts)
+    if legend and (path is not None or pts is not None):
+        legend_below(ax)
+    return ax
