@@ -121,7 +121,7 @@ def test_surface3d_holds_surface_and_path():
     s = _plane()
     path = _path()
     losses = np.linspace(5, 1, len(path))
-    fig = plot.surface3d(s, path=path, path_loss=losses, zmax=None)
+    fig = plot.surface3d(s, path=path, path_loss=losses, zmax=None, minimum=False)
     surf, line, start, end = fig.data
     np.testing.assert_array_equal(np.asarray(surf.z), s.loss.T)  # plotly's z is (y, x)
     np.testing.assert_array_equal(surf.x, s.coords[0])
@@ -238,7 +238,7 @@ def test_named_points_have_their_own_style():
     pts = np.array([[0.0, 0.0], [1.5, 0.2], [0.4, -0.6]])
     ax = plot.contour(s, points=pts)
     labels = [c.get_label() for c in ax.collections if isinstance(c, PathCollection)]
-    assert labels[-3:] == ["A", "B", "C"]
+    assert labels[-4:-1] == ["A", "B", "C"] and labels[-1].startswith("grid min loss")
     for c, p in zip([c for c in ax.collections if c.get_label() in "ABC"], pts):
         np.testing.assert_allclose(c.get_offsets()[0], p)
     assert {t.get_text() for t in ax.texts} >= {"A", "B", "C"}
@@ -246,7 +246,7 @@ def test_named_points_have_their_own_style():
     assert _colorbar_labels(ax.figure) == ["loss (log scale)"]  # no snapshot colour bar
     ax = plot.contour(s, points={"model a": (0, 0), "model b": (1, 0)})
     assert {t.get_text() for t in ax.texts} >= {"model a", "model b"}
-    fig = plot.surface3d(s, points={"a": (0, 0), "b": (1, 0.5)})
+    fig = plot.surface3d(s, points={"a": (0, 0), "b": (1, 0.5)}, minimum=False)
     names = [t.name for t in fig.data]
     assert names[1:] == ["a", "b"] and all(t.marker.showscale is not True for t in fig.data[1:])
     with pytest.raises(ValueError, match=r"`points` must be a dict label -> 2 coordinates"):
@@ -776,7 +776,7 @@ def test_a_path_stored_with_the_surface_is_drawn_unless_declined():
     np.testing.assert_array_equal(line.get_xydata(), _path())
     assert not [l for l in plot.contour(s, path=False).lines if l.get_label() == "path"]
     assert [t.name for t in plot.surface3d(s).data][:2] == ["loss", "path"]
-    assert [t.name for t in plot.surface3d(s, path=False).data] == ["loss"]
+    assert [t.name for t in plot.surface3d(s, path=False, minimum=False).data] == ["loss"]
 
 
 def test_views_of_a_surface_of_several_datasets_read_its_values():

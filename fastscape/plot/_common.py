@@ -59,6 +59,14 @@ def check_path(path, k: int = 2, name: str = "path"):
     """``path`` as a float64 array of shape (T, k), or None."""
     if path is None:
         return None
+    if hasattr(path, "matrix") and hasattr(path, "names"):  # a Trajectory: weights, not plane coordinates
+        raise TypeError(f"`{name}` must be plane coordinates of shape (T, {k}); got a {type(path).__name__} of "
+                        "parameter snapshots. Project it onto the surface's directions first: "
+                        "`fastscape.project(trajectory, directions, origin=...)`, and pass the result "
+                        "(or assign it to `surface.path`).")
+    if isinstance(path, (list, tuple)) and path and isinstance(path[0], dict):
+        raise TypeError(f"`{name}` must be plane coordinates of shape (T, {k}); got a list of state dicts. "
+                        "Project them first: `fastscape.project(snapshots, directions, origin=...)`.")
     arr = np.asarray(path, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != k or arr.shape[0] < 1:
         raise ValueError(f"`{name}` must have shape (T, {k}) of plane coordinates; got {arr.shape}.")

@@ -17,12 +17,12 @@ from ._common import (
     require,
     resolve_value,
 )
-from ._marks import draw_path, draw_points, legend_below, stored_path
+from ._marks import draw_best, draw_path, draw_points, legend_below, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
 
-__all__ = ["contour"]
+__all__ = ["contour", "round_ticks", "tick_text"]
 
 
 def _levels(lo: float, hi: float, levels, log: bool):
@@ -42,19 +42,46 @@ def _levels(lo: float, hi: float, levels, log: bool):
     return np.linspace(lo, hi if hi > lo else lo + 1.0, levels), None, False
 
 
-def _tidy_colorbar(cb, lv):
-    """About eight ticks at level values, printed with 3 significant digits."""
+def round_ticks(lo: float, hi: float, is_log: bool) -> np.ndarray:
+    """Round values inside [lo, hi] for colour-bar ticks and labelled contour lines, 3 to about 9 of them.
+
+    Log: 1-2-5 per decade (only the powers of ten when that is too many; 1 to 9
+    per decade when too few). Linear: matplotlib's 1-2-2.5-5 steps.
+    """
+    if is_log and lo > 0:
+        decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+        for mult in ((1, 2, 5), (1,), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+            t = np.array([m * 10.0**d for d in decades for m in mult])
+            t = t[(t >= lo * (1 - 1e-9)) & (t <= hi * (1 + 1e-9))]
+            if 3 <= len(t) <= 9:
+                return np.array([float(f"{q:.6g}") for q in t])
+        return np.geomspace(lo, hi, 5)
+    from matplotlib.ticker import MaxNLocator
+
+    t = MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    t = t[(t >= lo - 1e-9 * abs(hi - lo)) & (t <= hi + 1e-9 * abs(hi - lo))]
+    return np.array([float(f"{q:.6g}") for q in t])
+
+
+def tick_text(q: float) -> str:
+    """A round value as printed on ticks and contour labels alike, with a true minus sign."""
+    return f"{q:g}".replace("-", "\u2212")
+
+
+def _tidy_colorbar(cb, ticks):
+    """Ticks at ``ticks`` (the labelled contour lines' values), printed as the lines' labels are."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    cb.ax.yaxis.set_major_locator(FixedLocator(lv[:: max(1, len(lv) // 8)]))
-    cb.ax.yaxis.set_minor_locator(NullLocator())
-    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    axis = cb.ax.yaxis if cb.orientation == "vertical" else cb.ax.xaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda q, _pos: tick_text(q)))
 
 
 def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
             filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
             cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
-            colorbar: bool = True, legend: bool = True) -> Axes:
+            colorbar: bool = True, legend: bool = True, minimum: bool = True, norm=None) -> Axes:
     """Contours of a plane, with a path coloured by snapshot and named positions.
 
     Parameters
@@ -90,6 +117,12 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
     legend : bool
         Put a legend for the path and points under the Axes.
+    minimum : bool
+        Mark the grid's best point (lowest loss, highest accuracy) with a cross;
+        the legend gives its value and says when it lies on the grid's edge.
+    norm : matplotlib Normalize, optional
+        A colour scale shared with other panels (:func:`contour_grid`); default:
+        this surface's own range.
 
     Returns
     -------
@@ -113,30 +146,34 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     if vals.size == 0:
         ax.text(0.5, 0.5, f"no finite {v.label} on this grid", transform=ax.transAxes, ha="center")
         return ax
-    lv, norm, is_log = _levels(float(vals.min()), float(vals.max()), levels, log and v.is_loss)
+    given = norm
+    lo, hi = (float(vals.min()), float(vals.max())) if given is None else (float(given.vmin), float(given.vmax))
+    lv, norm, is_log = _levels(lo, hi, levels, log and v.is_loss)
+    norm = given if given is not None else norm
     if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
         from matplotlib.colors import Normalize
 
         norm = Normalize(*v.limits)
     X, Y = surface.coords
     zm = np.ma.masked_invalid(z)
-    fmt_level = (lambda q: f"{q:.2g}") if is_log else (lambda q: f"{q:.3g}")
+    ticks = round_ticks(float(lv[0]), float(lv[-1]), is_log)
     cbar_label = v.label + (" (log scale)" if is_log else "")
     if filled:
         cs = ax.contourf(X, Y, zm, levels=lv, cmap=cmap, norm=norm, extend="neither")
-        lines = ax.contour(X, Y, zm, levels=lv[:: max(1, len(lv) // 8)], colors="k", linewidths=0.5)
+        lines = ax.contour(X, Y, zm, levels=ticks, colors="k", linewidths=0.5)
     else:
         cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
     if labels and len(lines.levels):
-        ax.clabel(lines, inline=True, fontsize=7, fmt=fmt_level)
+        ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2)
     ax.set_xlim(X[0], X[-1])
     ax.set_ylim(Y[0], Y[-1])
     if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
         draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
     if colorbar:
-        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), lv)
+        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), ticks)
     if pts is not None:
         draw_points(ax, pts)
-    if legend and (path is not None or pts is not None):
+    best = draw_best(ax, surface, v) if minimum else None
+    if legend and (path is not None or pts is not None or best is not None):
         legend_below(ax)
     return ax

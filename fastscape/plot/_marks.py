@@ -7,7 +7,8 @@ import numpy as np
 
 from ._common import PATH_LABEL, check_path, check_surface, finite, resolve_value
 
-__all__ = ["stored_path", "path_heights", "legend_below", "draw_path", "draw_points", "POINT_COLORS", "POINT_MARKERS"]
+__all__ = ["stored_path", "path_heights", "legend_below", "draw_path", "draw_points", "POINT_COLORS", "POINT_MARKERS",
+           "best_point", "best_label", "draw_best"]
 
 #: colours of named positions: dark, saturated, distinct from viridis and plasma.
 POINT_COLORS = ("#e41a1c", "#ff7f00", "#f781bf", "#a65628", "#984ea3", "#ffffff")
@@ -95,3 +96,38 @@ def draw_points(ax, points, *, z=None):
             ax.scatter([c[0]], [c[1]], [z[i]], marker=marker, s=70, color=color, edgecolors="k", depthshade=False,
                        label=name)
             ax.text(c[0], c[1], z[i], f"  {name}", fontsize=9, fontweight="bold", path_effects=halo, zorder=10)
+
+
+def best_point(surface, v) -> dict | None:
+    """The grid's best point of value ``v`` (lowest loss, highest accuracy: ``v.best``), or None.
+
+    Returns a dict: ``xy`` (its plane coordinates), ``value``, ``index`` (i, j)
+    and ``edge`` (True when it lies on the grid's border, so the true optimum
+    may lie outside the frame).
+    """
+    if v.best not in ("min", "max"):
+        return None
+    z = finite(v.array)
+    ok = np.isfinite(z)
+    if not ok.any():
+        return None
+    flat = np.where(ok, z, np.inf if v.best == "min" else -np.inf)
+    i, j = np.unravel_index(int(np.argmin(flat) if v.best == "min" else np.argmax(flat)), z.shape)
+    x, y = surface.coords
+    edge = bool(i in (0, len(x) - 1) or j in (0, len(y) - 1))
+    return dict(xy=(float(x[i]), float(y[j])), value=float(z[i, j]), index=(int(i), int(j)), edge=edge)
+
+
+def best_label(best: dict, v) -> str:
+    """Legend text of the best point: "grid min 0.0123", with "(on the grid's edge)" where it is."""
+    text = f"grid {v.best} {v.label} {best['value']:.3g}"
+    return text + (" (on the grid's edge)" if best["edge"] else "")
+
+
+def draw_best(ax, surface, v):
+    """The grid's best point as a white-edged cross with its value in the legend; returns the dict or None."""
+    best = best_point(surface, v)
+    if best is not None:
+        ax.scatter(*best["xy"], marker="X", s=110, color="#00e5ff", edgecolors="k", linewidths=1.2, zorder=8,
+                   label=best_label(best, v))
+    return best

@@ -21,13 +21,17 @@ from ._common import (
     require,
     resolve_value,
 )
-from ._marks import POINT_COLORS, draw_points, path_heights, stored_path
+from ._marks import POINT_COLORS, best_label, best_point, draw_points, path_heights, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
     from matplotlib.axes import Axes
 
-__all__ = ["surface3d", "auto_camera"]
+__all__ = ["surface3d", "auto_camera", "LIFT"]
+
+#: interpolated path and point heights are drawn this share of the height range above the
+#: surface: on it, the markers sink into the rendered mesh between grid nodes.
+LIFT = 0.02
 
 
 def _heights(z: np.ndarray, log: bool, zmax):
@@ -122,7 +126,8 @@ def _floor_levels(zt: np.ndarray, n: int = 24):
 def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = False,
               zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
               colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",
-              path_label: str = PATH_LABEL, backend: str = "plotly", ax=None) -> go.Figure | Axes:
+              path_label: str = PATH_LABEL, minimum: bool = True, backend: str = "plotly",
+              ax=None) -> go.Figure | Axes:
     """A 3-D view of a plane, with the optimiser's path and named positions on it.
 
     Parameters
@@ -139,8 +144,9 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         and labelled beside their markers. None (default): the path stored with
         the surface (``surface.path``), if any; False: no path.
     path_loss : array of shape (T,), optional
-        Height of each path point; default: interpolated from the surface so the
-        path lies on it (:func:`path_heights`).
+        Height of each path point; default: interpolated from the surface
+        (:func:`path_heights`) and lifted by :data:`LIFT` of the height range,
+        so the markers sit on the surface instead of sinking into it.
     points : dict label -> (x, y), or array of shape (n, 2), optional
         Named positions, each with its own marker and label (no colour bar).
     log : bool
@@ -156,6 +162,9 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         "auto": look from the low side toward the high side, so the valley and
         the path's end are in view (:func:`auto_camera`); a plotly camera dict;
         None: plotly's default.
+    minimum : bool
+        Mark the grid's best point (lowest loss, highest accuracy), named with
+        its value and "(on the grid's edge)" where it lies on the border.
     backend : {"plotly", "matplotlib"}
         "matplotlib" draws the same view on a 3-D Axes (``ax=``) for static files.
 
@@ -163,8 +172,8 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     -------
     plotly.graph_objects.Figure, or matplotlib Axes (3-D) with ``backend="matplotlib"``
         The plotly figure has no fixed size (it fills the page or the notebook
-        cell); traces ``"loss"``, then ``"path"``, ``"start"``, ``"end"`` and
-        one per named point. ``fastscape.plot.save`` writes it as HTML, or as
+        cell); traces ``"loss"``, then ``"path"``, ``"start"``, ``"end"``,
+        one per named point, and the best point (named "grid min ..."). ``fastscape.plot.save`` writes it as HTML, or as
         PNG/SVG/PDF through kaleido and Chromium.
     """
     check_backend(backend, "surface3d")
@@ -181,20 +190,26 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     if clip is not None:
         zlabel += f" (clipped at {clip:.3g})"
     h = None
+    fin = zt[np.isfinite(zt)]
+    lift = LIFT * float(np.ptp(fin)) if fin.size else 0.0
     if path is not None:
         if path_loss is None:
-            h = path_heights(surface, path, value)
+            h = transform(path_heights(surface, path, value)) + lift
         else:
             h = np.asarray(path_loss, dtype=float).reshape(-1)
             if h.shape[0] != path.shape[0]:
                 raise ValueError(
                     f"`path_loss` must hold one loss per path point ({path.shape[0]}); got {h.shape[0]}."
                 )
-        h = transform(h)
-    ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value))
+            h = transform(h)
+    ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value)) + lift
+    best = best_point(surface, v) if minimum else None
+    best = None if best is None else (best["xy"], float(transform(np.array(best["value"]))) + lift,
+                                      best_label(best, v))
     limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
-                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits)
+                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits,
+                best=best)
     if isinstance(camera, str):
         if camera != "auto":
             raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
@@ -209,7 +224,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera, limits):
+                      path_label, camera, limits, best=None):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
     lo, hi, size = _floor_levels(zt)
@@ -249,6 +264,9 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
                             line=dict(width=2, color="black")),
             ))
             annotations.append(_label3d(c[0], c[1], z, name))
+    if best is not None:
+        fig.add_trace(go.Scatter3d(x=[best[0][0]], y=[best[0][1]], z=[best[1]], mode="markers", name=best[2],
+                                   marker=dict(size=7, color="#00e5ff", symbol="x", line=dict(width=1, color="black"))))
     scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis_title=zlabel, aspectmode="manual",
                  aspectratio=dict(x=1, y=1, z=0.6), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
     if camera is not None:
@@ -269,7 +287,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None, limits=None):
+                   camera=None, limits=None, best=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
@@ -302,6 +320,10 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="k", lw=0.6, alpha=0.85))
     if pts is not None:
         draw_points(ax, pts, z=ph)
+    if best is not None:
+        ax.scatter([best[0][0]], [best[0][1]], [best[1]], marker="X", s=80, color="#00e5ff", edgecolors="k",
+                   depthshade=False, zorder=12, label=best[2])
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
     eye = (camera or {}).get("eye")
     if eye is not None:
