@@ -173,3 +173,55 @@ def test_a_trajectory_as_path_says_to_project_it():
         plot.contour(_bowl(), path=traj)
     with pytest.raises(TypeError, match=r"list of state dicts.*fastscape.project"):
         plot.contour(_bowl(), path=[{k: v.clone() for k, v in model.state_dict().items()}])
+
+
+# ----------------------------------------------------------------------------- optimizers' ends off the plane
+
+
+def test_optimizer_ends_far_off_the_plane_are_hollow_with_their_distance():
+    from types import SimpleNamespace
+
+    from matplotlib.colors import to_rgba
+
+    x, y = np.linspace(-2, 2, 21), np.linspace(-2, 2, 21)
+    surface = Surface(coords=[x, y], loss=0.1 + x[:, None] ** 2 + y[None, :] ** 2)
+    t = np.linspace(0, 1, 6)[:, None]
+    start = np.array([[-1.5, -1.5]])
+    coords = {"SGD": start * (1 - t), "momentum": start + t * [2.5, 1.0]}
+    # SGD ends on the plane (the origin); momentum's end is 1.98 off it, 2.69 within it: 59% off
+    residuals = {"SGD": np.linspace(0.4, 0.0, 6), "momentum": np.linspace(0.4, 1.98, 6)}
+    cmp = SimpleNamespace(coords=coords, residuals=residuals, explained_variance_ratio=np.array([0.6, 0.3]))
+    ax = plot.optimizer_comparison(cmp, surface)
+    labels = [l.get_label() for l in ax.lines if not l.get_label().startswith("_")]
+    assert "SGD (end 0 off the plane)" in labels and "momentum (end 1.98 off the plane)" in labels
+    stars = [l for l in ax.lines if l.get_marker() == "*"]
+    ends = {tuple(np.round(l.get_xydata()[0], 9)): l for l in stars}
+    sgd_end, mom_end = ends[(0.0, 0.0)], ends[tuple(np.round(coords["momentum"][-1], 9))]
+    share = 1.98 / np.hypot(np.linalg.norm(coords["momentum"][-1]), 1.98)
+    assert share > 0.5
+    assert to_rgba(mom_end.get_markerfacecolor())[3] == 0.0  # hollow: its loss is not what the map reads
+    assert to_rgba(sgd_end.get_markerfacecolor())[3] == 1.0
+    styles = [l.get_linestyle() for l in ax.lines if l.get_label().split(" (")[0] in coords]
+    assert len(set(styles)) == 2  # each run its own dash: one on another's track shows through
+
+
+# ----------------------------------------------------------------------------- a line of several datasets
+
+
+def test_line_of_train_and_test_draws_both_with_accuracy_on_a_twin_axis():
+    """Goodfellow et al. (2015): train and test loss, with accuracy, along one line: one call."""
+    c = np.linspace(-1, 1, 7)
+    s = Surface(coords=[c], loss=c**2 + 0.1, meta={"datasets": {"train": 20, "test": 10}},
+                metrics={"train/accuracy": 1 - c**2 / 2, "test/loss": c**2 + 0.3, "test/accuracy": 1 - c**2})
+    ax = plot.line(s)
+    solid = {l.get_label(): l.get_ydata() for l in ax.lines}
+    np.testing.assert_allclose(solid["train"], c**2 + 0.1)
+    np.testing.assert_allclose(solid["test"], c**2 + 0.3)
+    twin = ax.figure.axes[-1]
+    assert twin is not ax and twin.get_ylabel() == "accuracy (dashed)" and ax.get_ylabel() == "loss"
+    dashed = {l.get_label(): l.get_ydata() for l in twin.lines}
+    np.testing.assert_allclose(dashed["train: train accuracy"], 1 - c**2 / 2)
+    np.testing.assert_allclose(dashed["test: test accuracy"], 1 - c**2)
+    colour = {l.get_label(): l.get_color() for l in ax.lines}
+    assert {l.get_label(): l.get_color() for l in twin.lines} == {
+        "train: train accuracy": colour["train"], "test: test accuracy": colour["test"]}
