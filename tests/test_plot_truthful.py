@@ -225,3 +225,29 @@ def test_line_of_train_and_test_draws_both_with_accuracy_on_a_twin_axis():
     colour = {l.get_label(): l.get_color() for l in ax.lines}
     assert {l.get_label(): l.get_color() for l in twin.lines} == {
         "train: train accuracy": colour["train"], "test: test accuracy": colour["test"]}
+
+
+# ----------------------------------------------------------------------------- planes side by side
+
+
+def test_contour_grid_puts_every_panel_on_one_colour_scale_with_one_bar():
+    from matplotlib.contour import QuadContourSet
+
+    a = _bowl()
+    b = Surface(coords=a.coords, loss=a.loss * 40.0)  # 40x higher: alone it would get its own range
+    c = Surface(coords=a.coords, loss=a.loss + 3.0)
+    axes = plot.contour_grid({"small batch": a, "large batch": b, "third": c}, ncols=2)
+    assert axes.shape == (2, 2) and not axes[1, 1].get_visible()
+    fig = axes[0, 0].figure
+    bars = [x for x in fig.axes if x.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "loss (log scale)"
+    lo = min(s.loss.min() for s in (a, b, c))
+    hi = max(s.loss.max() for s in (a, b, c))
+    sets = [next(q for q in ax.collections if isinstance(q, QuadContourSet) and q.filled) for ax in axes.flat[:3]]
+    for q in sets:  # one norm, one set of levels: one colour is one value in every panel
+        assert (q.norm.vmin, q.norm.vmax) == pytest.approx((lo, hi))
+        np.testing.assert_allclose(q.levels, sets[0].levels)
+    np.testing.assert_allclose(sets[0].levels[[0, -1]], [lo, hi])
+    assert [ax.get_title() for ax in axes.flat[:3]] == ["small batch", "large batch", "third"]
+    with pytest.raises(TypeError, match="`surfaces` must be a list"):
+        plot.contour_grid(a)

@@ -88,7 +88,8 @@ def test_matplotlib_views_return_axes_and_plotly_views_figures():
         plot.surface3d(s, backend="bokeh")
     assert set(plot.__all__) == {
         "contour", "surface3d", "line", "volume", "cross_sections", "lr_steps", "hidden_lines", "hidden_space",
-        "thresholded", "animate_path", "animate_fit", "optimizer_comparison", "save", "StaticExportWarning"}
+        "thresholded", "animate_path", "animate_fit", "optimizer_comparison", "save", "StaticExportWarning",
+        "contour_grid"}
 
 
 def test_plot_namespace_needs_no_drawing_library_until_a_view_runs():

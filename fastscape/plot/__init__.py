@@ -11,6 +11,7 @@ data object from           view                                         returns
 =========================  ===========================================  ==================================
 ``loss_surface`` (2-D)     ``contour``                                  Axes
 ``loss_surface`` (2-D)     ``surface3d``                                plotly Figure (Axes 3-D: mpl)
+several 2-D surfaces       ``contour_grid``                             array of Axes (shared scale)
 ``loss_surface`` (1-D)     ``line``                                     Axes
 ``loss_surface`` (3-D)     ``volume``                                   plotly Figure (Axes 3-D: mpl)
 ``loss_surface`` + path    ``animate_path``                             plotly Figure with frames
@@ -50,6 +51,7 @@ from ._network import hidden_space as hidden_space
 from ._network import thresholded as thresholded
 from ._contour import contour as contour
 from ._surface3d import surface3d as surface3d
+from ._panels import contour_grid as contour_grid
 from ._save import StaticExportWarning as StaticExportWarning
 from ._save import save as save
 from ._volume import volume as volume
@@ -58,6 +60,7 @@ __all__ = [
     "animate_fit",
     "animate_path",
     "contour",
+    "contour_grid",
     "cross_sections",
     "hidden_lines",
     "hidden_space",

@@ -22,10 +22,10 @@ from ._marks import draw_best, draw_path, draw_points, legend_below, stored_path
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
 
-__all__ = ["contour", "round_ticks", "tick_text"]
+__all__ = ["contour", "round_ticks", "tick_text", "levels_for", "tidy_colorbar"]
 
 
-def _levels(lo: float, hi: float, levels, log: bool):
+def levels_for(lo: float, hi: float, levels, log: bool):
     """(levels, norm, is_log): log-spaced when asked and the positive range spans > 20x."""
     from matplotlib.colors import LogNorm
 
@@ -68,7 +68,7 @@ def tick_text(q: float) -> str:
     return f"{q:g}".replace("-", "\u2212")
 
 
-def _tidy_colorbar(cb, ticks):
+def tidy_colorbar(cb, ticks):
     """Ticks at ``ticks`` (the labelled contour lines' values), printed as the lines' labels are."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
@@ -148,7 +148,7 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         return ax
     given = norm
     lo, hi = (float(vals.min()), float(vals.max())) if given is None else (float(given.vmin), float(given.vmax))
-    lv, norm, is_log = _levels(lo, hi, levels, log and v.is_loss)
+    lv, norm, is_log = levels_for(lo, hi, levels, log and v.is_loss)
     norm = given if given is not None else norm
     if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
         from matplotlib.colors import Normalize
@@ -170,7 +170,7 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
         draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
     if colorbar:
-        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), ticks)
+        tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), ticks)
     if pts is not None:
         draw_points(ax, pts)
     best = draw_best(ax, surface, v) if minimum else None
