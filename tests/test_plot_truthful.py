@@ -85,7 +85,7 @@ def test_accuracy_marks_its_highest_point():
 def test_surface3d_lifts_path_and_minimum_just_above_the_surface():
     s = _bowl()
     path = _path()
-    fig = plot.surface3d(s, path=path, zmax=None)
+    fig = plot.surface3d(s, path=path, zmax=None, log=False)
     line = next(t for t in fig.data if t.name == "path")
     lift = 0.02 * np.ptp(s.loss)
     expect = np.array([_bilinear(s, p) for p in path]) + lift
@@ -251,3 +251,29 @@ def test_contour_grid_puts_every_panel_on_one_colour_scale_with_one_bar():
     assert [ax.get_title() for ax in axes.flat[:3]] == ["small batch", "large batch", "third"]
     with pytest.raises(TypeError, match="`surfaces` must be a list"):
         plot.contour_grid(a)
+
+
+# ----------------------------------------------------------------------------- one log rule
+
+
+def test_every_view_shares_one_log_default_and_reads_in_loss_values():
+    from matplotlib.contour import QuadContourSet
+
+    wide = _bowl()  # 0.05 .. 6.3: spans > 20x, so every view is logarithmic by default
+    narrow = Surface(coords=wide.coords, loss=wide.loss + 10.0)  # 10 .. 16: linear everywhere
+    for s, is_log in ((wide, True), (narrow, False)):
+        ax = plot.contour(s)
+        filled = next(q for q in ax.collections if isinstance(q, QuadContourSet) and q.filled)
+        assert (type(filled.norm).__name__ == "LogNorm") is is_log
+        fig = plot.surface3d(s, zmax=None)
+        z = np.asarray(fig.data[0].z, dtype=float).T
+        np.testing.assert_allclose(z, np.log10(s.loss) if is_log else s.loss)
+        assert ("(log scale)" in fig.layout.scene.zaxis.title.text) is is_log
+        anim = plot.animate_path(s, _path(3))
+        np.testing.assert_allclose(np.asarray(anim.data[0].z, dtype=float).T,
+                                   np.log10(s.loss) if is_log else s.loss)
+    fig = plot.surface3d(wide, zmax=None)
+    vals, text = fig.layout.scene.zaxis.tickvals, fig.layout.scene.zaxis.ticktext
+    assert len(vals) >= 3
+    for v, t in zip(vals, text):  # ticks at log10 heights, labelled with the loss they stand for
+        assert float(t) == pytest.approx(10.0 ** v)

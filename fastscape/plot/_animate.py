@@ -24,6 +24,7 @@ from ._common import (
     require,
     resolve_value,
 )
+from ._common import use_log as log_rule
 from ._marks import path_heights, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
@@ -113,7 +114,7 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
             raise ValueError(f"`path_loss` must hold one loss per path point ({len(path)}); got {len(path_loss)}.")
     z = finite(v.array).T
     vals = z[np.isfinite(z)]
-    use_log = bool(log and v.is_loss and vals.size and vals.min() > 0)
+    use_log = log_rule(vals, log, v.is_loss)
     zc = log10_floor(z) if use_log else z
     colorbar = dict(title=dict(text=f"{v.label} (log scale)" if use_log else v.label))
     if use_log:  # ticks read in loss units, placed on the log10 heights

@@ -20,7 +20,9 @@ from ._common import (
     new_axes,
     require,
     resolve_value,
+    use_log,
 )
+from ._contour import round_ticks, tick_text
 from ._marks import POINT_COLORS, best_label, best_point, draw_points, path_heights, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
@@ -123,7 +125,7 @@ def _floor_levels(zt: np.ndarray, n: int = 24):
     return lo, hi, (hi - lo) / n
 
 
-def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = False,
+def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = True,
               zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
               colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",
               path_label: str = PATH_LABEL, minimum: bool = True, backend: str = "plotly",
@@ -150,7 +152,8 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     points : dict label -> (x, y), or array of shape (n, 2), optional
         Named positions, each with its own marker and label (no colour bar).
     log : bool
-        Draw log10 of a loss (surfaces spanning decades; a deep basin).
+        Heights on a log scale for a loss spanning more than ``LOG_SPAN`` (20)
+        times (the rule every view shares); ticks read in loss values.
     zmax : float, None or "auto"
         Heights above ``zmax`` are drawn flat at ``zmax``; "auto" clips only
         huge peaks; None never clips. NaN/inf points are gaps whatever this is.
@@ -182,11 +185,15 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     path = check_path(stored_path(surface, path))
     pts = check_points(points)
     raw = finite(v.array)
-    log = bool(log) and v.is_loss
+    log = use_log(raw, log, v.is_loss)
     transform, clip = _heights(raw, log, zmax)
     zt = transform(raw)
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
-    zlabel = f"log10 {v.label}" if log else v.label
+    zlabel = f"{v.label} (log scale)" if log else v.label
+    zticks = None
+    if log and np.isfinite(zt).any():  # log heights, read in loss values on round ticks
+        ticks = round_ticks(10.0 ** float(np.nanmin(zt)), 10.0 ** float(np.nanmax(zt)), True)
+        zticks = (np.log10(ticks).tolist(), [tick_text(t) for t in ticks])
     if clip is not None:
         zlabel += f" (clipped at {clip:.3g})"
     h = None
@@ -209,7 +216,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
                 colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits,
-                best=best)
+                best=best, zticks=zticks)
     if isinstance(camera, str):
         if camera != "auto":
             raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
@@ -224,7 +231,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera, limits, best=None):
+                      path_label, camera, limits, best=None, zticks=None):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
     lo, hi, size = _floor_levels(zt)
@@ -232,7 +239,8 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     fig.add_trace(go.Surface(
         x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name=zlabel,
         cmin=None if limits is None else limits[0], cmax=None if limits is None else limits[1],
-        colorbar=dict(title=dict(text=zlabel), x=0.86, xanchor="left", len=0.8),
+        colorbar=dict(title=dict(text=zlabel, side="right"), x=0.86, xanchor="left", len=0.8,
+                      **({} if zticks is None else dict(tickvals=zticks[0], ticktext=zticks[1]))),
         contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
                              usecolormap=True, highlightcolor="white", width=1)),
         hovertemplate="%{x:.3g}, %{y:.3g}<br>" + zlabel + " %{z:.4g}<extra></extra>",
@@ -267,7 +275,9 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     if best is not None:
         fig.add_trace(go.Scatter3d(x=[best[0][0]], y=[best[0][1]], z=[best[1]], mode="markers", name=best[2],
                                    marker=dict(size=7, color="#00e5ff", symbol="x", line=dict(width=1, color="black"))))
-    scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis_title=zlabel, aspectmode="manual",
+    zaxis = dict(title=dict(text=zlabel)) if zticks is None else dict(title=dict(text=zlabel), tickvals=zticks[0],
+                                                                      ticktext=zticks[1])
+    scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis=zaxis, aspectmode="manual",
                  aspectratio=dict(x=1, y=1, z=0.6), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
     if camera is not None:
         scene["camera"] = camera
@@ -287,7 +297,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None, limits=None, best=None):
+                   camera=None, limits=None, best=None, zticks=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
@@ -324,7 +334,10 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
         ax.scatter([best[0][0]], [best[0][1]], [best[1]], marker="X", s=80, color="#00e5ff", edgecolors="k",
                    depthshade=False, zorder=12, label=best[2])
         ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
+    cb = ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
+    if zticks is not None:
+        cb.set_ticks(zticks[0], labels=zticks[1])
+        ax.set_zticks(zticks[0], labels=zticks[1])
     eye = (camera or {}).get("eye")
     if eye is not None:
         ax.view_init(elev=float(np.degrees(np.arctan2(eye["z"], np.hypot(eye["x"], eye["y"])))),
