@@ -28,8 +28,10 @@ any view's result          ``save``                                     Path of 
 A matplotlib view takes ``ax=`` (drawn into when given, else a new figure
 without pyplot) and returns the Axes it drew on; a plotly view returns a
 ``plotly.graph_objects.Figure``. No view calls ``show()``; writing a file is
-:func:`save` (HTML, PNG, SVG, PDF, GIF by suffix). In Jupyter, show a matplotlib
-view with ``ax.figure``; a plotly figure shows itself.
+:func:`save` (HTML, PNG, SVG, PDF, GIF by suffix). In Jupyter a view's result
+(an Axes, its ``.figure``, a plotly Figure) shows as a picture as a cell's last
+expression in a fresh kernel, no ``%matplotlib`` needed; a plotly view adds an
+HTML and a PNG form to plotly's own output, for front ends without its renderer.
 
 The 3-D views (``surface3d``, ``volume``, ``hidden_space``) are plotly by
 default and draw the same picture with matplotlib with ``backend="matplotlib"``;

@@ -25,6 +25,7 @@ from ._common import (
     resolve_value,
 )
 from ._common import use_log as log_rule
+from ._display import displays
 from ._marks import path_heights, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
@@ -66,6 +67,7 @@ def frame_indices(t: int, max_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
 
 
+@displays
 def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
                  explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
                  duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL) -> go.Figure:
@@ -175,6 +177,7 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     return attach_mpl(fig, make, frames=steps.tolist(), size=(900, 760))
 
 
+@displays
 def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: int = 120,
                 title: str = "Fit during training") -> go.Figure:
     """A 1-D regression net's prediction improving during training, one frame per snapshot.

@@ -9,6 +9,7 @@ import numpy as np
 from ._common import require
 from ._contour import contour
 from ._marks import legend_below
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
@@ -34,6 +35,7 @@ def off_plane_share(coords: np.ndarray, residual: float) -> float:
     return float(residual) / total if total > 0 else 0.0
 
 
+@displays
 def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw) -> Axes:
     """Contours of the shared plane with every optimizer's path, each in its own colour.
 

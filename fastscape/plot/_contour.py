@@ -18,6 +18,7 @@ from ._common import (
     resolve_value,
 )
 from ._marks import draw_best, draw_path, draw_points, legend_below, stored_path
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
@@ -78,6 +79,7 @@ def tidy_colorbar(cb, ticks):
     axis.set_major_formatter(FuncFormatter(lambda q, _pos: tick_text(q)))
 
 
+@displays
 def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
             filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
             cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,

@@ -13,6 +13,7 @@ import numpy as np
 from ._common import finite, fmt, new_figure, require
 from ._contour import contour
 from ._marks import legend_below
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # the return annotations only
 __all__ = ["cross_sections", "lr_steps", "clip_segment"]
 
 
+@displays
 def cross_sections(sections, *, ax=None,
                    title: str | None = "Loss along each parameter, with the gradient") -> np.ndarray:
     """One panel per parameter entry: the loss as it moves, and the tangent given by the gradient.
@@ -104,6 +106,7 @@ def clip_segment(p0, p1, lo, hi):
     return p0 + t0 * d, p0 + t1 * d
 
 
+@displays
 def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step per learning rate",
              **contour_kw) -> Axes:
     """The step each learning rate would take from the model, drawn on the plane's contours.

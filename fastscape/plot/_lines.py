@@ -10,6 +10,7 @@ import numpy as np
 
 from ._common import check_surface, finite, new_axes, require, resolve_value
 from ._marks import legend_below
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
@@ -57,6 +58,7 @@ def _has(surface, name) -> bool:
     return True
 
 
+@displays
 def line(lines, *, value: str = "loss", metric: str | None = "accuracy", ax=None, log: bool = False,
          xlabel: str | None = None, title: str | None = None, marks: Mapping[str, float] | None = None,
          legend: bool = True) -> Axes:

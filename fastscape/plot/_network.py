@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import attach_mpl, check_backend, new_axes, require
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
@@ -72,6 +73,7 @@ def _unit_lines(model, layer):
     return name, w, b
 
 
+@displays
 def hidden_lines(model, x, y, *, layer: str | None = None, ax=None,
                  title: str | None = "Hidden units: lines w·x + b = 0") -> Axes:
     """Each hidden unit's line ``w . x + b = 0`` over 2-D data coloured by class.
@@ -132,6 +134,7 @@ def hidden_lines(model, x, y, *, layer: str | None = None, ax=None,
     return ax
 
 
+@displays
 def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data in hidden-activation space",
                  backend: str = "plotly", ax=None) -> go.Figure | Axes:
     """The data mapped into the activations of three hidden units, coloured by class.
@@ -198,6 +201,7 @@ def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data i
     return attach_mpl(fig, lambda: (draw_mpl().figure, None), size=(900, 800))
 
 
+@displays
 def thresholded(prediction, y=None, *, ax=None,
                 title: str | None = "Hidden units switched on/off vs smooth") -> Axes:
     """A 1-D regression net's prediction with its hidden units thresholded, next to the smooth one.

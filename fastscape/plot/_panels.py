@@ -8,6 +8,7 @@ import numpy as np
 
 from ._common import check_surface, finite, new_figure, require, resolve_value
 from ._contour import contour, levels_for, round_ticks, tidy_colorbar
+from ._display import displays
 
 __all__ = ["contour_grid"]
 
@@ -27,6 +28,7 @@ def _panels(surfaces) -> list[tuple[str | None, object]]:
     return items
 
 
+@displays
 def contour_grid(surfaces, *, value: str = "loss", ncols: int | None = None, log: bool = True, levels: int = 30,
                  panel_kw: Mapping[str, Mapping] | None = None, figsize=None, cmap: str = "viridis",
                  equal: bool = False, **contour_kw) -> np.ndarray:

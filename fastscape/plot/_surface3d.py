@@ -24,6 +24,7 @@ from ._common import (
 )
 from ._contour import round_ticks, tick_text
 from ._marks import POINT_COLORS, best_label, best_point, draw_points, path_heights, stored_path
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
@@ -125,6 +126,7 @@ def _floor_levels(zt: np.ndarray, n: int = 24):
     return lo, hi, (hi - lo) / n
 
 
+@displays
 def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = True,
               zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
               colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",

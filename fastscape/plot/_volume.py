@@ -20,6 +20,7 @@ from ._common import (
     resolve_value,
     use_log,
 )
+from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
@@ -36,6 +37,7 @@ def shell_levels(lo: float, hi: float, n: int) -> np.ndarray:
     return lo + (hi - lo) * np.arange(1, n + 1) / (n + 1)
 
 
+@displays
 def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = True, levels: int = 6,
            opacity: float = 0.3, at=None, zmax="auto", axis_labels=None, explained_variance=None,
            title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly",
