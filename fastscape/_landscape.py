@@ -26,6 +26,7 @@ from ._core.params import (
     resolve_dtype,
 )
 from ._core.points import AffinePoints
+from ._core.recalibrate import RecalibratedPoints, calibration_batches
 from ._distributed import rank_world
 from ._store import (
     FORMAT,
@@ -58,7 +59,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
                  strategy: str = "auto", progress: bool | Callable | None = None,
-                 out=None) -> Surface:
+                 out=None, recalibrate=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -127,6 +128,12 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         lock, ...) is announced with a warning and its file is never reused:
         give it a string attribute ``fastscape_fingerprint`` to vouch for it.
         See :mod:`fastscape._store`.
+    recalibrate : data, optional
+        Calibration data (an ``(inputs, targets)`` pair, a DataLoader, ...; targets unused): every
+        BatchNorm layer's running statistics are recomputed at each grid point before it is
+        evaluated, all points of a chunk in one vmapped train-mode pass (as PyTorch's BatchNorm
+        with ``momentum=None`` accumulates them over the batches as given; see
+        :mod:`fastscape._core.recalibrate`). A file's settings then include the calibration data.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -171,9 +178,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     buffers = None
     if isinstance(origin, nn.Module):
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
+    recal = _recalibration(model, recalibrate, orig, buffers)
     rank, world = rank_world()
     settings, why = _settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
                               metrics=metrics, hash_inputs=store is not None)
+    if recalibrate is not None and store is not None:  # the statistics depend on the batches as given
+        cal = calibration_batches(recalibrate, device=dev, dtype=dt)
+        settings["data_fingerprint"] += f"; recalibrate={data_fingerprint(cal)} in batches {cal.batch_sizes}"
     if store is not None:
         found = _reuse_or_lock(store, settings, why)
         if found is not None:
@@ -184,7 +195,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         run = None
         try:
             if store is None and world == 1:
-                values, report = evaluate(model, batches, AffinePoints(orig, directions, coords), loss_fn=loss_fn,
+                values, report = evaluate(model, batches, recal(AffinePoints(orig, directions, coords)), loss_fn=loss_fn,
                                           metrics=metrics, chunk_size=chunk_size, strategy=strategy,
                                           buffers=buffers, progress=bar)
             else:  # unit by unit: into the file, over the ranks
@@ -192,7 +203,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                 dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
 
                 def points(lo, hi):  # points lo:hi of the grid, C order
-                    return AffinePoints(orig_d, dirs_d, coords[lo:hi])
+                    return recal(AffinePoints(orig_d, dirs_d, coords[lo:hi]))
 
                 grid = GridRun(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
                                chunk_size=chunk_size, batch_size=batch_size, strategy=strategy, buffers=buffers,
@@ -214,6 +225,16 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     finally:
         if store is not None and rank == 0:
             store.release()
+
+
+def _recalibration(model, recalibrate, orig, buffers):
+    """A function wrapping grid points so that BatchNorm statistics are recomputed at each
+    (identity when ``recalibrate`` is None)."""
+    if recalibrate is None:
+        return lambda points: points
+    base = {**{n: p.detach() for n, p in model.named_parameters()}, **dict(model.named_buffers()), **orig,
+            **(buffers or {})}
+    return lambda points: RecalibratedPoints(points, model, recalibrate, base)
 
 
 def _warn_nonfinite(directions, origin) -> None:

@@ -22,6 +22,8 @@ install: ``pip install torch-fastscape[plot]``.
 from ._animate import animate_fit as animate_fit
 from ._animate import animate_path as animate_path
 from ._compare import optimizer_comparison as optimizer_comparison
+from ._connect import barriers as barriers
+from ._connect import curve_profile as curve_profile
 from ._gradient import cross_sections as cross_sections
 from ._gradient import lr_steps as lr_steps
 from ._lines import line as line
@@ -37,8 +39,10 @@ from ._volume import volume as volume
 __all__ = [
     "animate_fit",
     "animate_path",
+    "barriers",
     "contour",
     "cross_sections",
+    "curve_profile",
     "hidden_lines",
     "hidden_space",
     "line",
