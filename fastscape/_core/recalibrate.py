@@ -82,8 +82,8 @@ class _Recorder:
     def _hook(self, path):
         def hook(mod, inp):
             x = inp[0]
-            dims = [0, *range(2, x.dim())]
-            self.record.setdefault(path, []).append((x.mean(dims), x.var(dims, correction=1)))
+            var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=1)  # one pass for both
+            self.record.setdefault(path, []).append((mean, var))
         return hook
 
     def stats(self, params: ParamDict, args: tuple) -> tuple:
