@@ -142,7 +142,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
     rank, world = rank_world()
     settings, why = request_settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
-                                     metrics=metrics, hash_inputs=store is not None)
+                                     metrics=metrics, hash_inputs=store is not None, data=data)
     if store is not None:
         found = _reuse_or_lock(store, settings, why)
         if found is not None:

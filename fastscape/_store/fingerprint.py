@@ -7,11 +7,17 @@ over :data:`SETTINGS_KEYS`:
 - ``format``: the layout of the file and of this schema (:data:`FORMAT`);
 - ``model_fingerprint``: the model's parameters and buffers (names, shapes,
   dtypes, bytes); ``origin_fingerprint``, ``directions_fingerprint``: likewise;
+- ``model_code_fingerprint``: the model's module tree and code
+  (:func:`fastscape._store.hasher.model_fingerprint`);
 - ``grid_shape``, ``grid_fingerprint``: the exact float64 coordinates;
-- ``n_samples``, ``data_fingerprint``: the data's content (:func:`data_fingerprint`);
+- ``n_samples``, ``data_fingerprint``: the data's samples, in any order (:func:`data_fingerprint`);
 - ``loss``, ``loss_fingerprint``, ``metrics``, ``metrics_fingerprint``: the
   functions' names and what they compute (:mod:`fastscape._store.hasher`);
 - ``dtype``: the evaluation dtype.
+
+What cannot be fingerprinted (a model, loss or metric holding a lock or an open
+file; data that changes each time it is read) is announced when the run starts,
+and its file is never resumed or reused (``request_settings``'s ``why``).
 """
 
 from __future__ import annotations
@@ -19,25 +25,24 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
+import random
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from .._core.params import fingerprint
-from .hasher import VOUCH_ATTR, callable_fingerprint
+from .hasher import VOUCH_ATTR, Unhashable, callable_fingerprint, digest, model_fingerprint
 
 __all__ = ["FORMAT", "SETTINGS_KEYS", "request_settings", "grid_fingerprint", "data_fingerprint",
            "callable_name", "check_settings", "unfingerprintable_message", "manifest_digest", "values_digest"]
 
-FORMAT = 2
+#: 3: a whole-file digest in the HDF5 user block; the model's code; an order-free data fingerprint
+FORMAT = 3
 #: the settings a file must share with a request to be resumed or reused.
-SETTINGS_KEYS = ("format", "model_fingerprint", "origin_fingerprint", "directions_fingerprint",
+SETTINGS_KEYS = ("format", "model_fingerprint", "model_code_fingerprint", "origin_fingerprint", "directions_fingerprint",
                  "grid_shape", "grid_fingerprint", "n_samples", "data_fingerprint", "loss", "loss_fingerprint",
                  "metrics", "metrics_fingerprint", "dtype")
-#: at most this many unit files per surface; units hold whole chunks.
-#: data up to this many bytes is hashed whole; larger data through a strided sample of its samples.
-DATA_HASH_BYTES = 256 << 20
 
 
 def grid_fingerprint(axes) -> str:
@@ -53,70 +58,132 @@ def grid_fingerprint(axes) -> str:
 
 
 def data_fingerprint(batches) -> str:
-    """SHA-256 of the data's content, independent of how it is cut into batches.
+    """SHA-256 of the data's samples, independent of their order and of how they are cut into batches.
 
-    Every input tensor and the targets are hashed as one stream each: the
-    per-sample shape and dtype (floating data as float64, so that the evaluation
-    dtype, a setting of its own, does not count twice), the sample count, and the
-    bytes of every sample
-    (data of at most :data:`DATA_HASH_BYTES`), or of every ``stride``-th sample
-    (larger data: about :data:`DATA_HASH_BYTES` of them, the stride counted over
-    the whole data so that the batching does not matter).
+    Each sample (its input tensors and its target together; floating values as
+    float64, so that the evaluation dtype, a setting of its own, does not count
+    twice) gets a 128-bit key: its bytes as 64-bit words, each mixed with its
+    position (splitmix64's finaliser), summed, and summed again with odd weights.
+    The keys are sorted, then hashed with the per-sample shapes and kinds and the
+    sample count. The same samples in any order (a shuffled ``DataLoader``) give
+    the same fingerprint; any changed value, a sample's input paired with another
+    target, or a sample more or less changes it (a changed sample goes unseen with
+    a chance of about 2**-128). Every byte of the data is read.
+
+    The mean loss of the same samples in another order differs only by float32
+    rounding (each batch's mean and the sum over batches add other numbers), so
+    a file resumed with another order mixes units that differ by that rounding.
     """
     if getattr(batches, "names", None) is not None:  # several datasets: one fingerprint each, by name
         top = hashlib.sha256(b"datasets")
         for name, part in batches.parts.items():
             top.update(f"{name}={data_fingerprint(part)};".encode())
         return top.hexdigest()
-    pairs = list(batches.tensors())
-    n = batches.n_samples
-
-    def parts(x, y):
-        return [*(x if isinstance(x, (tuple, list)) else (x,)), y]
-
-    total = sum(t.numel() * t.element_size() for x, y in pairs for t in parts(x, y))
-    stride = max(1, math.ceil(total / DATA_HASH_BYTES))
-    streams = None
-    start = 0
-    for x, y in pairs:
-        ts = parts(x, y)
-        if streams is None:
-            streams = [hashlib.sha256() for _ in ts]
-            for h, t in zip(streams, ts):
-                kind = "float" if t.is_floating_point() else str(t.dtype)
-                h.update(f"{tuple(t.shape[1:])} {kind} {n}/{stride}".encode())
-        if len(ts) != len(streams):
+    head, keys = None, []
+    for x, y in batches.tensors():
+        ts = [*(x if isinstance(x, (tuple, list)) else (x,)), y]
+        kinds = [f"{tuple(t.shape[1:])} {'float' if t.is_floating_point() else t.dtype}" for t in ts]
+        if head is None:
+            head = kinds
+        elif len(kinds) != len(head):
             raise ValueError("`data` batches must all hold the same number of input tensors.")
-        m = ts[-1].shape[0]
-        first = (-start) % stride  # the first sample of this batch on the global stride
-        for h, t in zip(streams, ts):
-            rows = t[first::stride] if stride > 1 else t
-            if rows.is_floating_point():  # float32 data cast to float64 is exact: the dtype is a separate setting
-                rows = rows.double()
-            if rows.numel():
-                h.update(rows.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-        start += m
-    top = hashlib.sha256(f"samples {n}".encode())
-    for h in streams or ():
-        top.update(h.digest())
+        n = ts[-1].shape[0]
+        row = max(1, sum(8 * t[:1].numel() for t in ts))
+        step = max(1, _HASH_BYTES // row)
+        keys += [_sample_keys([t[lo:lo + step] for t in ts]) for lo in range(0, n, step)]
+    table = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
+    top = hashlib.sha256(f"samples {batches.n_samples} {head}".encode())
+    top.update(np.ascontiguousarray(table).tobytes())
     return top.hexdigest()
 
 
+#: the data is keyed this many bytes (as float64) at a time: bounds the temporary memory
+_HASH_BYTES = 32 << 20
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (a bijection that scatters every bit)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _words(t: torch.Tensor) -> np.ndarray:
+    """``(n, w)`` uint64: each sample's bytes (floating values as float64), zero-padded to whole words."""
+    t = t.detach().cpu()
+    t = t.double() if t.is_floating_point() else t.to(torch.uint8) if t.dtype == torch.bool else t
+    b = t.contiguous().reshape(t.shape[0], -1).view(torch.uint8).numpy()
+    if b.shape[1] % 8:
+        b = np.pad(b, ((0, 0), (0, -b.shape[1] % 8)))
+    return np.ascontiguousarray(b).view(np.uint64)
+
+
+def _sample_keys(ts: list) -> np.ndarray:
+    """``(n, 2)`` uint64: the key of each sample of the tensors ``ts`` (inputs and target)."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as meant
+        words = np.concatenate([_words(t) for t in ts], axis=1)
+        pos = np.arange(words.shape[1], dtype=np.uint64)
+        mixed = _mix(words ^ _mix(pos * _GOLDEN))
+        first = mixed.sum(axis=1, dtype=np.uint64)
+        second = (mixed * (_mix(pos + _GOLDEN) | np.uint64(1))).sum(axis=1, dtype=np.uint64)
+    return np.stack([first, second], axis=1)
+
+
+def unstable_data(data) -> str | None:
+    """Why ``data`` gives other values each time it is read (a random transform), or None.
+
+    The first samples of a map-style ``Dataset`` (a ``DataLoader``'s own) are
+    read twice and compared; the random number generators are put back after.
+    """
+    if isinstance(data, Mapping):
+        for name, part in data.items():
+            why = unstable_data(part)
+            if why:
+                return f"its dataset {name!r}: {why}"
+        return None
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    ds = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(ds, Dataset) or isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+        return None
+    state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for i in range(min(len(ds), 4)):
+                if digest(ds[i], "a sample") != digest(ds[i], "a sample"):
+                    return f"sample {i} of its dataset differs between two reads: a random transform or augmentation?"
+    except Unhashable:
+        return None
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+    return None
+
 
 def request_settings(model, given, batches, orig, buffers, directions, axes, dt, *, loss_fn, metrics,
-                     hash_inputs: bool) -> tuple[dict, dict]:
+                     hash_inputs: bool, data=None) -> tuple[dict, dict]:
     """What a file must vouch for (every key of :data:`SETTINGS_KEYS`), and why it cannot.
 
     ``given`` is the data as given, ``batches`` as cut to ``batch_size``;
     ``orig`` the origin over the directions' names and ``buffers`` the origin
-    model's buffers (or None). ``why`` maps an argument (``"loss_fn"``,
-    ``"metrics['acc']"``) that cannot be fingerprinted to the reason. Hashing the
-    data and the functions is only needed for a file (``hash_inputs``).
+    model's buffers (or None); ``data`` the data as the user gave it (read twice
+    to see a random transform). ``why`` maps an argument (``"model"``,
+    ``"data"``, ``"loss_fn"``, ``"metrics['acc']"``) that cannot be fingerprinted
+    to the reason. Hashing the data, the model's code and the functions is only
+    needed for a file (``hash_inputs``).
     """
     why = {}
-    loss_fp = data_fp = None
+    loss_fp = data_fp = code_fp = None
     metrics_fp = {}
     if hash_inputs:
+        code_fp, reason = model_fingerprint(model)
+        if reason:
+            why["model"] = reason
+        reason = unstable_data(data)
+        if reason:
+            why["data"] = reason
         data_fp = data_fingerprint(given)
         loss_fp, reason = callable_fingerprint(loss_fn, name="loss_fn")
         if reason:
@@ -129,6 +196,7 @@ def request_settings(model, given, batches, orig, buffers, directions, axes, dt,
         "format": FORMAT,
         "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
                                           **{n: b for n, b in model.named_buffers()}}),
+        "model_code_fingerprint": code_fp,
         "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
         "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
         "grid_shape": [len(a) for a in axes],
@@ -154,11 +222,19 @@ def callable_name(fn) -> str:
 
 
 def unfingerprintable_message(name: str, why: str, where: str | None = None) -> str:
-    """How to vouch for a callable fastscape cannot fingerprint."""
+    """What a run cannot vouch for (``name``: ``"model"``, ``"data"``, ``"loss_fn"``, ...), and the way out."""
+    if name == "data":
+        head = (f"`data` gives other values each time it is read ({why}), so fastscape cannot tell whether "
+                + (f"{where} was computed with the same data; it is not reused. " if where else
+                   "a later run reads the same data: this run's file will not be resumed or reused. "))
+        return head + ("Delete the file (and its .parts folder) to recompute, or evaluate with deterministic "
+                       "transforms (the evaluation transform, without random augmentation).")
     head = (f"`{name}` cannot be fingerprinted ({why}), so fastscape cannot tell whether "
-            + (f"{where} was computed with the same function; it is not reused. " if where else
-               "a later run uses the same function: this run's file will not be resumed or reused. "))
-    return (head + f"Delete the file (and its .parts folder) to recompute, or vouch for the callable: give it "
+            + (f"{where} was computed with the same {'model' if name == 'model' else 'function'}; it is not "
+               "reused. " if where else
+               f"a later run uses the same {'model' if name == 'model' else 'function'}: this run's file will "
+               "not be resumed or reused. "))
+    return (head + f"Delete the file (and its .parts folder) to recompute, or vouch for it: give it "
             f"an attribute `{VOUCH_ATTR}`, a string you change whenever what it computes changes.")
 
 

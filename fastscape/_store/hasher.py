@@ -14,12 +14,13 @@ import dis
 import enum
 import functools
 import hashlib
+import logging
 import types
 
 import numpy as np
 import torch
 
-__all__ = ["Unhashable", "digest", "callable_fingerprint", "VOUCH_ATTR", "LIBRARIES"]
+__all__ = ["Unhashable", "digest", "callable_fingerprint", "model_fingerprint", "VOUCH_ATTR", "LIBRARIES"]
 
 #: how a user vouches for a callable fastscape cannot fingerprint.
 VOUCH_ATTR = "fastscape_fingerprint"
@@ -36,6 +37,19 @@ LIBRARIES = frozenset({"torch", "numpy", "math", "builtins", "operator", "_opera
 
 def _library(module) -> bool:
     return isinstance(module, str) and module.split(".")[0] in LIBRARIES
+
+
+#: entries of a class's namespace that are Python's bookkeeping, not the user's settings
+_CLASS_INTERNALS = frozenset({"_abc_impl", "_is_protocol", "_is_runtime_protocol"})
+
+
+def _names(co: types.CodeType) -> set[str]:
+    """Every attribute or global name the code (and the code nested in it) reads."""
+    names = set(co.co_names)
+    for c in co.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names(c)
+    return names
 
 
 def _global_loads(co: types.CodeType) -> set[str]:
@@ -107,6 +121,10 @@ class _Hasher:
             self.code(v, where, depth)
         elif callable(v):
             self.callable(v, where, depth)
+        elif isinstance(v, logging.Logger):  # where messages go, not what is computed
+            self.tag(f"logger {v.name}")
+        elif hasattr(v, "__dict__") and not _library(type(v).__module__):  # a user's object: a config
+            self.obj(v, where, depth)
         else:
             raise Unhashable(f"{where} is a {type(v).__module__}.{type(v).__qualname__}")
 
@@ -137,6 +155,20 @@ class _Hasher:
             if name in glb:  # a builtin otherwise
                 self.tag(f"global {name}")
                 self.value(glb[name], f"{where} (the global {name!r} it reads)", depth + 1)
+                if isinstance(glb[name], types.ModuleType):
+                    self.module_attributes(glb[name], _names(fn.__code__), f"{where} (the module {name!r})", depth)
+
+    def module_attributes(self, module: types.ModuleType, names: set[str], where: str, depth: int) -> None:
+        """The attributes of a user's module that code naming ``names`` may read (``config.SMOOTH``)."""
+        if _library(module.__name__) or depth > 40:
+            return
+        found = vars(module)
+        for attr in sorted(n for n in names if n in found):
+            self.tag(f"module attribute {attr}")
+            value = found[attr]
+            self.value(value, f"{where}.{attr}", depth + 1)
+            if isinstance(value, types.ModuleType):  # config.sub.X
+                self.module_attributes(value, names, f"{where}.{attr}", depth + 1)
 
     def cls(self, cls: type, where: str, depth: int) -> None:
         self.tag(f"class {cls.__module__}.{cls.__qualname__}")
@@ -154,6 +186,11 @@ class _Hasher:
                 if isinstance(member, types.FunctionType):
                     self.tag(f"method {klass.__qualname__}.{attr}")
                     self.function(member, f"{where}.{attr}", depth + 1)
+                elif member is not None and not (attr.startswith("__") or attr in _CLASS_INTERNALS
+                          or isinstance(member, (property, types.MemberDescriptorType,
+                                                 types.GetSetDescriptorType))):
+                    self.tag(f"class attribute {klass.__qualname__}.{attr}")  # Cfg.smoothing
+                    self.value(member, f"{where}.{attr}", depth + 1)
 
     def callable(self, fn, where: str, depth: int) -> None:
         if isinstance(fn, functools.partial):
@@ -174,26 +211,54 @@ class _Hasher:
                 hasattr(fn, "__qualname__") and _library(getattr(fn, "__module__", None))):
             self.tag(f"named {getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', type(fn).__name__)}")
         else:  # a callable object: its class's code and its state
-            self.cls(type(fn), where, depth)
-            if not self.once(fn):
-                return
-            if isinstance(fn, torch.nn.Module):
-                for k, t in fn.state_dict().items():
-                    self.tag(f"state {k}")
-                    self.value(t, f"{where}.{k}", depth + 1)
-                state = {k: v for k, v in vars(fn).items() if not k.startswith("_") and k != "training"}
-            elif hasattr(fn, "__dict__"):
-                state = dict(vars(fn))
-            else:
-                slots = [n for c in type(fn).__mro__ for n in getattr(c, "__slots__", ())]
-                if not slots:
-                    raise Unhashable(f"{where} is a {type(fn).__qualname__} whose state cannot be read")
-                state = {n: getattr(fn, n) for n in slots if hasattr(fn, n)}
+            self.obj(fn, where, depth)
+
+    def obj(self, obj, where: str, depth: int) -> None:
+        """An object through its class (code and class attributes) and its own attributes."""
+        self.cls(type(obj), where, depth)
+        if not self.once(obj):
+            return
+        if isinstance(obj, torch.nn.Module):
+            for k, t in obj.state_dict().items():
+                self.tag(f"state {k}")
+                self.value(t, f"{where}.{k}", depth + 1)
+            state = plain_attributes(obj)
+        elif hasattr(obj, "__dict__"):
+            state = dict(vars(obj))
+        else:
+            slots = [n for c in type(obj).__mro__ for n in getattr(c, "__slots__", ())]
+            if not slots:
+                raise Unhashable(f"{where} is a {type(obj).__qualname__} whose state cannot be read")
+            state = {n: getattr(obj, n) for n in slots if hasattr(obj, n)}
+        state.pop(VOUCH_ATTR, None)
+        self.attributes(state, where, depth)
+
+    def attributes(self, state: dict, where: str, depth: int) -> None:
+        self.tag(f"attributes {len(state)}")
+        for k in sorted(state, key=str):
+            self.tag(f"attribute {k}")
+            self.value(state[k], f"{where}.{k}", depth + 1)
+
+    def module_tree(self, model: torch.nn.Module, where: str) -> None:
+        """Every submodule: its name, class (the user's classes through their code), ``extra_repr()``
+        and plain attributes (parameters and buffers are fingerprinted apart, by value)."""
+        for name, m in model.named_modules():
+            at = f"{where}.{name}" if name else where
+            self.tag(f"submodule {name}")
+            self.cls(type(m), at, 1)
+            try:
+                text = m.extra_repr()
+            except Exception as err:  # the user's extra_repr
+                raise Unhashable(f"{at}.extra_repr() raised {type(err).__name__}") from None
+            self.tag(f"extra_repr {text}")
+            state = plain_attributes(m)
             state.pop(VOUCH_ATTR, None)
-            self.tag(f"attributes {len(state)}")
-            for k in sorted(state, key=str):
-                self.tag(f"attribute {k}")
-                self.value(state[k], f"{where}.{k}", depth + 1)
+            self.attributes(state, at, 1)
+
+
+def plain_attributes(module: torch.nn.Module) -> dict:
+    """A module's own attributes: not its parameters, buffers, submodules, hooks or training flag."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
 
 
 def digest(v, where: str, depth: int = 0) -> str:
@@ -227,3 +292,21 @@ def callable_fingerprint(fn, *, name: str) -> tuple[str | None, str | None]:
     except (Unhashable, RecursionError) as err:
         return None, str(err) if isinstance(err, Unhashable) else f"`{name}` nests too deeply"
 
+
+
+def model_fingerprint(model: torch.nn.Module) -> tuple[str | None, str | None]:
+    """``(fingerprint, why_not)`` of a model's code: its module tree (each submodule's name,
+    class, ``extra_repr()`` and plain attributes) and the code of the user's classes in it
+    (``forward`` and every other method, with what they read), hashed as
+    :func:`callable_fingerprint` hashes a loss. Parameters and buffers are not part of it.
+    A model with a non-empty string attribute ``fastscape_fingerprint`` is vouched for.
+    """
+    vouched = getattr(model, VOUCH_ATTR, None)
+    if isinstance(vouched, str) and vouched:
+        return "vouched:" + vouched, None
+    h = _Hasher()
+    try:
+        h.module_tree(model, "`model`")
+    except (Unhashable, RecursionError) as err:
+        return None, str(err) if isinstance(err, Unhashable) else "`model` nests too deeply"
+    return h.h.hexdigest(), None
