@@ -56,8 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._optional import require
-from .._surface import load_surface
+from .._surface import NotASurfaceFile, file_path, load_surface, surface_image, write_file
 from .fingerprint import check_settings, manifest_digest, values_digest
 
 __all__ = ["SurfaceStore", "unit_len"]
@@ -82,13 +81,20 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` to a temporary name, fsync, then rename onto ``path``."""
+    """Write through ``write(file)`` to a temporary name, fsync, then rename onto ``path``.
+
+    An OSError (a full disk, a file-size limit) leaves no temporary behind and names ``path``.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise type(err)(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from err
 
 
 
@@ -102,7 +108,7 @@ class SurfaceStore:
     """
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = file_path(path, "out")
         if self.path.suffix.lower() not in _SUFFIXES:
             raise ValueError(f"`out` must end in {' or '.join(_SUFFIXES)}; got {self.path.name!r}.")
         self.parts = self.path.with_name(self.path.name + ".parts")
@@ -127,7 +133,7 @@ class SurfaceStore:
             logger.warning("no advisory file locks on this platform; %s is not guarded against a "
                            "second process", self.path)
             return
-        self.parts.mkdir(parents=True, exist_ok=True)
+        self._make_parts()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,31 +171,21 @@ class SurfaceStore:
         """
         if not self.path.exists():
             return None
-        h5py = require("h5py", what="Writing or reading a surface file")
-
         try:
-            with h5py.File(self.path, "r") as f:
-                raw = f.attrs.get("fastscape_meta")
-        except OSError as err:
-            raise ValueError(f"`out` {str(self.path)!r} exists and is not a readable HDF5 file "
-                             f"({err}); choose another path.") from err
-        if raw is None:
+            surface = load_surface(self.path)  # the whole-file digest, then every checksum
+        except NotASurfaceFile:
             raise ValueError(f"`out` {str(self.path)!r} exists and is not a fastscape surface file; "
-                             "choose another path.")
-        try:
-            found = json.loads(raw).get("settings", {})
+                             "choose another path.") from None
         except ValueError as err:
-            raise ValueError(f"`out` {str(self.path)!r} has damaged metadata ({err}); delete it to "
-                             "recompute.") from err
-        check_settings(settings, found, where=f"`out` {str(self.path)!r}",
+            raise ValueError(f"`out` exists and cannot be reused: {err}") from err
+        check_settings(settings, surface.meta.get("settings", {}), where=f"`out` {str(self.path)!r}",
                        remedy="Choose another `out` path, or delete the file to recompute.", why=why)
-        surface = load_surface(self.path)  # verifies the checksums
         if self.parts.exists():  # finished, but killed before the sidecar was removed
             self._remove_sidecar(locked)
         logger.info("%s is complete with these settings; nothing to compute", self.path)
         run = surface.meta.get("run")
-        if run:  # nothing was computed this time
-            surface.meta["run"] = {**run, "reused_units": run["units"]}
+        if run:  # nothing was computed this time: the file is returned as it was
+            surface.meta["run"] = {**run, "reused_units": run["units"], "reused_file": True}
         return surface
 
     def _remove_sidecar(self, locked: bool) -> None:
@@ -206,13 +202,22 @@ class SurfaceStore:
                 self.release()
 
     def finish(self, surface) -> Path:
-        """Write ``surface`` onto ``path`` atomically, then remove the sidecar folder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``surface`` onto ``path`` atomically, then remove the sidecar folder.
+
+        The file is built in memory and written with plain writes: a full disk or a
+        file-size limit is an OSError naming the file and the units kept for the next run.
+        """
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        surface.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            write_file(tmp, surface_image(surface), sync=True)
+            os.replace(tmp, self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            kept = sum(1 for f in self.parts.iterdir() if _UNIT.match(f.name)) if self.parts.is_dir() else 0
+            raise type(err)(err.errno, f"cannot write the finished surface {str(self.path)!r} "
+                            f"({err.strerror or err}); its {kept} computed units are kept in {str(self.parts)!r}: "
+                            "make room (or raise the file-size limit) and run the same call again to write it "
+                            "without computing them again.") from err
         fsync_dir(self.path.parent)
         shutil.rmtree(self.parts, ignore_errors=True)
         return self.path
@@ -252,9 +257,27 @@ class SurfaceStore:
             return None
         return max(counts.values(), key=lambda e: e[1])[0]
 
+    def _make_parts(self) -> None:
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(err.errno, f"cannot create the folder {str(self.parts)!r} that keeps the finished "
+                            f"units of `out` {str(self.path)!r} ({err.strerror or err}); choose an `out` in a "
+                            "folder you can write to.") from err
+
+    def _kept(self, err: OSError) -> OSError:
+        """``err`` (writing into the sidecar) saying which units are kept for the next run."""
+        kept = sum(1 for f in self.parts.iterdir() if _UNIT.match(f.name)) if self.parts.is_dir() else 0
+        return type(err)(err.errno, f"{err.strerror}; the {kept} units finished so far are kept in "
+                         f"{str(self.parts)!r}: make room (or raise the file-size limit) and run the same call "
+                         "again to resume.")
+
     def _write_manifest(self, manifest: dict) -> None:
-        self.parts.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        self._make_parts()
+        try:
+            atomic_write(self.manifest_path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        except OSError as err:
+            raise self._kept(err) from err
         fsync_dir(self.parts)
 
     def recorded(self, settings: dict, *, why: dict | None = None) -> dict | None:
@@ -266,7 +289,7 @@ class SurfaceStore:
         request's loss or metrics that cannot be fingerprinted (see
         :func:`check_settings`): a partial run is then refused, never resumed.
         """
-        self.parts.mkdir(parents=True, exist_ok=True)
+        self._make_parts()
         # a unit in flight, or the final file being written, when a run was killed
         for stale in [*self.parts.glob(".*.tmp-*"), *self.path.parent.glob(f".{self.path.name}.tmp-*")]:
             stale.unlink(missing_ok=True)
@@ -343,8 +366,11 @@ class SurfaceStore:
         arr = np.ascontiguousarray(values, dtype=np.float64)
         header = json.dumps({"unit": int(u), "run": self.run_id, "sha256": values_digest(arr),
                              "manifest": self.manifest}).encode()
-        atomic_write(self.parts / f"unit-{u:07d}.npz",
-                      lambda f: np.savez(f, values=arr, header=np.frombuffer(header, dtype=np.uint8)))
+        try:
+            atomic_write(self.parts / f"unit-{u:07d}.npz",
+                         lambda f: np.savez(f, values=arr, header=np.frombuffer(header, dtype=np.uint8)))
+        except OSError as err:
+            raise self._kept(err) from err
 
 
 
