@@ -25,7 +25,7 @@ from ._core.params import (
 )
 from ._core.points import AffinePoints
 from ._distributed import on_rank0, rank_world
-from ._store import SurfaceStore, request_settings
+from ._store import SurfaceStore, request_settings, unfingerprintable_message
 from ._surface import Surface
 from ._units import Units
 
@@ -44,7 +44,6 @@ def _cosines(directions) -> list[list[float]]:
     return cos.tolist()
 
 
-@warn_once()  # a file-backed or sharded run evaluates in units: a loss's warning once for all of them
 def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
@@ -147,6 +146,9 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         found = _reuse_or_lock(store, settings, why)
         if found is not None:
             return found
+        for arg, reason in why.items():  # a new run: say now, before the grid, that it cannot be reused
+            if rank == 0:
+                warnings.warn(unfingerprintable_message(arg, reason), UserWarning, stacklevel=2)
     try:
         bar = _progress(progress, coords.shape[0], show=rank == 0,
                         desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape")
@@ -157,18 +159,19 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
             return AffinePoints(orig_d, dirs_d, coords[lo:hi])
 
         try:
-            if store is None and world == 1:  # one unit, evaluated as asked
-                units = Units.whole(batches, coords.shape[0], chunk_size=chunk_size, strategy=strategy)
-            else:  # planned units: into the file, over the ranks
-                units = Units.planned(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
-                                      chunk_size=chunk_size, batch_size=batch_size, strategy=strategy,
-                                      buffers=buffers, settings=settings, store=store, progress=bar, why=why)
-            for u, lo, hi in units.pending():
-                values, rep = evaluate(model, units.batches, points(lo, hi), loss_fn=loss_fn, metrics=metrics,
-                                       chunk_size=units.chunk, strategy=units.strategy, buffers=buffers,
-                                       progress=bar)
-                units.keep(u, values, rep)
-            values, report, run = units.gather()
+            with warn_once():  # the grid's warnings (a loss's, once for all units and batches)
+                if store is None and world == 1:  # one unit, evaluated as asked
+                    units = Units.whole(batches, coords.shape[0], chunk_size=chunk_size, strategy=strategy)
+                else:  # planned units: into the file, over the ranks
+                    units = Units.planned(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
+                                          chunk_size=chunk_size, batch_size=batch_size, strategy=strategy,
+                                          buffers=buffers, settings=settings, store=store, progress=bar, why=why)
+                for u, lo, hi in units.pending():
+                    values, rep = evaluate(model, units.batches, points(lo, hi), loss_fn=loss_fn, metrics=metrics,
+                                           chunk_size=units.chunk, strategy=units.strategy, buffers=buffers,
+                                           progress=bar)
+                    units.keep(u, values, rep)
+                values, report, run = units.gather()
         finally:
             if hasattr(bar, "close"):
                 bar.close()
@@ -195,6 +198,11 @@ def _check_model(model, loss_fn) -> None:
 def _check_grid(model, directions, origin, grid):
     """``(directions, origin over their names, axes)``, each checked against ``model``."""
     directions = check_directions(model, directions)
+    for i, d in enumerate(directions):
+        for name, t in d.items():
+            if t.device.type == "meta":
+                raise ValueError(f"`directions[{i}][{name!r}]` is on the 'meta' device: it has a shape but no "
+                                 "values. Pass directions that hold values, e.g. fastscape.random_directions(model).")
     k = len(directions)
     if k > 3:
         raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {k}.")
@@ -213,7 +221,7 @@ def _data(data, dev, dt, batch_size):
     bad = given.nonfinite()
     if bad is not None:
         warnings.warn(f"`data` holds {bad}: the loss will be NaN (or inf) at every point of the surface.",
-                      UserWarning, stacklevel=4)
+                      UserWarning, stacklevel=3)
     return given, batches
 
 
@@ -237,9 +245,11 @@ def _reuse_or_lock(store: SurfaceStore, settings: dict, why: dict) -> Surface | 
         return found
 
     def lock():
-        store.acquire()
+        store.acquire(settings)
         try:  # another process may have finished it meanwhile
             done = store.completed(settings, why=why, locked=True)
+            if done is None:
+                store.refuse_partial(settings, why)
         except BaseException:
             store.release()
             raise

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["Surface", "SurfaceValue", "load_surface", "NotASurfaceFile", "file_path", "surface_image",
+__all__ = ["Surface", "SurfaceValue", "load_surface", "NotASurfaceFile", "check_shapes", "file_path", "surface_image",
            "write_file", "USER_BLOCK"]
 
 _AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
@@ -69,6 +69,9 @@ class Surface:
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     path: np.ndarray | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        check_shapes(self)
 
     @property
     def datasets(self) -> list[str]:
@@ -223,6 +226,19 @@ def _write_h5(self: Surface, f) -> None:
         g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
     f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
     f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
+
+
+def check_shapes(surface: Surface) -> None:
+    """A ValueError unless ``surface.loss`` has one axis per coordinate array, of its length, and
+    every metric has the loss's shape."""
+    grid = tuple(len(c) for c in surface.coords)
+    shape = tuple(np.shape(surface.loss))
+    if shape != grid:
+        raise ValueError(f"`loss` has shape {shape}; `coords` make a {grid} grid (one axis per coordinate "
+                         "array, as long as it).")
+    for name, values in surface.metrics.items():
+        if tuple(np.shape(values)) != shape:
+            raise ValueError(f"`metrics[{name!r}]` has shape {tuple(np.shape(values))}; the loss has shape {shape}.")
 
 
 def file_path(path, name: str) -> Path:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.data import Batches, as_args, as_pair
+from ._core.data import Batches, as_args, as_pair, warn_nonfinite
 from ._core.params import (ParamDict, flatten, model_parameters, positive_int, resolve_dtype,
                            unflatten)
 
@@ -365,6 +365,8 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     Trajectory
         With ``every=1``: ``epochs + 1`` snapshots, the first before training.
     """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer; got {epochs!r}.")
     positive_int(every, "every")
@@ -380,6 +382,7 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
         data = [tuple(data)]  # one (inputs, targets) pair: the whole data as one batch
     device = first.device
     eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
+    warn_nonfinite(eval_batches, "the loss stored with every snapshot will be NaN (or inf)")
 
     def mean_loss():
         with torch.no_grad():

@@ -23,7 +23,7 @@ import numpy as np
 from ._core.evaluator import EvalReport, FallbackWarning, evaluate, value_names
 from ._core.params import positive_int
 from ._distributed import all_gather_object, on_rank0, rank_world
-from ._store import SurfaceStore, unfingerprintable_message, unit_len
+from ._store import SurfaceStore, unit_len
 
 __all__ = ["Units", "plan_units", "MAX_UNITS", "UNIT_SECONDS"]
 
@@ -219,9 +219,6 @@ class Units:
         rank, _ = rank_world()
         if store is not None:
             store.use(manifest)
-            for arg, reason in (why or {}).items():
-                if rank == 0:  # a new run (a partial one was refused): say now that it cannot be reused
-                    warnings.warn(unfingerprintable_message(arg, reason), UserWarning, stacklevel=3)
         if chunk_size != "auto" and manifest["chunk"] != min(int(chunk_size), n_points):
             logger.info("resuming with the file's chunk size %d (asked %s)", manifest["chunk"], chunk_size)
         batches = batches_for(given, manifest["batch"])

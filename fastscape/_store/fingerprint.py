@@ -35,7 +35,7 @@ from .._core.params import fingerprint
 from .hasher import VOUCH_ATTR, Unhashable, callable_fingerprint, digest, model_fingerprint
 
 __all__ = ["FORMAT", "SETTINGS_KEYS", "request_settings", "grid_fingerprint", "data_fingerprint",
-           "callable_name", "check_settings", "unfingerprintable_message", "manifest_digest", "values_digest"]
+           "callable_name", "check_settings", "differing", "unfingerprintable_message", "manifest_digest", "values_digest"]
 
 #: 3: a whole-file digest in the HDF5 user block; the model's code; an order-free data fingerprint
 FORMAT = 3
@@ -257,10 +257,16 @@ def check_settings(wanted: dict, found: dict, *, where: str, remedy: str, why: d
     """
     for arg, reason in (why or {}).items():
         raise ValueError(unfingerprintable_message(arg, reason, where))
-    diff = [k for k in SETTINGS_KEYS if json.dumps(found.get(k), sort_keys=True) != json.dumps(wanted.get(k), sort_keys=True)]
+    diff = differing(wanted, found)
     if diff:
         parts = ", ".join(f"{k} ({_show(k, found.get(k))} in the file, {_show(k, wanted.get(k))} now)" for k in diff)
         raise ValueError(f"{where} was computed with different settings: {parts}. {remedy}")
+
+
+def differing(wanted: dict, found: dict) -> list[str]:
+    """The keys of :data:`SETTINGS_KEYS` whose values differ between two settings dicts."""
+    return [k for k in SETTINGS_KEYS
+            if json.dumps(found.get(k), sort_keys=True) != json.dumps(wanted.get(k), sort_keys=True)]
 
 
 def manifest_digest(manifest: dict) -> str:

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from .._surface import NotASurfaceFile, file_path, load_surface, surface_image, write_file
-from .fingerprint import check_settings, manifest_digest, values_digest
+from .fingerprint import check_settings, differing, manifest_digest, values_digest
 
 __all__ = ["SurfaceStore", "unit_len"]
 
@@ -120,10 +120,12 @@ class SurfaceStore:
 
     # ------------------------------------------------------------------ the lock
 
-    def acquire(self) -> None:
+    def acquire(self, settings: dict | None = None) -> None:
         """Take the sidecar's advisory lock for this run.
 
-        Raises ``RuntimeError`` while another live process holds it. Where the
+        Raises ``RuntimeError`` while another live process holds it; the message
+        says whether a retry can succeed (the other run has this request's
+        ``settings``) or will be refused too. Where the
         platform or file system has no ``flock``, a warning is logged and the
         run goes on unguarded.
         """
@@ -140,6 +142,12 @@ class SurfaceStore:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip()
             os.close(fd)
+            other = self._other_settings(settings)
+            if other:
+                raise RuntimeError(
+                    f"another process{f' ({holder})' if holder else ''} is computing into {str(self.path)!r} now "
+                    f"with other settings ({', '.join(other)}): a retry will be refused too, since the file will "
+                    "hold that other request; choose another `out`.") from None
             raise RuntimeError(
                 f"another process{f' ({holder})' if holder else ''} is computing into {str(self.path)!r} "
                 f"now (it holds the lock {str(self.lock_path)!r}); run this again when it has finished "
@@ -152,6 +160,16 @@ class SurfaceStore:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._lock_fd = fd
+
+    def _other_settings(self, settings: dict | None) -> list[str]:
+        """The settings in which the sidecar's manifest differs from ``settings`` ([] if unknown)."""
+        if settings is None:
+            return []
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            return differing(settings, manifest["settings"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
 
     def release(self) -> None:
         """Give the lock back (closing the descriptor releases the ``flock``)."""
@@ -295,8 +313,7 @@ class SurfaceStore:
             stale.unlink(missing_ok=True)
         where = f"the partial run in {str(self.parts)!r}"
         remedy = f"Choose another `out` path, or delete {str(self.parts)!r} to start over."
-        if why and (self.manifest_path.exists() or any(_UNIT.match(f.name) for f in self.parts.iterdir())):
-            check_settings(settings, {}, where=where, remedy=remedy, why=why)
+        self.refuse_partial(settings, why)
         manifest = None
         if self.manifest_path.exists():
             try:
@@ -314,6 +331,13 @@ class SurfaceStore:
         if manifest is not None:
             logger.warning("%s had no readable manifest; following the plan its units record", self.parts)
         return manifest
+
+    def refuse_partial(self, settings: dict, why: dict | None) -> None:
+        """A ValueError when a partial run exists and the request cannot be fingerprinted (``why``)."""
+        if why and self.parts.is_dir() and (self.manifest_path.exists()
+                                            or any(_UNIT.match(f.name) for f in self.parts.iterdir())):
+            check_settings(settings, {}, where=f"the partial run in {str(self.parts)!r}",
+                           remedy=f"Choose another `out` path, or delete {str(self.parts)!r} to start over.", why=why)
 
     def start(self, manifest: dict) -> dict[int, np.ndarray]:
         """Follow ``manifest`` (``settings`` plus the plan: ``chunk``, ``batch``, ``batching``,
