@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.data import Batches, as_args
+from ._core.data import Batches, as_args, warn_nonfinite
 from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
@@ -223,6 +223,7 @@ def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable,
 
 def _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size) -> ParamDict:
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    warn_nonfinite(op.batches, "the Hessian-vector product will be NaN", stacklevel=4)
     missing = [k for k in op.params if k not in vector]
     if missing:
         raise ValueError(f"`vector` has no entry for the model's parameter(s) {missing[:5]}.")
@@ -354,14 +355,21 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    bad = op.batches.nonfinite()
+    if bad is not None:
+        raise ValueError(f"`data` holds {bad}: the Hessian is NaN there, so it has no eigenpairs.")
     if n > op.numel:
         raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
     if max_iter < n:
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = make_generator(seed, None)
     with model_state_guard(model):
-        theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
-                                                     generator=g, device=op.device, dtype=op.dtype)
+        try:
+            theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
+                                                         generator=g, device=op.device, dtype=op.dtype)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
+                             "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "

@@ -142,6 +142,20 @@ def test_core_imports_nothing_outside_core():
     assert not bad, f"_core modules importing outside _core: {bad}"
 
 
+def test_the_store_never_runs_the_model():
+    """`_store` keeps requests on disk: it imports neither the evaluator nor a strategy (run
+    planning, which probes the model, lives beside loss_surface in `_units`)."""
+    graph = import_graph()
+    store = {m: ts for m, ts in graph.items() if m == "fastscape._store" or m.startswith("fastscape._store.")}
+    assert store, "fastscape._store is a package"
+    bad = {m: sorted(t for t in ts if t.startswith(("fastscape._core.evaluator", "fastscape._core.strategies",
+                                                     "fastscape._core.auto", "fastscape._units",
+                                                     "fastscape._landscape")))
+           for m, ts in store.items()}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"the store imports compute modules: {bad}"
+
+
 def test_compute_modules_do_not_import_plot():
     bad = {m: sorted(t for t in ts if t == "fastscape.plot" or t.startswith("fastscape.plot."))
            for m, ts in import_graph().items() if not _is_front_end(m)}
