@@ -459,3 +459,7 @@ def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, d
                   f"{stderr:.3g} on a trace of {mean:.3g}, above `tol`={tol} relative; raise "
                   "`max_iter` or `tol`.", ConvergenceWarning, stacklevel=3)
     return mean, stderr
+
+
+#: the whole-dataset Hessian operator, for the modules that build on it (:mod:`fastscape._curvature`)
+HessianOperator = _HVP

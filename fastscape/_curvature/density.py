@@ -27,7 +27,7 @@ from torch import nn
 from .._core.guards import warn_once
 from .._core.params import model_state_guard, positive_int, positive_number
 from .._directions import make_generator
-from .._hessian import _HVP
+from .._hessian import HessianOperator
 from .lanczos import lockstep_lanczos, ritz
 
 __all__ = ["SpectralDensity", "hessian_density"]
@@ -151,7 +151,7 @@ def hessian_density(model: nn.Module, data, *, loss_fn: Callable, runs: int = 10
     if sigma is not None:
         positive_number(sigma, "sigma")
     with warn_once():
-        op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+        op = HessianOperator(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
         g = make_generator(seed, None)
         probes = (torch.randint(0, 2, (runs, op.numel), generator=g, device=g.device) * 2 - 1)
         probes = probes.to(op.device, op.dtype)

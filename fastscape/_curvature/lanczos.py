@@ -139,7 +139,8 @@ def lockstep_lanczos(matvec: Callable[[torch.Tensor, torch.Tensor], tuple[torch.
         betas[idx, j] = beta.double().cpu().numpy()
         finite = np.isfinite(alphas[idx, j]) & np.isfinite(betas[idx, j])
         sizes[idx[finite]] = j + 1
-        scale = np.nanmax(np.abs(alphas[idx, : j + 1]), axis=1) + np.nanmax(np.abs(betas[idx, : j + 1]), axis=1)
+        scale = (np.abs(np.nan_to_num(alphas[idx, : j + 1])).max(axis=1)
+                 + np.abs(np.nan_to_num(betas[idx, : j + 1])).max(axis=1))
         keep = finite & (betas[idx, j] > 1e-10 * np.maximum(scale, np.finfo(np.float64).tiny))
         converged[idx[finite & ~keep]] = True  # an invariant subspace: its Ritz values are exact
         if tol is not None and j + 1 >= 2:

@@ -32,7 +32,15 @@ from .._hessian import ConvergenceWarning
 from .._surface import Surface
 from .lanczos import lockstep_lanczos, ritz
 
-__all__ = ["PointHVP", "curvature_surface"]
+__all__ = ["PointHVP", "curvature_surface", "flat_loss"]
+
+
+def flat_loss(model: nn.Module, buffers: dict, shapes: dict, loss_fn: Callable, args: tuple, y) -> Callable:
+    """``flat -> loss_fn(model(args; flat), y)``: one batch's loss at a flat parameter vector."""
+    def loss_at(flat):
+        out = functional_call(model, {**buffers, **unflatten(flat, shapes)}, args)
+        return check_scalar(loss_fn(out, y), "loss_fn")
+    return loss_at
 
 
 class PointHVP:
@@ -50,9 +58,7 @@ class PointHVP:
         self.buffers, self.shapes = buffers, shapes
 
     def _one(self, args, y):
-        def loss_at(flat):
-            out = functional_call(self.model, {**self.buffers, **unflatten(flat, self.shapes)}, args)
-            return check_scalar(self.loss_fn(out, y), "loss_fn")
+        loss_at = flat_loss(self.model, self.buffers, self.shapes, self.loss_fn, args, y)
 
         def product(p, v):
             (g, value), pull = vjp(grad_and_value(loss_at), p)
