@@ -18,12 +18,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vjp, vmap
+from torch.func import functional_call, grad_and_value, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.data import Batches, as_args
 from .._core.grid import make_axes, mesh
 from .._core.guards import named_failure, warn_once
+from .._core.memory import is_out_of_memory
 from .._core.objective import check_differentiable, check_scalar
 from .._core.params import (check_directions, check_origin, flatten, model_buffers, model_state_guard,
                             positive_int, positive_number, resolve_device, resolve_dtype, unflatten)
@@ -43,34 +44,68 @@ def flat_loss(model: nn.Module, buffers: dict, shapes: dict, loss_fn: Callable, 
     return loss_at
 
 
+#: how a batch's products are computed, in the order tried: reverse-over-reverse (``vjp`` of
+#: ``grad``) under ``vmap`` over the points; forward-over-reverse (``jvp`` of ``grad``) under
+#: ``vmap`` (PyTorch's conv backward under vmap fails for some batch sizes with "NYI: querying
+#: is_contiguous inside of vmap"); then one point at a time, each way (``nn.LSTM``).
+PLANS = (("reverse-over-reverse", True), ("forward-over-reverse", True),
+         ("reverse-over-reverse", False), ("forward-over-reverse", False))
+
+
 class PointHVP:
     """``(P, V) -> (H(P_i) V_i for each row i, loss at each P_i)``: Hessian-vector products of
     the whole-dataset loss at many points at once.
 
     ``P`` and ``V`` have shape (B, n) over the model's parameters in order; one
     reverse-over-reverse product (``vjp`` of ``grad``) per row, all rows in one
-    ``vmap`` per data batch, batches weighted by their sample counts (float64 sums).
+    ``vmap`` per data batch (or another of :data:`PLANS` where that fails), batches
+    weighted by their sample counts (float64 sums).
     Must run inside ``model_state_guard(model)`` (eval mode).
     """
 
     def __init__(self, model: nn.Module, batches: Batches, loss_fn: Callable, buffers: dict, shapes: dict):
         self.model, self.batches, self.loss_fn = model, batches, loss_fn
         self.buffers, self.shapes = buffers, shapes
+        self.plan = PLANS[0]
 
-    def _one(self, args, y):
+    def _one(self, args, y, mode: str):
         loss_at = flat_loss(self.model, self.buffers, self.shapes, self.loss_fn, args, y)
 
         def product(p, v):
-            (g, value), pull = vjp(grad_and_value(loss_at), p)
+            if mode == "forward-over-reverse":
+                (_, value), (hv, _) = jvp(grad_and_value(loss_at), (p,), (v,))
+                return hv, value
+            (_, value), pull = vjp(grad_and_value(loss_at), p)
             return pull((v, torch.zeros_like(value)))[0], value
         return product
+
+    def _batch(self, args, y, P, V):
+        """One batch's products: the plan that worked before first, then the others (see :data:`PLANS`)."""
+        plans = sorted(PLANS, key=lambda plan: plan != self.plan)
+        errors = []
+        for mode, vectorised in plans:
+            fn = self._one(args, y, mode)
+            try:
+                if vectorised:
+                    out = vmap(fn)(P, V)
+                else:
+                    rows = [fn(p, v) for p, v in zip(P, V)]
+                    out = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+            except (RuntimeError, NotImplementedError) as err:
+                if is_out_of_memory(err):
+                    raise
+                errors.append(err)
+                continue
+            self.plan = (mode, vectorised)
+            return out
+        raise errors[-1]
 
     def __call__(self, P: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hv = torch.zeros(P.shape, dtype=torch.float64, device=P.device)
         loss = torch.zeros(P.shape[0], dtype=torch.float64, device=P.device)
         with sdpa_kernel([SDPBackend.MATH]):
             for x, y, n in self.batches:
-                h, value = vmap(self._one(as_args(x), y))(P, V)
+                h, value = self._batch(as_args(x), y, P, V)
                 hv += h.double() * n
                 loss += value.double() * n
         return (hv / self.batches.n_samples).to(P.dtype), loss / self.batches.n_samples
@@ -150,6 +185,7 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     positive_number(tol, "tol")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    info = dict(getattr(directions, "info", {}))
     directions = check_directions(model, directions)
     if len(directions) > 3:
         raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {len(directions)}.")
@@ -181,7 +217,7 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     shape = tuple(len(a) for a in axes)
     meta = {"kind": "curvature", "n_directions": len(directions), "grid_shape": list(shape),
             "n_samples": batches.n_samples, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-            "chunk_size": chunk_size, "seconds": time.perf_counter() - t0,
+            "chunk_size": chunk_size, "seconds": time.perf_counter() - t0, "directions": info,
             "curvature": {"max_iter": max_iter, "tol": tol, "trace_probes": trace_probes, "seed": seed,
                           "n_params": int(o.numel()), "mean_steps": float(steps.mean()),
                           "unconverged": unconverged}}
