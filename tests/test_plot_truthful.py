@@ -277,3 +277,21 @@ def test_every_view_shares_one_log_default_and_reads_in_loss_values():
     assert len(vals) >= 3
     for v, t in zip(vals, text):  # ticks at log10 heights, labelled with the loss they stand for
         assert float(t) == pytest.approx(10.0 ** v)
+
+
+def test_axis_titles_name_the_directions_scaling():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    import fastscape
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    data = (torch.randn(20, 2), torch.randn(20, 1))
+    for norm, word in (("filter", "filter-normalised direction"), ("layer", "layer-normalised direction"),
+                       (None, "unnormalised random direction")):
+        s = fastscape.loss_surface(model, data, fastscape.random_directions(model, 2, seed=0, norm=norm),
+                                   loss_fn=F.mse_loss, grid=(-1, 1, 3), progress=False)
+        ax = plot.contour(s, minimum=False)
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (f"{word} 1", f"{word} 2")
