@@ -62,14 +62,15 @@ def pca_plane(small):
     model = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     traj = fastscape.train(model, _loader(x, y, 32, 2), loss_fn=F.mse_loss,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.02), epochs=12 if small else 40)
-    dirs, _ = fastscape.pca_directions(traj, n=2)
-    path = fastscape.project(traj, dirs)  # origin: the final weights
+    dirs, ratio = fastscape.pca_directions(traj, n=4)
+    dirs = dirs[:2]  # the plane; the other two components say how much of the path it misses
+    path, off = fastscape.project(traj, dirs, return_residuals=True)  # origin: the final weights
     lo, hi = path.min(axis=0), path.max(axis=0)
     pad = 0.3 * (hi - lo)
     n = 31 if small else 81
     surface = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, progress=False,
                                      grid=[(lo[0] - pad[0], hi[0] + pad[0], n), (lo[1] - pad[1], hi[1] + pad[1], n)])
-    return surface, path, np.array(traj.losses)
+    return surface, path, (off, ratio)
 
 
 def ring_data(n, seed):
@@ -143,12 +144,14 @@ def main(argv=None) -> int:
     save(plot.surface3d(surface, path=path, path_loss=losses, axis_labels=labels, path_label="epoch",
                         title="Test MSE over the two weights, with the SGD path"), "surface3d.png")
 
-    pca_surface, pca_path, _snapshot_losses = pca_plane(small)  # the animation titles the loss on the plane
+    pca_surface, pca_path, (off_plane, ratio) = pca_plane(small)
     ax = plot.contour(pca_surface, path=pca_path, path_label="epoch",
                       title="PCA plane of the training path (log levels)")
     save(ax, "contour.png")
     save(plot.animate_path(pca_surface, pca_path, path_label="epoch",
                            max_frames=20 if small else 41), "path_animation.gif")
+    fig = plot.pca_fidelity(pca_path, off_plane, ratio, path_label="epoch")[0].figure
+    save(fig, "pca_fidelity.png")
 
     model, init, x, y = classifier(small)
     final = {k: v.clone() for k, v in model.state_dict().items()}
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
     line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy, origin=shifted,
                                   metrics={"accuracy": fastscape.accuracy},
                                   grid=(-0.25, 1.25, 41 if small else 121), progress=False)
-    ax = plot.line({"initial -> trained": interp, "random direction through trained": line},
+    ax = plot.line({"initial \u2192 trained": interp, "random direction through trained": line},
                    marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
                    title="Loss and accuracy along two lines")
     save(ax, "line.png")

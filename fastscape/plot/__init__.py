@@ -21,6 +21,7 @@ several 2-D surfaces       ``contour_grid``                             array of
 ``thresholded_prediction`` ``thresholded``                              Axes
 ``snapshot_predictions``   ``animate_fit``                              plotly Figure with frames
 ``compare_optimizers``     ``optimizer_comparison``                     Axes
+``project`` + residuals    ``pca_fidelity``                             array of 2 Axes
 an nn.Linear's weights     ``hidden_lines``                             Axes
 ``connect`` curve profile  ``curve_profile``                            Axes
 ``connect`` barriers       ``barriers``                                 Axes
@@ -65,6 +66,7 @@ from ._network import hidden_lines as hidden_lines
 from ._network import hidden_space as hidden_space
 from ._network import thresholded as thresholded
 from ._panels import contour_grid as contour_grid
+from ._pca_check import pca_fidelity as pca_fidelity
 from ._save import StaticExportWarning as StaticExportWarning
 from ._save import save as save
 from ._surface3d import surface3d as surface3d
@@ -85,6 +87,7 @@ __all__ = [
     "line",
     "lr_steps",
     "optimizer_comparison",
+    "pca_fidelity",
     "save",
     "sharpness_generalization",
     "spectral_density",
