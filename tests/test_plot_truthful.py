@@ -331,3 +331,12 @@ def test_pca_fidelity_draws_distances_within_and_off_the_plane():
     assert f"{100 * (ratio[0] + ratio[1]):.1f}%" in left.get_title()
     with pytest.raises(ValueError, match="`residuals` must hold one distance per snapshot"):
         plot.pca_fidelity(coords, res[:-1], ratio)
+
+
+def test_hidden_space_keeps_the_cube():
+    rng = np.random.default_rng(0)
+    h = rng.random((30, 3)) * [1.0, 10.0, 100.0]  # very different ranges: an auto aspect would squash them
+    fig = plot.hidden_space(h, rng.integers(0, 2, 30))
+    assert fig.layout.scene.aspectmode == "cube"
+    ax = plot.hidden_space(h, rng.integers(0, 2, 30), backend="matplotlib")
+    np.testing.assert_allclose(np.asarray(ax.get_box_aspect()) / ax.get_box_aspect()[0], [1, 1, 1])
