@@ -175,6 +175,15 @@ def test_front_ends_use_the_public_api():
         assert not private, f"{name} imports private modules {private}; use the public API"
 
 
+def test_test_files_are_named_by_subject():
+    """A test file is named after what it tests (``test_cli.py``, ``test_hessian.py``), never after the
+    issue that asked for it (``test_errors11.py``): no digit in a test file's name."""
+    import re
+
+    numbered = sorted(p.name for p in Path(__file__).resolve().parent.glob("test_*.py") if re.search(r"\d", p.name))
+    assert not numbered, f"test files named after a number: {numbered}"
+
+
 #: the signatures earlier issues promised to outside scripts, exactly as they were
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "
