@@ -26,8 +26,9 @@ from ._core.params import (
     resolve_dtype,
 )
 from ._core.points import AffinePoints
+from ._core.recalibrate import RecalibratedPoints, calibration_batches
 from ._distributed import on_rank0, rank_world
-from ._store import SurfaceStore, request_settings, unfingerprintable_message
+from ._store import SurfaceStore, data_fingerprint, request_settings, unfingerprintable_message
 from ._surface import Surface
 from ._units import Units
 
@@ -50,7 +51,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
                  strategy: str = "auto", progress: bool | Callable | None = None,
-                 out=None) -> Surface:
+                 out=None, recalibrate=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -122,6 +123,12 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         lock, ...) is announced with a warning and its file is never reused:
         give it a string attribute ``fastscape_fingerprint`` to vouch for it.
         See :mod:`fastscape._store` (what a file vouches for: :mod:`fastscape._store.fingerprint`).
+    recalibrate : data, optional
+        Calibration data (an ``(inputs, targets)`` pair, a DataLoader, ...; targets unused): every
+        BatchNorm layer's running statistics are recomputed at each grid point before it is
+        evaluated, all points of a chunk in one vmapped train-mode pass (as PyTorch's BatchNorm
+        with ``momentum=None`` accumulates them over the batches as given; see
+        :mod:`fastscape._core.recalibrate`). A file's settings then include the calibration data.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -147,6 +154,11 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     rank, world = rank_world()
     settings, why = request_settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
                                      metrics=metrics, hash_inputs=store is not None, data=data)
+    recal = _recalibration(model, recalibrate, orig, buffers)
+    if recalibrate is not None and store is not None:  # the statistics depend on the batches as given
+        each = [data_fingerprint(calibration_batches([(x, y)], device=dev, dtype=dt))
+                for x, y, _ in calibration_batches(recalibrate, device=dev, dtype=dt)]
+        settings["data_fingerprint"] += f"; recalibrate={each}"
     if store is not None:
         found = _reuse_or_lock(store, settings, why)
         if found is not None:
@@ -161,7 +173,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
 
         def points(lo, hi):  # points lo:hi of the grid, C order
-            return AffinePoints(orig_d, dirs_d, coords[lo:hi])
+            return recal(AffinePoints(orig_d, dirs_d, coords[lo:hi]))
 
         try:
             with warn_once():  # the grid's warnings (a loss's, once for all units and batches)
@@ -188,6 +200,16 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     finally:
         if store is not None and rank == 0:
             store.release()
+
+
+def _recalibration(model, recalibrate, orig, buffers):
+    """A function wrapping grid points so that BatchNorm statistics are recomputed at each
+    (identity when ``recalibrate`` is None)."""
+    if recalibrate is None:
+        return lambda points: points
+    base = {**{n: p.detach() for n, p in model.named_parameters()}, **dict(model.named_buffers()), **orig,
+            **(buffers or {})}
+    return lambda points: RecalibratedPoints(points, model, recalibrate, base)
 
 
 def _check_model(model, loss_fn) -> None:

@@ -192,7 +192,8 @@ FIXED_SIGNATURES = {
     "loss_surface": "(model: 'nn.Module', data, directions, *, loss_fn: 'Callable', grid=(-1.0, 1.0, 51), "
                     "origin=None, metrics: 'Mapping[str, Callable] | None' = None, device=None, "
                     "dtype=torch.float32, chunk_size='auto', batch_size: 'int | None' = None, "
-                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None) -> 'Surface'",
+                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None, "
+                    "recalibrate=None) -> 'Surface'",
     "Surface": "(coords: 'list[np.ndarray]', loss: 'np.ndarray', metrics: 'dict[str, np.ndarray]' = <factory>, "
                "meta: 'dict' = <factory>) -> None",
     "Surface.save": "(self, path) -> 'Path'",
