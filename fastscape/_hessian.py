@@ -377,19 +377,14 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = make_generator(seed, None)
     with model_state_guard(model):
-<<<<<<< HEAD
+        matvec = op if sign > 0 else (lambda v: -op(v))
         try:
-            theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
+            theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
                                                          generator=g, device=op.device, dtype=op.dtype)
         except np.linalg.LinAlgError as err:
             raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
                              "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
-=======
-        matvec = op if sign > 0 else (lambda v: -op(v))
-        theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
-                                                     generator=g, device=op.device, dtype=op.dtype)
     theta = sign * theta
->>>>>>> h-curvature
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
