@@ -163,6 +163,18 @@ def test_compute_modules_do_not_import_plot():
     assert not bad, f"compute modules importing the drawing layer: {bad}"
 
 
+#: what the drawing layer may import from the package: itself and the optional-import helper
+PLOT_MAY_IMPORT = ("fastscape.plot", "fastscape._optional")
+
+
+def test_plot_imports_no_compute_module():
+    """`plot` stands on the data objects it is handed: it imports no module that computes."""
+    bad = {m: sorted(t for t in ts if not any(t == a or t.startswith(a + ".") for a in PLOT_MAY_IMPORT))
+           for m, ts in import_graph().items() if m == "fastscape.plot" or m.startswith("fastscape.plot.")}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"plot modules importing compute modules: {bad}"
+
+
 def test_front_ends_use_the_public_api():
     """The command line and the demo call only what `import fastscape` offers."""
     graph = import_graph()
