@@ -67,8 +67,8 @@ class _RecordingBatchNorm(nn.Module):
     """Stands in for a BatchNorm layer in the recorder's copy: normalises by the batch's statistics
     (train mode) and hands them to ``record``. The mean and variance are taken in one pass
     (``torch.var_mean``) and applied with elementwise operations: under ``vmap`` this avoids the
-    copies that the batching rule of ``native_batch_norm`` makes (measured: 2x on the MLP with
-    BatchNorm of ``benchmarks/connectivity.py``). The layer's parameters and buffers are kept under
+    copies that the batching rule of ``native_batch_norm`` makes (a third of the CPU time: see
+    benchmarks/README.md, "Mode connectivity"). The layer's parameters and buffers are kept under
     their names, so the parameter dict is unchanged."""
 
     def __init__(self, bn: _BatchNorm, record):
