@@ -17,7 +17,7 @@ which then move with the coordinates. A :class:`Directions` list carries an
 - :func:`interpolation_plane`: the orthonormal plane through three models with
   their positions in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and
   Fast Ensembling of DNNs", NeurIPS 2018).
-- The top Hessian eigenvectors (:func:`fastscape.hessian_eigenpairs`) are
+- The top Hessian eigenvectors (:func:`fastscape.curvature.hessian_eigenpairs`) are
   directions too.
 """
 

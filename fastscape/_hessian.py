@@ -304,8 +304,8 @@ def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
 
 def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2, tol: float = 1e-4,
                        max_iter: int = 100, seed: int | None = 0, device=None, dtype=torch.float32,
-                       batch_size: int | None = None) -> tuple[Directions, np.ndarray]:
-    """The ``n`` largest eigenvalues of the loss Hessian and their eigenvectors.
+                       batch_size: int | None = None, which: str = "largest") -> tuple[Directions, np.ndarray]:
+    """The ``n`` largest (or smallest) eigenvalues of the loss Hessian and their eigenvectors.
 
     Lanczos iteration with full reorthogonalisation on Hessian-vector
     products (see the module docstring); each iteration is one pass over the
@@ -319,7 +319,8 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         The loss is the sample-weighted mean over all of it.
     loss_fn : callable ``(output, target) -> scalar tensor``
     n : int
-        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …).
+        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …), or with
+        ``which="smallest"`` the algebraically smallest (λn ≤ λn-1 ≤ …).
     tol : float
         Stop when every returned pair has ``||H y - λ y|| <= tol * |λ|_max``
         (``|λ|_max``: the largest Ritz value in magnitude). Eigenvalues are then
@@ -335,6 +336,10 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
     dtype : torch.float32 (default) or torch.float64
     batch_size : int, optional
         Largest data batch (default: the data as given).
+    which : {"largest", "smallest"}
+        Which end of the spectrum (see :data:`WHICH`). "smallest" runs the same
+        Lanczos iteration on ``-H``: its largest eigenvalues are ``-λ`` for the
+        smallest ``λ`` of ``H``, so negative curvature shows as a negative value.
 
     Returns
     -------
@@ -344,13 +349,21 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         largest magnitude is positive. ``.info`` holds ``kind="hessian"``,
         the eigenvalues, residuals, iterations and whether it converged.
     eigenvalues : ndarray of shape (n,)
-        Descending, float64.
+        Float64; descending for "largest", ascending for "smallest" (the most extreme first).
     """
     with warn_once():  # a warning of the loss (e.g. broadcasting) once, not once per product
-        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size)
+        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size,
+                                   which)
 
 
-def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size):
+#: the ends of the spectrum ``hessian_eigenpairs(which=...)`` reaches: the sign the operator is run with
+WHICH = {"largest": 1.0, "smallest": -1.0}
+
+
+def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size, which):
+    if which not in WHICH:
+        raise ValueError(f"`which` must be one of {list(WHICH)}; got {which!r}.")
+    sign = WHICH[which]
     positive_int(n, "n")
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
@@ -364,12 +377,14 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = make_generator(seed, None)
     with model_state_guard(model):
+        matvec = op if sign > 0 else (lambda v: -op(v))
         try:
-            theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
+            theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
                                                          generator=g, device=op.device, dtype=op.dtype)
         except np.linalg.LinAlgError as err:
             raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
                              "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
+    theta = sign * theta
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
@@ -381,7 +396,7 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         if y[int(y.abs().argmax())] < 0:
             y = -y
         vectors.append(_to_model(op.unflatten(y), model))
-    info = {"kind": "hessian", "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
+    info = {"kind": "hessian", "which": which, "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
             "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model))}
     return Directions(vectors, **info), np.asarray(theta, dtype=np.float64)
 
@@ -448,3 +463,7 @@ def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, d
                   f"{stderr:.3g} on a trace of {mean:.3g}, above `tol`={tol} relative; raise "
                   "`max_iter` or `tol`.", ConvergenceWarning, stacklevel=3)
     return mean, stderr
+
+
+#: the whole-dataset Hessian operator, for the modules that build on it (:mod:`fastscape._curvature`)
+HessianOperator = _HVP

@@ -68,13 +68,13 @@ def test_hessian_eigenpairs_of_nan_data_or_an_infinite_loss_is_a_clear_error():
     x = x.clone()
     x[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"`data` holds NaN in its inputs .*no eigenpairs"):
-        fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=1, device="cpu")
+        fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=1, device="cpu")
 
     def infinite(out, t):
         return F.cross_entropy(out, t) / 0.0
 
     with pytest.raises(ValueError, match=r"not finite.*`loss_fn`"):
-        fastscape.hessian_eigenpairs(model, make_case()[1], loss_fn=infinite, n=1, device="cpu")
+        fastscape.curvature.hessian_eigenpairs(model, make_case()[1], loss_fn=infinite, n=1, device="cpu")
 
 
 @pytest.mark.parametrize("kw,match", [(dict(epochs=0), r"`epochs` must be at least 1"),
@@ -219,7 +219,7 @@ def test_nan_data_is_announced_by_every_function_that_computes_a_loss(what):
     snap = {k: v.detach().clone() for k, v in model.named_parameters()}
     calls = {
         "path_loss": lambda: fastscape.path_loss(model, data, [snap, snap], loss_fn=F.cross_entropy),
-        "hessian_vector_product": lambda: fastscape.hessian_vector_product(model, data, dirs[0],
+        "hessian_vector_product": lambda: fastscape.curvature.hessian_vector_product(model, data, dirs[0],
                                                                            loss_fn=F.cross_entropy),
         "lr_steps": lambda: fastscape.lr_steps(model, data, dirs, loss_fn=F.cross_entropy, lrs=[0.1]),
         "train": lambda: fastscape.train(model, [data], loss_fn=F.cross_entropy,

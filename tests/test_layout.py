@@ -184,6 +184,23 @@ def test_test_files_are_named_by_subject():
     assert not numbered, f"test files named after a number: {numbered}"
 
 
+MAX_PUBLIC_NAMES = 32
+
+
+def test_the_top_level_fits_on_one_screen():
+    """At most 32 public names; the ones that moved away still resolve, with a FutureWarning naming
+    their new home, so an outside script learns where to look instead of failing."""
+    import fastscape
+
+    assert len(fastscape.__all__) <= MAX_PUBLIC_NAMES, sorted(fastscape.__all__)
+    assert all(hasattr(fastscape, n) for n in fastscape.__all__)
+    with pytest.warns(FutureWarning, match=r"fastscape\.curvature\.hessian_eigenpairs"):
+        moved = fastscape.hessian_eigenpairs
+    assert moved is fastscape.curvature.hessian_eigenpairs
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        fastscape.nonsense
+
+
 #: the signatures earlier issues promised to outside scripts, exactly as they were
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "

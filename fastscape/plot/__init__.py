@@ -24,6 +24,10 @@ from ._animate import animate_path as animate_path
 from ._compare import optimizer_comparison as optimizer_comparison
 from ._connect import barriers as barriers
 from ._connect import curve_profile as curve_profile
+from ._curvature import curvature_map as curvature_map
+from ._curvature import edge_of_stability as edge_of_stability
+from ._curvature import sharpness_generalization as sharpness_generalization
+from ._curvature import spectral_density as spectral_density
 from ._gradient import cross_sections as cross_sections
 from ._gradient import lr_steps as lr_steps
 from ._lines import line as line
@@ -43,12 +47,16 @@ __all__ = [
     "contour",
     "cross_sections",
     "curve_profile",
+    "curvature_map",
+    "edge_of_stability",
     "hidden_lines",
     "hidden_space",
     "line",
     "lr_steps",
     "optimizer_comparison",
     "save",
+    "sharpness_generalization",
+    "spectral_density",
     "StaticExportWarning",
     "surface3d",
     "thresholded",
