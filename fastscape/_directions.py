@@ -17,13 +17,14 @@ which then move with the coordinates. A :class:`Directions` list carries an
 - :func:`interpolation_plane`: the orthonormal plane through three models with
   their positions in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and
   Fast Ensembling of DNNs", NeurIPS 2018).
-- The top Hessian eigenvectors (:func:`fastscape.hessian_eigenpairs`) are
+- The top Hessian eigenvectors (:func:`fastscape.curvature.hessian_eigenpairs`) are
   directions too.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -436,6 +437,10 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
     """
     others = [("model_b", model_b)] + ([("model_c", model_c)] if model_c is not None else [])
     diffs = _differences(model_a, others, states)
+    for (name, _), d in zip(others, diffs):
+        if not any(bool(t.any()) for t in d.values()):
+            warnings.warn(f"`{name}` equals `model_a`: the direction from one to the other is zero, so every "
+                          "point of a surface along it is `model_a` itself.", UserWarning, stacklevel=2)
     return Directions(diffs, kind="interpolation", states=states)
 
 

@@ -37,12 +37,12 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.data import Batches, as_args
+from ._core.data import Batches, as_args, warn_nonfinite
 from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
-from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
-                           resolve_device, resolve_dtype, unflatten)
+from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_device, model_state_guard,
+                           positive_int, positive_number, resolve_device, resolve_dtype, unflatten)
 from ._directions import Directions, make_generator
 
 __all__ = ["ConvergenceWarning", "hessian_vector_product", "hessian_eigenpairs", "hessian_trace"]
@@ -72,9 +72,7 @@ def _load_jvp_decompositions() -> None:
 #: forward and backward per batch serve every vector. Forward-over-reverse (``jvp``
 #: of ``grad``) needs a forward-mode derivative of every backward op, which PyTorch
 #: lacks for common ones (``huber_loss_backward``, the CPU LSTM kernel; ``mse_loss``'s
-#: backward writes into a ZeroTensor). Measured on CPU (torch 2.13, one thread, one
-#: vector; ten vectors under vmap): MLP 1.4 vs 2.5 ms (4.7 vs 6.3), CNN+BatchNorm
-#: 4.1 vs 6.6 ms (24 vs 20), transformer encoder 8.8 vs 11.2 ms (23 vs 27).
+#: backward writes into a ZeroTensor). The timings: benchmarks/README.md, "Hessian-vector products".
 MODES = ("reverse-over-reverse", "forward-over-reverse")
 #: what worked, per model structure, loss function, device and dtype: {"mode": one of
 #: MODES, "vmap": whether vmap over the vectors works (None: not tried)}. A loss that
@@ -100,10 +98,8 @@ class _HVP:
     """
 
     def __init__(self, model: nn.Module, data, loss_fn: Callable, *, device, dtype, batch_size):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+        check_model(model)
+        check_loss_fn(loss_fn)
         self.device = resolve_device(device, model)
         self.dtype = resolve_dtype(dtype)
         self.model, self.loss_fn = model, loss_fn
@@ -227,6 +223,7 @@ def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable,
 
 def _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size) -> ParamDict:
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    warn_nonfinite(op.batches, "the Hessian-vector product will be NaN", stacklevel=4)
     missing = [k for k in op.params if k not in vector]
     if missing:
         raise ValueError(f"`vector` has no entry for the model's parameter(s) {missing[:5]}.")
@@ -371,6 +368,9 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    bad = op.batches.nonfinite()
+    if bad is not None:
+        raise ValueError(f"`data` holds {bad}: the Hessian is NaN there, so it has no eigenpairs.")
     if n > op.numel:
         raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
     if max_iter < n:
@@ -378,8 +378,12 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
     g = make_generator(seed, None)
     with model_state_guard(model):
         matvec = op if sign > 0 else (lambda v: -op(v))
-        theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
-                                                     generator=g, device=op.device, dtype=op.dtype)
+        try:
+            theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
+                                                         generator=g, device=op.device, dtype=op.dtype)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
+                             "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
     theta = sign * theta
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "

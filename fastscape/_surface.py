@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +14,22 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["Surface", "SurfaceValue", "load_surface"]
+__all__ = ["Surface", "SurfaceValue", "load_surface", "NotASurfaceFile", "check_shapes", "file_path", "surface_image",
+           "write_file", "USER_BLOCK"]
 
 _AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
+#: a surface file begins with an HDF5 user block of this many bytes (HDF5 skips it): ``_MAGIC``, the
+#: SHA-256 of every byte after the block in hex, a newline, zeros. It is checked before HDF5 reads a byte.
+USER_BLOCK = 512
+_MAGIC = b"fastscape surface sha256="
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: suffixes of files that are not HDF5 (figures, ParaView, arrays): Surface.save refuses them
+_NOT_HDF5 = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".gif", ".html", ".htm", ".vtp", ".vtk", ".npz", ".npy",
+             ".json", ".csv", ".txt", ".pt", ".pth")
+
+
+class NotASurfaceFile(ValueError):
+    """A readable HDF5 file that holds no fastscape surface (no ``fastscape`` group)."""
 
 
 @dataclass
@@ -54,6 +69,9 @@ class Surface:
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     path: np.ndarray | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        check_shapes(self)
 
     @property
     def datasets(self) -> list[str]:
@@ -160,34 +178,98 @@ class Surface:
 
         Every array and every attribute (the metadata included) get a SHA-256,
         stored in the attribute ``fastscape_checksums``: :func:`load_surface`
-        refuses a file whose contents no longer match them.
+        refuses a file whose contents no longer match them. The file begins with a 512-byte HDF5 user block (HDF5 and the Li et al.
+        tools skip it) holding ``fastscape surface sha256=<hex>``: the SHA-256 of
+        every byte after it, verified before HDF5 parses anything, so a damaged
+        file is refused naming it, never handed to HDF5.
         """
-        h5py = require("h5py", what="Writing a surface file")
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
-            for key, c in zip(_AXIS_KEYS, self.coords):
-                f.create_dataset(key, data=c)
-            f.create_dataset("train_loss", data=_li_layout(self.loss))
-            first = self.datasets[0] + "/" if self.datasets else ""
-            if f"{first}accuracy" in self.metrics:
-                f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics[f"{first}accuracy"]))
-            if first and first != "test/":  # the Li et al. tools also read a test split
-                for theirs, ours, scale in (("test_loss", "test/loss", 1.0), ("test_acc", "test/accuracy", 100.0)):
-                    if ours in self.metrics:
-                        f.create_dataset(theirs, data=_li_layout(scale * self.metrics[ours]))
-            g = f.create_group("fastscape")
-            g.create_dataset("loss", data=self.loss)
-            for name, arr in self.metrics.items():  # "test/accuracy" is metrics/test/accuracy
-                g.create_dataset(f"metrics/{name}", data=arr)
-            if self.metrics:
-                g["metrics"].attrs["order"] = json.dumps(list(self.metrics))
-            if self.path is not None:
-                g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
-            f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
-            f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
+        path = file_path(path, "path")
+        if path.suffix.lower() in _NOT_HDF5:
+            raise ValueError(f"`path` {path.name!r} ends in {path.suffix!r}, but Surface.save writes an HDF5 file "
+                             "(.h5): save a figure with fastscape.plot.save, a ParaView file with "
+                             "fastscape.save_vtp.")
+        write_file(path, surface_image(self))
         return path
+
+
+def surface_image(surface: Surface) -> bytes:
+    """The bytes of ``surface``'s file (see :meth:`Surface.save`), built in memory: a full disk
+    then fails a plain write, never HDF5 halfway through its own."""
+    h5py = require("h5py", what="Writing a surface file")
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", userblock_size=USER_BLOCK) as f:
+        _write_h5(surface, f)
+    image = buffer.getvalue()
+    head = _MAGIC + hashlib.sha256(image[USER_BLOCK:]).hexdigest().encode() + b"\n"
+    return head.ljust(USER_BLOCK, b"\0") + image[USER_BLOCK:]
+
+
+def _write_h5(self: Surface, f) -> None:
+    for key, c in zip(_AXIS_KEYS, self.coords):
+        f.create_dataset(key, data=c)
+    f.create_dataset("train_loss", data=_li_layout(self.loss))
+    first = self.datasets[0] + "/" if self.datasets else ""
+    if f"{first}accuracy" in self.metrics:
+        f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics[f"{first}accuracy"]))
+    if first and first != "test/":  # the Li et al. tools also read a test split
+        for theirs, ours, scale in (("test_loss", "test/loss", 1.0), ("test_acc", "test/accuracy", 100.0)):
+            if ours in self.metrics:
+                f.create_dataset(theirs, data=_li_layout(scale * self.metrics[ours]))
+    g = f.create_group("fastscape")
+    g.create_dataset("loss", data=self.loss)
+    for name, arr in self.metrics.items():  # "test/accuracy" is metrics/test/accuracy
+        g.create_dataset(f"metrics/{name}", data=arr)
+    if self.metrics:
+        g["metrics"].attrs["order"] = json.dumps(list(self.metrics))
+    if self.path is not None:
+        g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
+    f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
+    f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
+
+
+def check_shapes(surface: Surface) -> None:
+    """A ValueError unless ``surface.loss`` has one axis per coordinate array, of its length, and
+    every metric has the loss's shape."""
+    grid = tuple(len(c) for c in surface.coords)
+    shape = tuple(np.shape(surface.loss))
+    if shape != grid:
+        raise ValueError(f"`loss` has shape {shape}; `coords` make a {grid} grid (one axis per coordinate "
+                         "array, as long as it).")
+    for name, values in surface.metrics.items():
+        if tuple(np.shape(values)) != shape:
+            raise ValueError(f"`metrics[{name!r}]` has shape {tuple(np.shape(values))}; the loss has shape {shape}.")
+
+
+def file_path(path, name: str) -> Path:
+    """``path`` as a Path to write, or an error naming the argument: not a path (``out=123``), or
+    under a "folder" that is a file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a file path (str or os.PathLike); got {type(path).__name__} {path!r}.")
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"`{name}` {str(path)!r} cannot be written: {str(parent)!r} is a file, "
+                                         "not a folder.")
+            break
+    return path
+
+
+def write_file(path: Path, data: bytes, *, sync: bool = False) -> None:
+    """Write ``data`` to ``path`` (its folder made); a partial file is removed, and an OSError
+    (a full disk, a file-size limit) names the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(data)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as err:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+        raise type(err)(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from err
 
 
 @dataclass(frozen=True, repr=False)
@@ -306,55 +388,91 @@ def _checksums(f) -> dict[str, str]:
 def load_surface(path) -> Surface:
     """Read a surface written by :meth:`Surface.save`.
 
+    The whole-file digest in the file's first bytes is verified before HDF5
+    reads anything; then every array and attribute is checked against its own
+    checksum. A file of an older fastscape (HDF5 from its first byte, no digest)
+    is read as before.
+
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        ``path`` is not a readable HDF5 file (a text file, a truncated copy), is
-        not a fastscape surface file, or its arrays or metadata no longer match
-        the checksums written with them (the message names the file and the
-        damaged entries).
+        ``path`` is damaged (a flipped byte, a truncated copy: the message names
+        the file and says so), is not a surface file (a text file, an HDF5 file of
+        another tool), or its arrays or metadata no longer match their checksums.
     """
     h5py = require("h5py", what="Reading a surface file")
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a file path (str or os.PathLike); got {type(path).__name__} {path!r}.")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
     try:
-        f = h5py.File(path, "r")
+        raw = path.read_bytes()
     except OSError as err:
-        raise ValueError(f"`path` {str(path)!r} is not a readable HDF5 file ({str(err).splitlines()[0]}); "
-                         "a surface file may be truncated by an interrupted copy.") from err
+        raise ValueError(f"`path` {str(path)!r} cannot be read ({err.strerror or err}).") from err
+    digested = raw.startswith(_MAGIC) or raw[USER_BLOCK:USER_BLOCK + 8] == _HDF5_SIGNATURE
+    if digested:
+        want = (_MAGIC + hashlib.sha256(raw[USER_BLOCK:]).hexdigest().encode() + b"\n").ljust(USER_BLOCK, b"\0")
+        if len(raw) <= USER_BLOCK or raw[:USER_BLOCK] != want:
+            raise ValueError(f"`path` {str(path)!r} is damaged: it fails its whole-file checksum (the SHA-256 in "
+                             f"its first {USER_BLOCK} bytes does not match the bytes after them; the file was "
+                             "changed, damaged or truncated after it was written). Delete it and compute it again.")
+    elif not raw.startswith(_HDF5_SIGNATURE):
+        raise ValueError(f"`path` {str(path)!r} is not a surface file, or is damaged: it begins with neither "
+                         "fastscape's header nor HDF5's signature (a text file, or a truncated or damaged copy?).")
     try:
-        with f:
-            if "fastscape" not in f:
-                raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
-            raw = f.attrs.get("fastscape_checksums")
-            if raw is None:
-                warnings.warn(f"{str(path)!r} holds no checksums (written by an older fastscape or another "
-                              "tool); its values cannot be verified.", UserWarning, stacklevel=2)
-            else:
+        return _read(h5py, io.BytesIO(raw) if digested else path, path, digested)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as err:  # h5py, codec and json errors alike: the bytes are not a valid surface file
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"`path` {str(path)!r} is damaged: reading it failed ({type(err).__name__}: {first}). "
+                         "Delete it and compute it again.") from err
+
+
+def _read(h5py, source, path: Path, digested: bool) -> Surface:
+    """The surface in the HDF5 file ``source`` (a verified image, or an older file's path)."""
+    name = str(path)
+    try:
+        f = h5py.File(source, "r")
+    except OSError as err:
+        raise ValueError(f"`path` {name!r} is not a readable HDF5 file ({str(err).splitlines()[0]}): it is damaged, "
+                         "or truncated by an interrupted copy.") from err
+    with f:
+        if "fastscape" not in f:
+            raise NotASurfaceFile(f"{name!r} is not a fastscape surface file (no 'fastscape' group).")
+        raw = f.attrs.get("fastscape_checksums")
+        if raw is None and digested:
+            raise ValueError(f"`path` {name!r} is damaged: it has fastscape's header but no 'fastscape_checksums' "
+                             "attribute.")
+        if raw is None:
+            warnings.warn(f"{name!r} holds no checksums (written by an older fastscape or another "
+                          "tool); its values cannot be verified.", UserWarning, stacklevel=3)
+        else:
+            try:
                 want = json.loads(raw)
-                have = _checksums(f)
-                bad = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
-                if bad:
-                    raise ValueError(f"{str(path)!r} fails its checksum for {', '.join(bad[:5])}: the file was "
-                                     "changed or damaged after it was written. Delete it and compute it again.")
-            coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
-            g = f["fastscape"]
-            loss = np.asarray(g["loss"][()])
-            metrics = {}
-            if "metrics" in g:
-                g["metrics"].visititems(lambda name, obj: metrics.__setitem__(name, np.asarray(obj[()]))
-                                        if isinstance(obj, h5py.Dataset) else None)
-                order = json.loads(g["metrics"].attrs.get("order", "[]"))
-                metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
-            path_ = np.asarray(g["path"][()]) if "path" in g else None
-            meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"`path` {str(path)!r} is a damaged surface file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}).") from err
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"`path` {name!r} is damaged: its 'fastscape_checksums' attribute is not "
+                                 f"readable ({err}).") from err
+            have = _checksums(f)
+            bad = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
+            if bad:
+                raise ValueError(f"{name!r} fails its checksum for {', '.join(bad[:5])}: the file was "
+                                 "changed or damaged after it was written. Delete it and compute it again.")
+        coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
+        g = f["fastscape"]
+        loss = np.asarray(g["loss"][()])
+        metrics = {}
+        if "metrics" in g:
+            g["metrics"].visititems(lambda key, obj: metrics.__setitem__(key, np.asarray(obj[()]))
+                                    if isinstance(obj, h5py.Dataset) else None)
+            order = json.loads(g["metrics"].attrs.get("order", "[]"))
+            metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
+        path_ = np.asarray(g["path"][()]) if "path" in g else None
+        meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
     surface = Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
     surface.path = path_
     return surface

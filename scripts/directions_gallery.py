@@ -69,7 +69,7 @@ def main(argv=None) -> Path:
     s_random = fastscape.loss_surface(model, data, random, grid=(-0.5, 0.5, res), **common)
 
     t1 = time.perf_counter()
-    vecs, vals = fastscape.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=2, tol=1e-6,
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=2, tol=1e-6,
                                               device="cpu")
     t_eig = time.perf_counter() - t1
     weights = dict(model.named_parameters())

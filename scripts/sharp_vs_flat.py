@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
         d = fastscape.random_directions(m, 1, norm="filter", ignore="biasbn", seed=args.seed)
         rand[label] = {name: fastscape.loss_surface(m, data, d, grid=(-1, 1, res), **common)
                        for name, data in (("train", train), ("test", test))}
-    top = {label: float(fastscape.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
+    top = {label: float(fastscape.curvature.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
            for label, m in models.items()}
 
     curv = _curvature(models, train, test, args)

@@ -14,6 +14,7 @@ batches of every dataset in turn and averages each dataset over its own samples.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -124,6 +125,9 @@ class Batches:
 
     @staticmethod
     def _collect(data):
+        if isinstance(data, (tuple, list)) and len(data) == 2 and any(type(t).__module__ == "numpy" for t in data):
+            raise TypeError("`data` holds numpy arrays; fastscape needs torch tensors: pass "
+                            "(torch.from_numpy(inputs), torch.from_numpy(targets)).")
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor):
             x, y = data
             nx, ny = _first_dim(x), _first_dim(y)
@@ -289,3 +293,11 @@ class NamedBatches:
 def as_args(inputs) -> tuple:
     """Model arguments from batch inputs: a tensor is one argument, a tuple several."""
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def warn_nonfinite(batches, consequence: str = "the loss will be NaN (or inf) at every point",
+                   stacklevel: int = 3) -> None:
+    """Warn once, naming where, when ``batches`` hold NaN or inf (what ``loss_surface`` says too)."""
+    bad = batches.nonfinite()
+    if bad is not None:
+        warnings.warn(f"`data` holds {bad}: {consequence}.", UserWarning, stacklevel=stacklevel)

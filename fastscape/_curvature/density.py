@@ -118,7 +118,7 @@ def hessian_density(model: nn.Module, data, *, loss_fn: Callable, runs: int = 10
     run's tridiagonal matrix, Gaussian smoothing (see the module docstring). The
     runs go in lockstep: one pass over the data per step serves all of them
     (``vmap`` over the probes). The loss and Hessian are those of
-    :func:`fastscape.hessian_eigenpairs` (eval mode, whole dataset).
+    :func:`fastscape.curvature.hessian_eigenpairs` (eval mode, whole dataset).
 
     Parameters
     ----------
@@ -139,7 +139,7 @@ def hessian_density(model: nn.Module, data, *, loss_fn: Callable, runs: int = 10
     seed : int or None
         Seeds the probes (default 0: the same density from run to run).
     device, dtype, batch_size
-        As for :func:`fastscape.hessian_eigenpairs`.
+        As for :func:`fastscape.curvature.hessian_eigenpairs`.
 
     Returns
     -------

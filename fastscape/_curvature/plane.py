@@ -131,7 +131,7 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     """The top and bottom Hessian eigenvalues, their ratio and the trace at every grid point.
 
     At point ``theta = origin + sum_i c_i d_i`` of the grid, the Hessian ``H`` of the
-    whole-dataset loss (eval mode, as :func:`fastscape.hessian_eigenpairs`) gives
+    whole-dataset loss (eval mode, as :func:`fastscape.curvature.hessian_eigenpairs`) gives
 
     - ``lambda_max``, ``lambda_min``: its extreme eigenvalues, by Lanczos with full
       reorthogonalisation from a Rademacher start; both ends of one Krylov space;
@@ -171,7 +171,7 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     seed : int or None
         Seeds the probes (default 0: reproducible for a given ``chunk_size``).
     device, dtype, batch_size
-        As for :func:`fastscape.hessian_eigenpairs`.
+        As for :func:`fastscape.curvature.hessian_eigenpairs`.
 
     Returns
     -------

@@ -22,6 +22,8 @@ install: ``pip install torch-fastscape[plot]``.
 from ._animate import animate_fit as animate_fit
 from ._animate import animate_path as animate_path
 from ._compare import optimizer_comparison as optimizer_comparison
+from ._connect import barriers as barriers
+from ._connect import curve_profile as curve_profile
 from ._curvature import curvature_map as curvature_map
 from ._curvature import edge_of_stability as edge_of_stability
 from ._curvature import sharpness_generalization as sharpness_generalization
@@ -41,8 +43,10 @@ from ._volume import volume as volume
 __all__ = [
     "animate_fit",
     "animate_path",
+    "barriers",
     "contour",
     "cross_sections",
+    "curve_profile",
     "curvature_map",
     "edge_of_stability",
     "hidden_lines",
