@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..points import distinct_rows
 from ..rewrite import AFFINE_MODULES, BatchNormParams, FoldedLayer, Values, batchnorm_scale_shift, plain
 from ..rewrite import shallow_clone_with
 from .base import NotApplicable, PointLoss, Strategy, affine_points, math_attention, pad_rows, PerBatch
@@ -158,7 +159,11 @@ class AffineStrategy(Strategy):
     def rank(self) -> int:
         """1 when only some directions move the first layer (it is computed once per distinct
         value of their coordinates), else 3 (see :attr:`Strategy.rank`)."""
-        return 1 if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1] else 3
+        return 1 if self._some_directions() else 3
+
+    def _some_directions(self) -> bool:
+        """Whether some directions move the layer, but not all of them."""
+        return 0 < len(self.dirs_used) < len(self.ctx.points.directions)
 
     def _layer_outputs(self, batch_index, x):
         """(base, Z): the layer's output at the origin, shape (n, ...), and the
@@ -170,12 +175,11 @@ class AffineStrategy(Strategy):
         pts, shared = self.ctx.points, self.ctx.shared
         if self.flatten is not None:
             x = self.flatten(x)
-        origin = {n: (pts._origin[k].view(pts._shapes[k]) if k in pts.moving else shared[k])
-                  for n, k in self.keys.items()}
+        origin = {n: (pts.origin_of(k) if k in pts.moving else shared[k]) for n, k in self.keys.items()}
         base = functional_call(self.raw, origin, (x,))
         zs = []
         for i in self.dirs_used:
-            d = {n: (pts._dirs[k][i].view(pts._shapes[k]) if k in pts.moving else torch.zeros_like(shared[k]))
+            d = {n: (pts.direction_of(i, k) if k in pts.moving else torch.zeros_like(shared[k]))
                  for n, k in self.keys.items()}
             zs.append(functional_call(self.raw, d, (x,)).reshape(-1))
         z = torch.stack(zs) if zs else base.new_zeros(0, base.numel())
@@ -194,9 +198,9 @@ class AffineStrategy(Strategy):
         vals = {}
         for n, k in self.bn_keys.items():
             if rows is not None and k in pts.moving:
-                vals[n] = torch.addmm(pts._origin[k], rows, pts._dirs[k][self.dirs_used])
+                vals[n] = pts.at(rows, self.dirs_used, [k])[k]
             else:
-                vals[n] = pts._origin[k].view(pts._shapes[k]) if k in pts.moving else shared[k]
+                vals[n] = pts.origin_of(k) if k in pts.moving else shared[k]
         return batchnorm_scale_shift(Values(vals, self.bn.eps))
 
     def _table(self, rows, base, z):
@@ -218,7 +222,7 @@ class AffineStrategy(Strategy):
         if self.compiled:
             moving = {k: pad_rows(v, self.chunk) for k, v in moving.items()}
             coords = pad_rows(coords, self.chunk)
-        if 0 < len(self.dirs_used) < self.ctx.points._coords.shape[1]:
+        if self._some_directions():
             # the layer depends on some coordinates only: once per distinct value
             distinct, index = self._distinct(start, stop, coords)
             table = self._table(distinct, base, z)
@@ -239,7 +243,7 @@ class AffineStrategy(Strategy):
         shape (stop-start, len(dirs_used)): a slice when those directions are consecutive
         (always, for 1 or 2 directions); a Python list as an index would be copied to the
         device, and waited for, at every chunk."""
-        c = self.ctx.points._coords[start:stop]
+        c = self.ctx.points.device_coords[start:stop]
         used = self.dirs_used
         if not used:
             return c[:, :0]
@@ -260,17 +264,9 @@ class AffineStrategy(Strategy):
         host copy of the index: no wait per chunk.
         """
         if coords.device.type in PER_CHUNK_UNIQUE_DEVICES:
-            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row
-                values, index = torch.unique(coords[:, 0], return_inverse=True)
-                return values[:, None], index
-            return torch.unique(coords, dim=0, return_inverse=True)
+            return distinct_rows(coords)
         if self._grid_rows is None:
-            used = self._used_coords(0, self.ctx.points.n)
-            if used.shape[1] == 1:
-                rows, inverse = torch.unique(used[:, 0], return_inverse=True)
-                rows = rows[:, None]
-            else:
-                rows, inverse = torch.unique(used, dim=0, return_inverse=True)
+            rows, inverse = distinct_rows(self._used_coords(0, self.ctx.points.n))
             self._grid_rows = (rows, inverse, inverse.cpu().numpy())
         rows, inverse, host = self._grid_rows
         part = host[start:stop]

@@ -17,6 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from ..points import distinct_rows
 from ..rewrite import plain, shallow_clone_with
 from .base import NotApplicable, Strategy, affine_points, math_attention, PerBatch, TinyLinear
 
@@ -112,8 +113,7 @@ class QuadraticStrategy(Strategy):
     def _stats(self, rows, args, y):
         """G (R, F+1, F+1), C (R, F+1, out), sum(y^2), float64, for rows of body coordinates."""
         pts = self.ctx.points
-        moving = {key: torch.addmm(pts._origin[key], rows, pts._dirs[key][self.dirs_rest])
-                  .view(rows.shape[0], *pts._shapes[key]) for key in self.body_moving}
+        moving = pts.at(rows, self.dirs_rest, self.body_moving)
         with math_attention():
             if moving:
                 h = self.body_fn(moving, args)  # (R, n, F)
@@ -137,15 +137,10 @@ class QuadraticStrategy(Strategy):
             b = moving[self.b_key] if self.b_key in moving else self.ctx.shared[self.b_key].expand(P, -1)
             w = torch.cat([w, b.double().unsqueeze(2)], dim=2)  # (P, out, F+1)
         if self.dirs_rest:
-            coords = pts._coords[start:stop][:, self.dirs_rest]
-            if coords.shape[1] == 1:  # 1-D unique sorts; unique(dim=0) compares row by row (10x slower)
-                rows, index = torch.unique(coords[:, 0], return_inverse=True)
-                rows = rows[:, None]
-            else:
-                rows, index = torch.unique(coords, dim=0, return_inverse=True)
+            rows, index = distinct_rows(pts.device_coords[start:stop][:, self.dirs_rest])
             g, c, yy = self._stats(rows, args, y)
         else:  # nothing before the output layer moves: one (G, C) per batch
-            one = pts._coords[:1, :0]
+            one = pts.device_coords[:1, :0]
             g, c, yy = self._cache.get(batch_index, args[0], lambda: self._stats(one, args, y))
             index = torch.zeros(P, dtype=torch.long, device=w.device)
         # sum_o w_o^T G w_o = <G, sum_o w_o w_o^T> and tr(W C) = <C, W^T>, per point with its row's G, C
