@@ -102,6 +102,10 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, c
             ax.contour(X, Y, lam, levels=[0.0], colors="w", linestyles="--", linewidths=1.5)
             ax.plot([], [], "w--", label="λ_min = 0")
             ax.legend(loc="upper right", fontsize=8, facecolor="0.5")
+        elif lam.count():  # no zero line to draw: say why
+            sign = "< 0" if lam.max() < 0 else "> 0" if lam.min() > 0 else "= 0"
+            ax.text(0.02, 0.02, f"λ_min {sign} at every point", transform=ax.transAxes, fontsize=8,
+                    color="w", bbox={"facecolor": "0.3", "alpha": 0.6, "lw": 0})
     ax.plot(0, 0, "k+", ms=10)
     xl, yl = axis_titles(surface)
     ax.set_xlabel(xl)
@@ -143,6 +147,8 @@ def sharpness_generalization(sharpness: Mapping[str, float], generalization: Map
         x, y = float(sharpness[label]), float(generalization[label])
         ax.scatter([x], [y], s=40, zorder=3)
         ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.margins(0.2)  # room for the labels right of the points
+    ax.xaxis.set_major_locator(require("matplotlib.ticker").MaxNLocator(4))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
