@@ -22,6 +22,8 @@ several 2-D surfaces       ``contour_grid``                             array of
 ``snapshot_predictions``   ``animate_fit``                              plotly Figure with frames
 ``compare_optimizers``     ``optimizer_comparison``                     Axes
 an nn.Linear's weights     ``hidden_lines``                             Axes
+``connect.evaluate_curve`` ``curve_profile``                            Axes
+``connect.barrier``        ``barriers``                                 Axes
 any view's result          ``save``                                     Path of the written file
 =========================  ===========================================  ==================================
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._common import finite, new_axes, require
+from ._display import displays
 from ._marks import legend_below
 
 __all__ = ["curve_profile", "barriers"]
@@ -28,6 +29,7 @@ def _label(name: str) -> str:
     return name.replace("/", " ")
 
 
+@displays
 def curve_profile(profile, *, value: str = "loss", ax=None, log: bool | None = None, title: str | None = None,
                   legend: bool = True):
     """A value along a trained curve (solid) and along the straight line between its ends (dashed).
@@ -80,6 +82,7 @@ def curve_profile(profile, *, value: str = "loss", ax=None, log: bool | None = N
     return ax
 
 
+@displays
 def barriers(lines, *, value: str = "loss", ax=None, log: bool = False, title: str | None = None,
              legend: bool = True):
     """A value along straight lines (e.g. before and after alignment), each with its barrier height.
