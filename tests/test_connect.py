@@ -335,6 +335,7 @@ def test_views_draw_profiles_and_barriers(tmp_path):
     prof = connect.evaluate_curve(curve, a, data, **kw)
     ax = fastscape.plot.curve_profile(prof, value="accuracy")
     assert len(ax.get_lines()) == 4  # train and test, curve and line
+    assert ax._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # shows as a picture in Jupyter
     np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), prof.curve["train/accuracy"])
     ax2 = fastscape.plot.barriers([raw], value="test/loss")
     np.testing.assert_array_equal(ax2.get_lines()[0].get_ydata(), raw.values["test/loss"])
