@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/connectivity.py [--reps 3] [--n 51]
 
-Three jobs on a digits-size CNN with BatchNorm (8x8 images, two conv layers, 512 images) and on
-an MLP (784-256-128-10, 1000 samples), each timed as fastscape does it and as a plain loop that
+Three jobs on a digits-size CNN with BatchNorm (8x8 images, two conv layers, 512 images), an
+MLP (784-256-128-10, 1000 samples) and the same MLP with BatchNorm1d after each hidden layer, each timed as fastscape does it and as a plain loop that
 loads every point's weights into a copy of the model and runs it (the dnn-mode-connectivity /
 open_lth way):
 
@@ -49,12 +49,17 @@ def _models(kind: str):
     out = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        m = DigitsCNN() if kind == "cnn" else nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
-                                                            nn.ReLU(), nn.Linear(128, 10))
         if kind == "cnn":
+            m = DigitsCNN()
+        elif kind == "mlp":
+            m = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+        else:  # "mlp-bn"
+            m = nn.Sequential(nn.Linear(784, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 128),
+                              nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
+        if kind != "mlp":
             m.train()
             with torch.no_grad():
-                m(torch.randn(64, 1, 8, 8) + seed)
+                m(torch.randn(64, *((1, 8, 8) if kind == "cnn" else (784,))) + seed)
         out.append(m.eval())
     g = torch.Generator().manual_seed(2)
     shape = (512, 1, 8, 8) if kind == "cnn" else (1000, 784)
@@ -107,13 +112,13 @@ def main(argv=None) -> None:
     n = args.n
     t = np.linspace(0, 1, n)
     line_w = np.stack([1 - t, t], 1)
-    for kind in ("cnn", "mlp"):
+    for kind in ("cnn", "mlp", "mlp-bn"):
         (a, b), data = _models(kind)
         states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (a, b)]
         jobs = [("barrier scan", lambda: connect.barrier(a, b, data, loss_fn=F.cross_entropy, n=n,
                                                          device="cpu").values["loss"],
                  lambda: _loop(a, states, line_w, data))]
-        if kind == "cnn":
+        if kind != "mlp":
             cal = [(data[0][i:i + 128], data[1][i:i + 128]) for i in range(0, 512, 128)]
             jobs.append(("barrier scan + BN recalibration",
                          lambda: connect.barrier(a, b, data, loss_fn=F.cross_entropy, n=n, recalibrate=cal,

@@ -21,7 +21,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ._surface import check_shapes, file_path
+from ._surface import check_shapes
+from ._surface_file import file_path
 
 __all__ = ["save_vtp"]
 

@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
                                                             "test acc")]
     for label, h in (("straight line (raw)", raw.heights), ("straight line (aligned)", aligned.heights),
                      ("Bezier curve (raw ends)", profile.heights["curve"])):
-        lines.append(row.format(label, *(h[k] + 0.0 for k in ("train/loss", "test/loss", "train/accuracy", "test/accuracy"))))
+        keys = ("train/loss", "test/loss", "train/accuracy", "test/accuracy")
+        lines.append(row.format(label, *(h[k] + 0.0 for k in keys)))  # + 0.0: no "-0.0000"
     lines.append(f"total {seconds:.1f} s")
     write_summary(out, lines, numbers)
     return numbers

@@ -342,3 +342,18 @@ def test_views_draw_profiles_and_barriers(tmp_path):
         fastscape.plot.curve_profile(prof, value="error")
     with pytest.raises(TypeError, match="`lines` must be a Barrier"):
         fastscape.plot.barriers([prof])
+
+
+def test_a_file_vouches_for_the_calibration_data(tmp_path):
+    model, _ = _pair(SmallCNN)
+    data, cal = _data(SmallCNN), _calibration(SmallCNN)
+    dirs = fastscape.random_directions(model, 1, seed=0)
+    kw = dict(loss_fn=F.cross_entropy, grid=(-1, 1, 3), device="cpu", progress=False, out=tmp_path / "s.h5")
+    first = fastscape.loss_surface(model, data, dirs, recalibrate=cal, **kw)
+    again = fastscape.loss_surface(model, data, dirs, recalibrate=cal, **kw)
+    np.testing.assert_array_equal(first.loss, again.loss)
+    other = [(x + 1, y) for x, y in cal]
+    with pytest.raises(ValueError, match="data_fingerprint"):
+        fastscape.loss_surface(model, data, dirs, recalibrate=other, **kw)
+    with pytest.raises(ValueError, match="data_fingerprint"):
+        fastscape.loss_surface(model, data, dirs, **kw)

@@ -233,3 +233,28 @@ def test_interpolating_a_model_with_itself_warns_of_a_zero_direction():
     model = MLP()
     with pytest.warns(UserWarning, match=r"`model_b` equals `model_a`: the direction .* is zero"):
         fastscape.interpolation_directions(model, model)
+
+
+def test_the_command_line_says_complete_only_of_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
+    from fastscape._cli import main
+    from tests.cli_models import make_model
+
+    ckpt, out = tmp_path / "m.pt", tmp_path / "s.h5"
+    torch.save(make_model().state_dict(), ckpt)
+    args = ["surface", "--model", "tests.cli_models:make_model", "--checkpoint", str(ckpt), "--data",
+            "tests.cli_models:make_big_data", "--loss", "cross_entropy", "--x", "-1:1:4", "--y", "-1:1:3",
+            "--chunk-size", "4", "--out", str(out), "--no-progress"]
+
+    def killed(self, surface):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sidecar.SurfaceStore, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):  # every unit computed, killed before the final write
+        main(args)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "wrote" in said and "3 reused" in said and "already complete" not in said, said
+    assert main(args) == 0
+    assert "already complete" in capsys.readouterr().out

@@ -100,7 +100,7 @@ def _summary(surface, out) -> str:
     lowest = (f"lowest loss {float(surface.loss[finite].min()):.6g} at "
               f"({', '.join(f'{c:.4g}' for c in surface.argmin())})" if finite.any() else "no finite loss")
     shape = "x".join(str(s) for s in surface.shape)
-    if not run or run.get("reused_units") == run.get("units"):
+    if not run or run.get("reused_file"):  # returned as it was, nothing written
         return f"fastscape surface: {out} is already complete: {shape} grid; {lowest}"
     return (f"fastscape surface: wrote {out}: {shape} grid in {run['units']} units "
             f"({run['reused_units']} reused from an earlier run), {meta['seconds']:.2f} s on "

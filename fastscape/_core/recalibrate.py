@@ -63,6 +63,34 @@ def calibration_batches(data, *, device, dtype, name: str = "recalibrate") -> Ba
     return batches
 
 
+class _RecordingBatchNorm(nn.Module):
+    """Stands in for a BatchNorm layer in the recorder's copy: normalises by the batch's statistics
+    (train mode) and hands them to ``record``. The mean and variance are taken in one pass
+    (``torch.var_mean``) and applied with elementwise operations: under ``vmap`` this avoids the
+    copies that the batching rule of ``native_batch_norm`` makes (a third of the CPU time: see
+    benchmarks/README.md, "Mode connectivity"). The layer's parameters and buffers are kept under
+    their names, so the parameter dict is unchanged."""
+
+    def __init__(self, bn: _BatchNorm, record):
+        super().__init__()
+        for name, p in bn.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in bn.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.eps, self.record = bn.eps, record
+
+    def forward(self, x):
+        var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=0, keepdim=True)
+        n = x.numel() // x.shape[1]
+        self.record(mean.reshape(-1), var.reshape(-1) * (n / (n - 1)))  # unbiased, as running_var keeps it
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.reshape(shape)
+        out = (x - mean) * scale
+        return out if self.bias is None else out + self.bias.reshape(shape)
+
+
 class _Recorder:
     """A copy of the model whose BatchNorm layers use batch statistics and record them."""
 
@@ -73,21 +101,19 @@ class _Recorder:
         self.record: dict[str, list] = {}
         #: forward calls of each BatchNorm per batch: each counts as one update of ``momentum=None``
         self.calls: dict[str, int] = {}
-        for path, mod in self.model.named_modules():
-            if path in names:
-                mod.train()
-                mod.track_running_stats = False  # batch statistics, no in-place update of buffers
-                mod.register_forward_pre_hook(self._hook(path))
+        for path in names:
+            parent, _, leaf = path.rpartition(".")
+            owner = self.model.get_submodule(parent) if parent else self.model
+            owner._modules[leaf] = _RecordingBatchNorm(owner._modules[leaf], self._recorder(path))
 
-    def _hook(self, path):
-        def hook(mod, inp):
-            x = inp[0]
-            var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=1)  # one pass for both
+    def _recorder(self, path):
+        def record(mean, var):
             self.record.setdefault(path, []).append((mean, var))
-        return hook
+        return record
 
     def stats(self, params: ParamDict, args: tuple) -> tuple:
-        """``(sum of means, sum of variances)`` over the calls of each BatchNorm path, in the order of ``names``, of one point."""
+        """``(sum of means, sum of variances)`` over the calls of each BatchNorm path, in the order
+        of ``names``, at one point."""
         self.record = {}
         functional_call(self.model, params, args)
         out = []
