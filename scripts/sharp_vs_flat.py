@@ -182,7 +182,8 @@ def _curvature_figure(maps):
 
     fig = Figure(figsize=(5.2 * len(maps), 4.6), layout="constrained")
     for ax, (label, s) in zip(np.atleast_1d(fig.subplots(1, len(maps))), maps.items()):
-        fastscape.plot.curvature_map(s, ax=ax, title=f"{label}: |λ_min / λ_max| (filter-normalised random plane)")
+        fastscape.plot.curvature_map(s, ax=ax, title=f"{label}: |λ_min / λ_max|")
+    fig.suptitle("convexity map over a filter-normalised random plane through each solution (Li et al. 2018, Fig. 9)")
     return fig
 
 

@@ -21,6 +21,7 @@ SCRIPTS = {
     "sharp_vs_flat": ["sharp_flat_interpolation.png", "sharp_flat_random_lines.png", "sharp_flat_density.png",
                       "sharp_flat_curvature_map.png", "sharp_flat_sharpness.png", "summary.txt"],
     "digits_optimizers": ["optimizers_pca_plane.png", "optimizers_plane.h5", "summary.txt"],
+    "edge_of_stability": ["edge_of_stability.png", "summary.txt"],
 }
 
 
@@ -97,3 +98,12 @@ def test_optimizer_plane_holds_every_path(runs):
     assert surf.loss.shape == (15, 15) and np.isfinite(surf.loss).all()
     numbers = json.loads((out / "summary.json").read_text())
     assert set(numbers["final_train_loss"]) == {"SGD", "SGD + momentum", "Adam"}
+
+
+def test_edge_of_stability_measures_every_snapshot(runs):
+    out, code, stdout, stderr = runs["edge_of_stability"]
+    assert code == 0, stderr[-2000:]
+    numbers = json.loads((out / "summary.json").read_text())
+    for lr, run in numbers.items():
+        assert run["steps"] == list(range(0, 301, 30)), lr
+        assert len(run["lambda_max"]) == len(run["steps"]) and min(run["lambda_max"]) > 0
