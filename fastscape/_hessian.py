@@ -41,8 +41,8 @@ from ._core.data import Batches, as_args
 from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
-from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
-                           resolve_device, resolve_dtype, unflatten)
+from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_device, model_state_guard,
+                           positive_int, positive_number, resolve_device, resolve_dtype, unflatten)
 from ._directions import Directions, make_generator
 from ._subset import chosen_names, describe
 
@@ -73,9 +73,7 @@ def _load_jvp_decompositions() -> None:
 #: forward and backward per batch serve every vector. Forward-over-reverse (``jvp``
 #: of ``grad``) needs a forward-mode derivative of every backward op, which PyTorch
 #: lacks for common ones (``huber_loss_backward``, the CPU LSTM kernel; ``mse_loss``'s
-#: backward writes into a ZeroTensor). Measured on CPU (torch 2.13, one thread, one
-#: vector; ten vectors under vmap): MLP 1.4 vs 2.5 ms (4.7 vs 6.3), CNN+BatchNorm
-#: 4.1 vs 6.6 ms (24 vs 20), transformer encoder 8.8 vs 11.2 ms (23 vs 27).
+#: backward writes into a ZeroTensor). The timings: benchmarks/README.md, "Hessian-vector products".
 MODES = ("reverse-over-reverse", "forward-over-reverse")
 #: what worked, per model structure, loss function, device and dtype: {"mode": one of
 #: MODES, "vmap": whether vmap over the vectors works (None: not tried)}. A loss that
@@ -101,10 +99,8 @@ class _HVP:
     """
 
     def __init__(self, model: nn.Module, data, loss_fn: Callable, *, device, dtype, batch_size, params=None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+        check_model(model)
+        check_loss_fn(loss_fn)
         self.device = resolve_device(device, model)
         self.dtype = resolve_dtype(dtype)
         self.model, self.loss_fn = model, loss_fn

@@ -18,6 +18,8 @@ from ._core.guards import warn_once
 from ._core.metrics import check_metrics
 from ._core.params import (
     check_directions,
+    check_loss_fn,
+    check_model,
     check_origin,
     fingerprint,
     flatten,
@@ -83,7 +85,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     loss_fn : callable ``(output, target) -> scalar tensor``
         The mean loss of a batch, e.g. ``torch.nn.functional.cross_entropy``.
     grid : int, (min, max, num), or list of per-direction (min, max, num) / 1-D arrays
-        Coordinates along each direction (see :func:`fastscape._grid.make_axes`).
+        Coordinates along each direction: an int ``num`` is ``num`` points on
+        [-1, 1] along every direction; a triple the same span and count along
+        every direction; a list holds one triple or 1-D array per direction
+        (non-square and non-uniform grids).
     origin : nn.Module or dict, optional
         Where the directions start (default: the model's own parameters).
     metrics : dict name -> callable, optional
@@ -137,10 +142,8 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Surface
         ``loss`` of shape ``(len(coords[0]), ..., len(coords[k-1]))``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    check_model(model)
+    check_loss_fn(loss_fn)
     if not any(True for _ in model.parameters()):
         raise ValueError(f"`model` has no parameters ({type(model).__name__}); a loss surface moves the "
                          "weights, so the model needs some.")

@@ -17,8 +17,8 @@ from torch import nn
 
 from ._core.data import Batches
 from ._core.evaluator import evaluate
-from ._core.params import (ParamDict, as_param_dict, check_directions, check_origin, flatten, positive_int, unflatten,
-                           resolve_device, resolve_dtype)
+from ._core.params import (ParamDict, check_loss_fn, check_model, as_param_dict, check_directions, check_origin,
+                           flatten, positive_int, unflatten, resolve_device, resolve_dtype)
 from ._core.points import AffinePoints, ExplicitPoints
 from ._directions import Directions
 from ._subset import chosen_names, describe
@@ -262,10 +262,8 @@ def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directio
         Sample-weighted mean loss over ``data`` at each point, float64.
     """
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    check_model(model)
+    check_loss_fn(loss_fn)
     is_coords = isinstance(trajectory, (np.ndarray, torch.Tensor))
     if directions is None:
         if is_coords:

@@ -252,3 +252,39 @@ def test_demo_subcommand_still_there(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("fastscape._demo.run_demo", lambda out, resolution: seen.update(out=out, res=resolution))
     rc, _, _ = _run(["demo", "--out", tmp_path, "--resolution", "7"], capsys)
     assert rc == 0 and seen == {"out": str(tmp_path), "res": 7}
+
+
+# --------------------------------------------------------------------------- one line naming the option
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cli_cuda_device_without_cuda_is_one_line(tmp_path, capsys):
+    rc, _, err = _run(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
+                       "--loss", "cross_entropy", "--x", "-1:1:3", "--out", tmp_path / "s.h5", "--device", "cuda",
+                       "--quiet"], capsys)
+    assert rc == 2
+    assert err.count("\n") == 1 and "`device`" in err and "CUDA is not available" in err
+
+
+def test_cli_plot_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    rc, _, err = _run(["plot", tmp_path], capsys)
+    assert rc == 2
+    assert "is a folder" in err and "does not exist" not in err
+
+
+def test_a_checkpoint_with_the_right_names_but_wrong_shapes_names_the_tensors(tmp_path):
+    from tests.cli_models import Net
+
+    ckpt = tmp_path / "wide.pt"
+    torch.save(Net(hidden=20).state_dict(), ckpt)  # same names, hidden layer 20 wide instead of 24
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastscape", "surface", "--model", "tests.cli_models:make_model",
+         "--checkpoint", str(ckpt), "--data", "tests.cli_models:make_data", "--loss", "cross_entropy",
+         "--x", "-1:1:3", "--out", str(tmp_path / "s.h5"), "--quiet", "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "Traceback" not in err
+    assert "--checkpoint" in err and "body.0.weight" in err and "(20, 6)" in err and "(24, 6)" in err, err
