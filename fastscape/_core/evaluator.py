@@ -36,6 +36,7 @@ from .memory import LIVE_FACTOR, is_out_of_memory, peak_memory, plan_chunk
 from .metrics import check_metrics
 from .objective import scalar_of
 from .params import ParamDict, model_state_guard, positive_int
+from .prefix import PrefixStrategy
 from .strategies import (
     AUTO_CHOICES,
     STRATEGIES,
@@ -52,6 +53,8 @@ from .strategies import (
 )
 
 __all__ = ["evaluate", "value_names", "FallbackWarning", "EvalReport"]
+
+STRATEGIES["prefix"] = PrefixStrategy  # registered beside the others once strategies/ is a package
 
 #: bytes of one intermediate tensor a chunk aims at on CPU: past a few MiB every
 #: allocation page-faults and the same grid runs several times slower.

@@ -1249,10 +1249,6 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "quadratic": QuadraticStrategy,
 }
 
-from .prefix import PrefixStrategy  # noqa: E402 - built on the classes above
-
-STRATEGIES["prefix"] = PrefixStrategy
-
 
 def strategy_names() -> list[str]:
     """Valid values of ``strategy``: "auto" and the registered names."""
