@@ -116,7 +116,7 @@ class _HVP:
         # parameters outside the subset are held fixed, like buffers
         self.buffers.update({k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()
                              if k not in keep})
-        self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype)
+        self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype).bind(model)
         self.shapes = {k: p.shape for k, p in self.params.items()}
         self.numel = sum(p.numel() for p in self.params.values())
         self.calls = 0

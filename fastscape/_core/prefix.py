@@ -148,6 +148,18 @@ def _rename(values: dict, aliases: dict[str, list[str]]) -> dict:
     return {alias: v for k, v in values.items() for alias in aliases.get(k, ())}
 
 
+class _Rewrap(nn.Module):
+    """The suffix graph with its output rebuilt as the model's own output type: fx returns a
+    Hugging Face ``ModelOutput`` (an ordered dict) as a plain dict, and a loss reads ``.logits``."""
+
+    def __init__(self, graph: fx.GraphModule, kind: type):
+        super().__init__()
+        self.graph_module, self.kind = graph, kind
+
+    def forward(self, *args):
+        return self.kind(**self.graph_module(*args))
+
+
 class PrefixStrategy(Strategy):
     """The frozen prefix once per data batch, the moving rest under vmap (see the module docstring)."""
 
@@ -178,6 +190,12 @@ class PrefixStrategy(Strategy):
         self._boundaries: dict[int, tuple] = {}  # batch index -> (its inputs, the boundary values)
         self._cached_bytes = 0
         self._moving_sample_bytes = self._check(model)
+        if self.out_kind is not None:
+            self.post = _Rewrap(self.post, self.out_kind)
+            self.post_alias = _aliases(self.post, model)
+            self.post_shared = _rename(ctx.shared, self.post_alias)
+            self.point = PointLoss(self.post, ctx.loss_fn, ctx.metrics)
+            self.fn = vmap(self.point, in_dims=(None, 0, None, None))
 
     def _boundary(self, batch_index, args):
         """The boundary values of one data batch: computed on its first chunk, then kept (up to
@@ -216,6 +234,10 @@ class PrefixStrategy(Strategy):
             raise NotApplicable(f"the split graph does not run ({type(err).__name__}: {str(err)[:100]})") from None
         if not _same(got, want):
             raise NotApplicable("the traced graph does not reproduce the model's output")
+        # a Mapping output type that fx rebuilt as a plain dict is restored around the suffix
+        self.out_kind = type(want) if isinstance(want, dict) and type(got) is dict and type(want) is not dict else None
+        if self.out_kind is None and type(got) is not type(want):
+            raise NotApplicable(f"the traced graph returns a {type(got).__name__}, the model a {type(want).__name__}")
         n = _samples(args)
         return max(1, math.ceil(largest[0] / max(1, n)))
 
@@ -247,10 +269,12 @@ def _samples(args) -> int:
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and values_agree(a.double().flatten(), b.double().flatten(), rtol=1e-4)
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
+    """Whether two outputs hold the same tensors (a Hugging Face ``ModelOutput`` is a pytree whose
+    cache objects are not compared: they are recomputed by every call)."""
+    from torch.utils._pytree import tree_leaves
+
+    ta = [t for t in tree_leaves(a) if isinstance(t, torch.Tensor)]
+    tb = [t for t in tree_leaves(b) if isinstance(t, torch.Tensor)]
+    return bool(ta) and len(ta) == len(tb) and all(
+        x.shape == y.shape and values_agree(x.double().flatten(), y.double().flatten(), rtol=1e-4)
+        for x, y in zip(ta, tb))
