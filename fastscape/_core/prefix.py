@@ -35,6 +35,8 @@ __all__ = ["PrefixStrategy", "split_graph"]
 #: bytes of one intermediate of the moving part that a chunk aims at (the evaluator's
 #: CPU_TARGET_BYTES / CUDA_TARGET_BYTES measure the whole model's activations instead)
 TARGET_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
+#: samples of the probe batch on which the split is checked against the model's own output
+CHECK_SAMPLES = 8
 #: bytes of the chunk's stacked moving tensors, at most (CPU: a 21x21 fc-only resnet18 plane,
 #: 441 x 20 KB, is one chunk; layer4 alone, 33 MB a point, runs a point at a time; see
 #: benchmarks/README.md, "Parameter subsets")
@@ -211,9 +213,13 @@ class PrefixStrategy(Strategy):
         return bound
 
     def _check(self, model) -> int:
-        """Run the split once on the probe's inputs at the first point and compare with the model's own
-        output; returns the largest intermediate of the moving part, in bytes per sample."""
-        c, args = self.ctx, self.ctx.args0
+        """Run the split once on a few of the probe's samples at the first point and compare with the
+        model's own output; returns the largest intermediate of the moving part, in bytes per sample."""
+        c = self.ctx
+        n = _samples(c.args0)
+        # CHECK_SAMPLES of them: the split is per sample, and a full probe would cost resnet18 three forwards
+        args = tuple(a[:CHECK_SAMPLES] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
+                     for a in c.args0)
         point = {k: v[0] for k, v in c.points.stack(0, 1).items()}
         largest = [0]
 
