@@ -1,28 +1,26 @@
 """Directions in weight space: the coordinate systems a loss surface is drawn in.
 
-A direction is a dict keyed like ``model.named_parameters()`` with tensors of
-the parameters' shapes, on the model's device. A "states" direction also holds
-the model's floating-point buffers (BatchNorm running mean and variance),
-which then move with the coordinates. A :class:`Directions` list carries an
-``info`` dict saying how it was made; surfaces copy it into their metadata.
+A direction is a dict keyed like ``model.named_parameters()`` with tensors of the parameters'
+shapes, on the model's device. A "states" direction also holds the model's floating-point buffers
+(BatchNorm running mean and variance), which then move with the coordinates. A :class:`Directions`
+list carries an ``info`` dict saying how it was made; surfaces copy it into their metadata.
 
-- :func:`random_directions`: Gaussian directions, normalised filter by filter
-  (Li et al., "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018).
+- :func:`random_directions`: Gaussian directions, normalised filter by filter (Li et al.,
+  "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018); ``params=`` names the subset.
 - :func:`orthogonalize`: Gram-Schmidt of a set of directions.
-- :func:`axis_directions`, :func:`axis_origin`: the raw weights themselves as
-  coordinates.
+- :func:`axis_directions`, :func:`axis_origin`: the raw weights themselves as coordinates.
 - :func:`interpolation_directions`: the line through two models (Goodfellow,
   Vinyals and Saxe, "Qualitatively characterizing neural network optimization
   problems", ICLR 2015) or the affine plane through three.
-- :func:`interpolation_plane`: the orthonormal plane through three models with
-  their positions in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and
-  Fast Ensembling of DNNs", NeurIPS 2018).
-- Top Hessian eigenvectors (:func:`fastscape.hessian_eigenpairs`) are directions too.
+- :func:`interpolation_plane`: the orthonormal plane through three models with their positions
+  in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs", NeurIPS 2018).
+- Top Hessian eigenvectors (:func:`fastscape.curvature.hessian_eigenpairs`) are directions too.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -446,6 +444,10 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
     """
     others = [("model_b", model_b)] + ([("model_c", model_c)] if model_c is not None else [])
     diffs = _differences(model_a, others, states, params)
+    for (name, _), d in zip(others, diffs):
+        if not any(bool(t.any()) for t in d.values()):
+            warnings.warn(f"`{name}` equals `model_a`: the direction from one to the other is zero, so every "
+                          "point of a surface along it is `model_a` itself.", UserWarning, stacklevel=2)
     return Directions(diffs, kind="interpolation", states=states, params=describe(params))
 
 

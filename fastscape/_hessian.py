@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.data import Batches, as_args
+from ._core.data import Batches, as_args, warn_nonfinite
 from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
@@ -235,6 +235,7 @@ def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable,
 
 def _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size, params=None) -> ParamDict:
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size, params=params)
+    warn_nonfinite(op.batches, "the Hessian-vector product will be NaN", stacklevel=4)
     missing = [k for k in op.params if k not in vector]
     if missing:
         raise ValueError(f"`vector` has no entry for the model's parameter(s) {missing[:5]}.")
@@ -315,9 +316,9 @@ def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
 
 def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2, tol: float = 1e-4,
                        max_iter: int = 100, seed: int | None = 0, device=None, dtype=torch.float32,
-                       batch_size: int | None = None,
+                       batch_size: int | None = None, which: str = "largest",
                        params: str | list[str] | None = None) -> tuple[Directions, np.ndarray]:
-    """The ``n`` largest eigenvalues of the loss Hessian and their eigenvectors.
+    """The ``n`` largest (or smallest) eigenvalues of the loss Hessian and their eigenvectors.
 
     Lanczos iteration with full reorthogonalisation on Hessian-vector
     products (see the module docstring); each iteration is one pass over the
@@ -331,7 +332,8 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         The loss is the sample-weighted mean over all of it.
     loss_fn : callable ``(output, target) -> scalar tensor``
     n : int
-        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …).
+        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …), or with
+        ``which="smallest"`` the algebraically smallest (λn ≤ λn-1 ≤ …).
     tol : float
         Stop when every returned pair has ``||H y - λ y|| <= tol * |λ|_max``
         (``|λ|_max``: the largest Ritz value in magnitude). Eigenvalues are then
@@ -347,6 +349,10 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
     dtype : torch.float32 (default) or torch.float64
     batch_size : int, optional
         Largest data batch (default: the data as given).
+    which : {"largest", "smallest"}
+        Which end of the spectrum (see :data:`WHICH`). "smallest" runs the same
+        Lanczos iteration on ``-H``: its largest eigenvalues are ``-λ`` for the
+        smallest ``λ`` of ``H``, so negative curvature shows as a negative value.
     params : str, list of str or None
         The Hessian over a subset of the parameters, ``H_SS`` (names or glob patterns, see
         :func:`fastscape.random_directions`); default: those that require grad. The
@@ -360,25 +366,43 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         largest magnitude is positive. ``.info`` holds ``kind="hessian"``,
         the eigenvalues, residuals, iterations and whether it converged.
     eigenvalues : ndarray of shape (n,)
-        Descending, float64.
+        Float64; descending for "largest", ascending for "smallest" (the most extreme first).
     """
     with warn_once():  # a warning of the loss (e.g. broadcasting) once, not once per product
-        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size, params)
+        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size,
+                                   which, params)
 
 
-def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size, params=None):
+#: the ends of the spectrum ``hessian_eigenpairs(which=...)`` reaches: the sign the operator is run with
+WHICH = {"largest": 1.0, "smallest": -1.0}
+
+
+def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size, which,
+                        params=None):
+    if which not in WHICH:
+        raise ValueError(f"`which` must be one of {list(WHICH)}; got {which!r}.")
+    sign = WHICH[which]
     positive_int(n, "n")
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
     op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size, params=params)
+    bad = op.batches.nonfinite()
+    if bad is not None:
+        raise ValueError(f"`data` holds {bad}: the Hessian is NaN there, so it has no eigenpairs.")
     if n > op.numel:
         raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
     if max_iter < n:
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = make_generator(seed, None)
     with model_state_guard(model):
-        theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
-                                                     generator=g, device=op.device, dtype=op.dtype)
+        matvec = op if sign > 0 else (lambda v: -op(v))
+        try:
+            theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
+                                                         generator=g, device=op.device, dtype=op.dtype)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
+                             "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
+    theta = sign * theta
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
@@ -390,7 +414,7 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         if y[int(y.abs().argmax())] < 0:
             y = -y
         vectors.append(_to_model(op.unflatten(y), model))
-    info = {"kind": "hessian", "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
+    info = {"kind": "hessian", "which": which, "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
             "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model)),
             "params": describe(params)}
     return Directions(vectors, **info), np.asarray(theta, dtype=np.float64)
@@ -461,3 +485,7 @@ def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, d
                   f"{stderr:.3g} on a trace of {mean:.3g}, above `tol`={tol} relative; raise "
                   "`max_iter` or `tol`.", ConvergenceWarning, stacklevel=3)
     return mean, stderr
+
+
+#: the whole-dataset Hessian operator, for the modules that build on it (:mod:`fastscape._curvature`)
+HessianOperator = _HVP

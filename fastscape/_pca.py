@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, warn_nonfinite
 from ._core.evaluator import evaluate
 from ._core.params import (ParamDict, check_loss_fn, check_model, as_param_dict, check_directions, check_origin,
                            flatten, positive_int, unflatten, resolve_device, resolve_dtype)
@@ -286,6 +286,7 @@ def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directio
         points = AffinePoints(orig, dirs, coords)
     batches = Batches(data, batch_size=batch_size, device=resolve_device(device, model),
                       dtype=resolve_dtype(dtype))
+    warn_nonfinite(batches, "the loss will be NaN (or inf) at every point of the path")
     values, _ = evaluate(model, batches, points, loss_fn=loss_fn, chunk_size=chunk_size, strategy=strategy)
     return values["loss"]
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.data import Batches, as_args, as_pair
+from ._core.data import Batches, as_args, as_pair, warn_nonfinite
 from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_parameters, positive_int,
                            resolve_dtype, unflatten)
 
@@ -381,6 +381,7 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
         data = [tuple(data)]  # one (inputs, targets) pair: the whole data as one batch
     device = first.device
     eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
+    warn_nonfinite(eval_batches, "the loss stored with every snapshot will be NaN (or inf)")
 
     def mean_loss():
         with torch.no_grad():

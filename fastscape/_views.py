@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, warn_nonfinite
 from ._core.evaluator import evaluate
 from ._core.objective import check_differentiable, mean_loss
 from ._core.params import (
@@ -257,6 +257,7 @@ def lr_steps(model: nn.Module, data, directions, *, loss_fn: Callable, lrs: Sequ
     keys = list(directions[0])
     orig = check_origin(model, origin, keys)
     params, batches = _batches(model, data, batch_size)
+    warn_nonfinite(batches, "the loss, its gradient and every step will be NaN (or inf)")
     loss0, g = loss_and_gradient(model, data, loss_fn=loss_fn, batch_size=batch_size)
     stepped = [{k: params[k] - lr * g[k] if k in g else params[k] for k in params} for lr in lrs]
     # the start and each landing, in plane coordinates: the package's one least-squares projection

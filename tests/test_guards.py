@@ -33,6 +33,6 @@ def test_feature_width_mismatch_names_the_input_shape_and_the_layer():
     msg = str(info.value).splitlines()[0]  # the CLI prints the first line only
     assert "(8, 5)" in msg and "`net.0`" in msg and "in_features=3" in msg, msg
     with pytest.raises(RuntimeError) as info:
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.mse_loss, device="cpu")
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.mse_loss, device="cpu")
     msg = str(info.value).splitlines()[0]
     assert "(8, 5)" in msg and "`net.0`" in msg and "in_features=3" in msg, msg

@@ -142,11 +142,37 @@ def test_core_imports_nothing_outside_core():
     assert not bad, f"_core modules importing outside _core: {bad}"
 
 
+def test_the_store_never_runs_the_model():
+    """`_store` keeps requests on disk: it imports neither the evaluator nor a strategy (run
+    planning, which probes the model, lives beside loss_surface in `_units`)."""
+    graph = import_graph()
+    store = {m: ts for m, ts in graph.items() if m == "fastscape._store" or m.startswith("fastscape._store.")}
+    assert store, "fastscape._store is a package"
+    bad = {m: sorted(t for t in ts if t.startswith(("fastscape._core.evaluator", "fastscape._core.strategies",
+                                                     "fastscape._core.auto", "fastscape._units",
+                                                     "fastscape._landscape")))
+           for m, ts in store.items()}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"the store imports compute modules: {bad}"
+
+
 def test_compute_modules_do_not_import_plot():
     bad = {m: sorted(t for t in ts if t == "fastscape.plot" or t.startswith("fastscape.plot."))
            for m, ts in import_graph().items() if not _is_front_end(m)}
     bad = {m: ts for m, ts in bad.items() if ts}
     assert not bad, f"compute modules importing the drawing layer: {bad}"
+
+
+#: what the drawing layer may import from the package: itself and the optional-import helper
+PLOT_MAY_IMPORT = ("fastscape.plot", "fastscape._optional")
+
+
+def test_plot_imports_no_compute_module():
+    """`plot` stands on the data objects it is handed: it imports no module that computes."""
+    bad = {m: sorted(t for t in ts if not any(t == a or t.startswith(a + ".") for a in PLOT_MAY_IMPORT))
+           for m, ts in import_graph().items() if m == "fastscape.plot" or m.startswith("fastscape.plot.")}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"plot modules importing compute modules: {bad}"
 
 
 def test_front_ends_use_the_public_api():
@@ -161,6 +187,32 @@ def test_front_ends_use_the_public_api():
         assert not private, f"{name} imports private modules {private}; use the public API"
 
 
+def test_test_files_are_named_by_subject():
+    """A test file is named after what it tests (``test_cli.py``, ``test_hessian.py``), never after the
+    issue that asked for it (``test_errors11.py``): no digit in a test file's name."""
+    import re
+
+    numbered = sorted(p.name for p in Path(__file__).resolve().parent.glob("test_*.py") if re.search(r"\d", p.name))
+    assert not numbered, f"test files named after a number: {numbered}"
+
+
+MAX_PUBLIC_NAMES = 32
+
+
+def test_the_top_level_fits_on_one_screen():
+    """At most 32 public names; the ones that moved away still resolve, with a FutureWarning naming
+    their new home, so an outside script learns where to look instead of failing."""
+    import fastscape
+
+    assert len(fastscape.__all__) <= MAX_PUBLIC_NAMES, sorted(fastscape.__all__)
+    assert all(hasattr(fastscape, n) for n in fastscape.__all__)
+    with pytest.warns(FutureWarning, match=r"fastscape\.curvature\.hessian_eigenpairs"):
+        moved = fastscape.hessian_eigenpairs
+    assert moved is fastscape.curvature.hessian_eigenpairs
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        fastscape.nonsense
+
+
 #: the signatures earlier issues promised to outside scripts, exactly as they were
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "
@@ -170,7 +222,8 @@ FIXED_SIGNATURES = {
     "loss_surface": "(model: 'nn.Module', data, directions, *, loss_fn: 'Callable', grid=(-1.0, 1.0, 51), "
                     "origin=None, metrics: 'Mapping[str, Callable] | None' = None, device=None, "
                     "dtype=torch.float32, chunk_size='auto', batch_size: 'int | None' = None, "
-                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None) -> 'Surface'",
+                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None, "
+                    "recalibrate=None) -> 'Surface'",
     "Surface": "(coords: 'list[np.ndarray]', loss: 'np.ndarray', metrics: 'dict[str, np.ndarray]' = <factory>, "
                "meta: 'dict' = <factory>) -> None",
     "Surface.save": "(self, path) -> 'Path'",

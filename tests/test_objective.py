@@ -22,9 +22,9 @@ def test_hessian_on_a_model_with_backward_hooks_names_them():
     model = _with_full_backward_hook()
     _, data, _ = make_case()
     with pytest.raises(ValueError, match=r"`model`.*backward hook.*'net\.0'"):
-        fastscape.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=1)
+        fastscape.curvature.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=1)
     with pytest.raises(ValueError, match=r"`model`.*backward hook"):
-        fastscape.hessian_vector_product(model, data, {k: torch.ones_like(p) for k, p in model.named_parameters()},
+        fastscape.curvature.hessian_vector_product(model, data, {k: torch.ones_like(p) for k, p in model.named_parameters()},
                                          loss_fn=F.cross_entropy)
 
 

@@ -27,7 +27,7 @@ def test_cuda_device_without_cuda_is_one_clear_error():
     with pytest.raises(ValueError, match=r"`device`.*'cuda'.*CUDA is not available"):
         fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, device="cuda")
     with pytest.raises(ValueError, match=r"`device`.*'cuda:0'.*CUDA is not available"):
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.mse_loss, device="cuda:0")
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.mse_loss, device="cuda:0")
 
 
 class _NoParams(nn.Module):
@@ -55,9 +55,9 @@ def _calls():
     return {
         "loss_surface": lambda m, f: fastscape.loss_surface(m, data, dirs, loss_fn=f, grid=3),
         "path_loss": lambda m, f: fastscape.path_loss(m, data, [vec, vec], loss_fn=f),
-        "hessian_vector_product": lambda m, f: fastscape.hessian_vector_product(m, data, vec, loss_fn=f),
-        "hessian_eigenpairs": lambda m, f: fastscape.hessian_eigenpairs(m, data, loss_fn=f, n=1),
-        "hessian_trace": lambda m, f: fastscape.hessian_trace(m, data, loss_fn=f),
+        "hessian_vector_product": lambda m, f: fastscape.curvature.hessian_vector_product(m, data, vec, loss_fn=f),
+        "hessian_eigenpairs": lambda m, f: fastscape.curvature.hessian_eigenpairs(m, data, loss_fn=f, n=1),
+        "hessian_trace": lambda m, f: fastscape.curvature.hessian_trace(m, data, loss_fn=f),
         "cross_sections": lambda m, f: fastscape.cross_sections(m, data, loss_fn=f),
         "lr_steps": lambda m, f: fastscape.lr_steps(m, data, dirs, loss_fn=f, lrs=[0.1]),
         "train": lambda m, f: fastscape.train(m, [data], loss_fn=f, epochs=1,

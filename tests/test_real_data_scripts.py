@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "digits_cnn": ["cnn_random_loss.png", "cnn_random_accuracy.png", "cnn_pca_loss.png", "cnn_pca_accuracy.png",
                    "cnn_hessian_loss.png", "cnn_hessian_accuracy.png", "cnn_pca_surface3d.html", "summary.txt"],
-    "sharp_vs_flat": ["sharp_flat_interpolation.png", "sharp_flat_random_lines.png", "summary.txt"],
+    "sharp_vs_flat": ["sharp_flat_interpolation.png", "sharp_flat_random_lines.png", "sharp_flat_density.png",
+                      "sharp_flat_curvature_map.png", "sharp_flat_sharpness.png", "summary.txt"],
     "digits_optimizers": ["optimizers_pca_plane.png", "optimizers_plane.h5", "summary.txt"],
 }
 
@@ -82,6 +83,9 @@ def test_sharp_vs_flat_states_the_claim_and_the_numbers(runs):
     numbers = json.loads((out / "summary.json").read_text())
     assert set(numbers["top_eigenvalue"]) == {"small-batch", "large-batch"}
     assert all(v > 0 for v in numbers["top_eigenvalue"].values())
+    for label, sh in numbers["sharpness"].items():  # a maximum over a neighbourhood holds the centre
+        assert sh["epsilon"] >= 0 and sh["adaptive"] >= 0, label
+    assert set(numbers["generalisation_gap"]) == {"small-batch", "large-batch"}
 
 
 def test_optimizer_plane_holds_every_path(runs):

@@ -50,7 +50,7 @@ def test_mse_broadcast_warning_reaches_the_user_once(strategy):
 def test_mse_broadcast_warning_reaches_the_user_once_from_the_hessian():
     model, x, y = _small_setup()
     with pytest.warns(UserWarning, match="target size") as record:
-        fastscape.hessian_eigenpairs(model, (x, y[:, 0]), loss_fn=F.mse_loss, n=1, device="cpu", batch_size=3)
+        fastscape.curvature.hessian_eigenpairs(model, (x, y[:, 0]), loss_fn=F.mse_loss, n=1, device="cpu", batch_size=3)
     assert len(_target_size_warnings(record)) == 1
 
 

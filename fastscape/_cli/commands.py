@@ -4,10 +4,11 @@ arguments, calls the public API and returns the exit status."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from .inputs import (CLIError, load_data, load_model, make_directions, parse_axes, resolve_loss, resolve_metrics,
-                     world_size)
+from .inputs import (CLIError, first_line, load_data, load_model, make_directions, parse_axes, resolve_loss,
+                     resolve_metrics, world_size)
 
 
 def demo(args) -> int:
@@ -51,12 +52,33 @@ def surface(args) -> int:
             dist.destroy_process_group()
     if rank == 0:
         if path is not None:
-            result.path = path  # kept with the surface: `fastscape plot` draws it
-            if args.out is not None:
-                result.save(args.out)
+            _keep_path(result, path, Path(args.out))  # kept with the surface: `fastscape plot` draws it
             _check_path_in_grid(result)
         print(_summary(result, args.out))
     return 0
+
+
+def _keep_path(surface, path, out: Path) -> None:
+    """Store the checkpoints' projected path in the finished file ``out``, unless it already
+    holds this path. A finished file is never rewritten in place: the surface with its path is
+    written to a temporary name beside it, flushed, and renamed over it (the name the store's
+    next run sweeps up when a kill leaves it behind), so a kill or a write error at any moment
+    leaves either the old file or the new one."""
+    import numpy as np
+
+    if surface.path is not None and np.shape(surface.path) == np.shape(path) and np.array_equal(surface.path, path):
+        return
+    surface.path = path
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        surface.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CLIError(f"`--out` {str(out)!r} holds the finished surface, but storing the checkpoints' path in it "
+                       f"failed ({first_line(err)}); the file is unchanged: run the same command again.") from err
 
 
 def _check_path_in_grid(surface) -> None:
@@ -78,7 +100,7 @@ def _summary(surface, out) -> str:
     lowest = (f"lowest loss {float(surface.loss[finite].min()):.6g} at "
               f"({', '.join(f'{c:.4g}' for c in surface.argmin())})" if finite.any() else "no finite loss")
     shape = "x".join(str(s) for s in surface.shape)
-    if not run or run.get("reused_units") == run.get("units"):
+    if not run or run.get("reused_file"):  # returned as it was, nothing written
         return f"fastscape surface: {out} is already complete: {shape} grid; {lowest}"
     return (f"fastscape surface: wrote {out}: {shape} grid in {run['units']} units "
             f"({run['reused_units']} reused from an earlier run), {meta['seconds']:.2f} s on "
@@ -99,6 +121,9 @@ def plot(args) -> int:
     value = surface.value(args.value)  # an unknown name lists the surface's values
     from fastscape.plot import contour, line, save, surface3d
 
+    if surface.ndim == 3 and not args.vtp:
+        raise CLIError(f"`FILE` {str(path)!r} holds a 3-D surface (a volume): its one figure file is surface.vtp "
+                       "for ParaView, which `--no-vtp` turns off; draw it in Python with fastscape.plot.volume.")
     pick = {"value": value.name}
     out = Path(args.out) if args.out is not None else path.with_name(path.stem + "-figures")
     out.mkdir(parents=True, exist_ok=True)
@@ -117,4 +142,7 @@ def plot(args) -> int:
         written.append(fastscape.save_vtp(surface, out / "surface.vtp", log=args.log))
     for p in written:
         print(f"fastscape plot: wrote {p}")
+    if surface.ndim == 3:
+        print("fastscape plot: a 3-D surface (a volume) has no contour or line figure; surface.vtp holds it for "
+              "ParaView, and fastscape.plot.volume draws it in Python")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,20 @@ class CLIError(ValueError):
     """A bad command-line argument; printed as one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def call_factory(factory, spec: str, *, what: str):
+    """``factory()``; whatever it raises becomes one line naming the option."""
+    try:
+        return factory()
+    except Exception as err:  # the user's code: any type
+        raise CLIError(f"`{what}` {spec!r} raised {type(err).__name__}: {first_line(err)}") from err
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -41,6 +56,9 @@ def import_object(spec: str, *, what: str):
         obj = importlib.import_module(module)
     except ImportError as err:
         raise CLIError(f"`{what}`: cannot import module {module!r} ({err}).") from err
+    except Exception as err:  # the user's module fails while it is imported
+        raise CLIError(f"`{what}`: importing module {module!r} raised {type(err).__name__}: "
+                       f"{first_line(err)}") from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise CLIError(f"`{what}`: module {module!r} has no attribute {attr!r}.")
@@ -73,6 +91,8 @@ def parse_axis(text: str, *, what: str) -> tuple[float, float, int]:
         lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
         raise CLIError(f"`{what}` must be MIN:MAX:NUM, e.g. -1:1:51; got {text!r}.") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise CLIError(f"`{what}` needs finite MIN and MAX; got {text!r}.")
     if num < 1:
         raise CLIError(f"`{what}` needs NUM >= 1 points; got {num}.")
     if lo > hi:
@@ -130,7 +150,8 @@ def load_model(args):
     from torch import nn
 
     factory = import_object(args.model, what="--model")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    model = call_factory(factory, args.model, what="--model") \
+        if callable(factory) and not isinstance(factory, nn.Module) else factory
     if not isinstance(model, nn.Module):
         raise CLIError(f"`--model` {args.model!r} must return a torch.nn.Module; got {type(model).__name__}.")
     if args.checkpoint is not None:
@@ -141,8 +162,8 @@ def load_model(args):
 def load_data(args):
     """The ``--data`` object: the factory's result, or the object itself when it is data."""
     data_obj = import_object(args.data, what="--data")
-    return data_obj() if callable(data_obj) and not hasattr(data_obj, "__getitem__") \
-        and not hasattr(data_obj, "__iter__") else data_obj
+    return call_factory(data_obj, args.data, what="--data") if callable(data_obj) \
+        and not hasattr(data_obj, "__getitem__") and not hasattr(data_obj, "__iter__") else data_obj
 
 
 def load_checkpoint(path, *, what: str) -> dict:
@@ -150,13 +171,20 @@ def load_checkpoint(path, *, what: str) -> dict:
     under ``state_dict``, ``model_state_dict`` or ``model``)."""
     import torch
 
+    if not str(path).strip():
+        raise CLIError(f"`{what}` is empty; expected the path of a file saved by torch.save.")
     path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"`{what}` {str(path)!r} is a folder; expected a file saved by torch.save "
+                       f"({', '.join(CHECKPOINT_SUFFIXES)}).")
     if not path.is_file():
         raise CLIError(f"`{what}` {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise CLIError(f"`{what}` {str(path)!r} is empty (0 bytes); expected a file saved by torch.save.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a bad file
-        raise CLIError(f"`{what}` {str(path)!r} is not a readable torch checkpoint ({str(err).splitlines()[0]}).") from err
+        raise CLIError(f"`{what}` {str(path)!r} is not a readable torch checkpoint ({first_line(err)}).") from err
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):

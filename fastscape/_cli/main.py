@@ -10,7 +10,7 @@ import os
 import sys
 
 from . import commands
-from .inputs import IGNORES, LOSSES, METRICS, NORMS, chunk_option, positive_int
+from .inputs import IGNORES, LOSSES, METRICS, NORMS, chunk_option, first_line, positive_int
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="write the figures of a surface file",
                        description="Write contour.png and surface3d.html (planes), line.png (lines) and "
-                                   "surface.vtp (ParaView) from a surface file.")
+                                   "surface.vtp (ParaView; a volume's one figure file) from a surface file.")
     p.add_argument("file", metavar="FILE.h5", help="a surface file written by `fastscape surface`")
     p.add_argument("--out", metavar="DIR", help="output folder (default: FILE-figures beside FILE)")
     p.add_argument("--value", default="loss", metavar="NAME",
@@ -87,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _join_negative(argv: list[str]) -> list[str]:
-    """``--x -1:1:5`` -> ``--x=-1:1:5`` (argparse would read ``-1:1:5`` as an option)."""
+    """``--x -1:1:5`` -> ``--x=-1:1:5`` (argparse would read ``-1:1:5``, or ``-inf:1:5``, as an
+    option); ``--x --y ...`` and ``--x -h`` are left to argparse."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
         if a in ("--x", "--y", "--z") and i + 1 < len(argv) and argv[i + 1].startswith("-") \
-                and len(argv[i + 1]) > 1 and (argv[i + 1][1].isdigit() or argv[i + 1][1] == "."):
+                and not argv[i + 1].startswith("--") and argv[i + 1] != "-h":
             out.append(f"{a}={argv[i + 1]}")
             i += 2
             continue
@@ -136,8 +137,7 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         if os.environ.get("FASTSCAPE_TRACEBACK"):
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"fastscape {args.command}: error: {message}", file=sys.stderr)
+        print(f"fastscape {args.command}: error: {first_line(err)}", file=sys.stderr)
         return 2
     finally:
         if handler is not None:

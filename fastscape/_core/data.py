@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -170,6 +171,9 @@ class Batches:
 
     @staticmethod
     def _collect(data):
+        if isinstance(data, (tuple, list)) and len(data) == 2 and any(type(t).__module__ == "numpy" for t in data):
+            raise TypeError("`data` holds numpy arrays; fastscape needs torch tensors: pass "
+                            "(torch.from_numpy(inputs), torch.from_numpy(targets)).")
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor):
             x, y = data
             nx, ny = _first_dim(x), _first_dim(y)
@@ -419,3 +423,11 @@ def as_args(inputs) -> tuple:
         raise TypeError("inputs given by name need the model's signature: bind them with Batches.bind(model) "
                         "(loss_surface and the curvature functions do).")
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def warn_nonfinite(batches, consequence: str = "the loss will be NaN (or inf) at every point",
+                   stacklevel: int = 3) -> None:
+    """Warn once, naming where, when ``batches`` hold NaN or inf (what ``loss_surface`` says too)."""
+    bad = batches.nonfinite()
+    if bad is not None:
+        warnings.warn(f"`data` holds {bad}: {consequence}.", UserWarning, stacklevel=stacklevel)
