@@ -116,15 +116,15 @@ def test_hessian_on_a_subset_is_the_subset_block():
     names = ["2.weight", "2.bias"]
     H = _dense_hessian(_net(), x, y, names)
     evals = torch.linalg.eigvalsh(H).flip(0)
-    vecs, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=2, params="2",
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=2, params="2",
                                               dtype=torch.float64, max_iter=30)
     np.testing.assert_allclose(vals, evals[:2].numpy(), rtol=1e-6)
     assert all(float(v[k].abs().max()) == 0.0 for v in vecs for k in v if not k.startswith("2."))
-    trace, err = fastscape.hessian_trace(model, (x, y), loss_fn=F.mse_loss, params="2", dtype=torch.float64,
+    trace, err = fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.mse_loss, params="2", dtype=torch.float64,
                                          tol=0.03, max_iter=2000, block=50)
     assert abs(trace - float(H.trace())) < 5 * err
     v = {k: torch.ones_like(p) for k, p in model.named_parameters()}
-    hv = fastscape.hessian_vector_product(model, (x, y), v, loss_fn=F.mse_loss, params=names, dtype=torch.float64)
+    hv = fastscape.curvature.hessian_vector_product(model, (x, y), v, loss_fn=F.mse_loss, params=names, dtype=torch.float64)
     ref = H @ torch.ones(H.shape[0], dtype=torch.float64)
     got = torch.cat([hv[k].double().flatten() for k in names])
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-8)
@@ -138,11 +138,11 @@ def test_hessian_default_subset_skips_frozen_and_says_when_nothing_is_left():
     for k, p in model.named_parameters():
         p.requires_grad_(k.startswith("4."))
     H = _dense_hessian(_net(), x, y, ["4.weight", "4.bias"])
-    _, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=1, dtype=torch.float64)
+    _, vals = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=1, dtype=torch.float64)
     np.testing.assert_allclose(vals[0], float(torch.linalg.eigvalsh(H)[-1]), rtol=1e-6)
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no parameters that require grad.*`params=`"):
-        fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=1)
+        fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=1)
 
 
 def test_a_changed_subset_changes_the_file_fingerprint(tmp_path):

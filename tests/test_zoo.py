@@ -110,7 +110,7 @@ def test_hessian_of_the_lora_adapter():
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True,
                                                          init_lora_weights=False)).eval()
-    vecs, vals = fastscape.hessian_eigenpairs(model, _loader(), loss_fn=lm_loss, n=1, max_iter=20, tol=1e-2)
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, _loader(), loss_fn=lm_loss, n=1, max_iter=20, tol=1e-2)
     assert all(not bool(v.any()) for k, v in vecs[0].items() if "lora_" not in k)
     assert np.isfinite(vals).all()
 

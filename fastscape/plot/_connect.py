@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._common import finite, new_axes, require
-from ._plane import legend_below
+from ._marks import legend_below
 
 __all__ = ["curve_profile", "barriers"]
 
