@@ -196,7 +196,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
     chunk_size : int or "auto"
         Points evaluated at once. "auto" plans from the model's measured
         activation size (a few MiB per intermediate on CPU).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "prefix", "vmap_compiled", "affine_compiled"}
         How a chunk is computed (see :mod:`fastscape._core.strategies`); the
         values do not depend on it beyond float32 rounding, and with the same
         strategy, chunk and batch they are the same bits from run to run.
