@@ -108,7 +108,7 @@ def regression_rows(names, quick):
 
 def trace_cost(w, dirs, origin) -> float:
     """Seconds to build the prefix strategy (trace, split) where every operation moves: its cost in auto's probe."""
-    from fastscape._core.prefix import _trace
+    from fastscape._core.strategies.prefix import _trace
 
     t = time.perf_counter()
     try:

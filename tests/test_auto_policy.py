@@ -98,7 +98,7 @@ def test_a_new_grid_size_does_not_recompile(strategy):
 
 
 def test_compile_cache_defaults_to_a_directory_that_outlives_the_process(tmp_path, monkeypatch):
-    from fastscape._core.strategies import _persistent_compile_cache
+    from fastscape._core.strategies.compiled import _persistent_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -119,14 +119,14 @@ def test_a_candidate_that_fails_is_skipped_not_taken_for_a_model_vmap_cannot_bat
     """A candidate of auto's probe that raises (a compiler error, an operation its path does not
     cover) is noted and skipped. It used to be run point by point instead, with a FallbackWarning
     saying the model could not be vectorised, and the loop's time entered the race as its own."""
-    from fastscape._core import strategies
+    from fastscape._core import auto, strategies
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom: this path cannot run here")
 
     monkeypatch.setattr(strategies.AffineStrategy, "run", broken)
     monkeypatch.setattr(strategies.MlpStrategy, "run", broken)
-    strategies.AUTO_CHOICES.clear()
+    auto.AUTO_CHOICES.clear()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
     x, y = torch.randn(400, 6), torch.randint(0, 3, (400,))
@@ -178,7 +178,7 @@ def test_a_one_time_cost_of_the_first_vmap_call_is_not_vmaps_time(monkeypatch):
     of cross_entropy under vmap: half a second). A job too short for timed rounds compares
     first-call times, and vmap's used to include that cost, so the first call of a process could
     choose otherwise than every later one. A one-off delay in vmap's first call stays out of it."""
-    from fastscape._core import strategies
+    from fastscape._core import auto, strategies
 
     real, calls = strategies.VmapStrategy.run, []
 
@@ -189,14 +189,14 @@ def test_a_one_time_cost_of_the_first_vmap_call_is_not_vmaps_time(monkeypatch):
         return real(self, *args)
 
     monkeypatch.setattr(strategies.VmapStrategy, "run", first_call_slow)
-    strategies.AUTO_CHOICES.clear()
+    auto.AUTO_CHOICES.clear()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
     surf = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, n=2, seed=0),
                                   loss_fn=F.cross_entropy, grid=(-1, 1, 9), chunk_size=9, device="cpu",
                                   progress=False)
-    strategies.AUTO_CHOICES.clear()
+    auto.AUTO_CHOICES.clear()
     note = next(n for n in surf.meta["notes"] if n.startswith("auto: vmap"))
     vmap_us = float(note.split("auto: vmap ")[1].split(" us")[0])
     assert vmap_us < 0.3e6 / 9 / 2, note  # far below the delay spread over the chunk's 9 points

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastscape
-from fastscape._core import strategies as _strategies
+from fastscape._core.strategies import affine as _affine
 from fastscape._core.data import resident_bytes
 from fastscape._core.memory import ENV_BUDGET, plan_chunk
 from fastscape._core.params import model_parameters
@@ -70,7 +70,7 @@ def _partial_case(gen, k=2):
 @pytest.fixture
 def grid_rows_everywhere(monkeypatch):
     """The affine path finds distinct coordinate rows once per grid (as on a GPU), also on CPU."""
-    monkeypatch.setattr(_strategies, "PER_CHUNK_UNIQUE_DEVICES", frozenset())
+    monkeypatch.setattr(_affine, "PER_CHUNK_UNIQUE_DEVICES", frozenset())
 
 
 # ----------------------------------------------------------------- no sync in the chunk loop
@@ -97,7 +97,7 @@ def test_whole_grid_rows_give_the_per_chunk_result(gen, monkeypatch):
     ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, axes)
     per_chunk = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes,
                                        chunk_size=5, strategy="affine", device="cpu")
-    monkeypatch.setattr(_strategies, "PER_CHUNK_UNIQUE_DEVICES", frozenset())
+    monkeypatch.setattr(_affine, "PER_CHUNK_UNIQUE_DEVICES", frozenset())
     for chunk in (5, 7, 48):
         whole = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=axes,
                                        chunk_size=chunk, strategy="affine", device="cpu")

@@ -213,6 +213,108 @@ def test_the_top_level_fits_on_one_screen():
         fastscape.nonsense
 
 
+# ----------------------------------------------------------------------------- one job per file
+
+#: the most lines a module of the package may have, and code lines a function may have
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 80
+#: names of the points' device tables, private to ``_core/points.py`` (others use its methods)
+POINTS_TABLES = {"_origin", "_dirs", "_coords", "_shapes"}
+
+
+def _docstring_lines(tree: ast.AST) -> set[int]:
+    """Line numbers of every module, class and function docstring in ``tree``."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                lines.update(range(first.lineno, first.end_lineno + 1))
+    return lines
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """``name: code lines`` of each function of ``source`` with more than ``limit`` code lines:
+    lines that are not blank, not comments and not docstrings, nested functions included."""
+    tree, lines = ast.parse(source), source.splitlines()
+    docs = _docstring_lines(tree)
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = sum(1 for i in range(node.lineno, node.end_lineno + 1)
+                    if i not in docs and lines[i - 1].strip() and not lines[i - 1].strip().startswith("#"))
+            if n > limit:
+                found[f"{node.name} (line {node.lineno})"] = n
+    return found
+
+
+def long_modules(inside_core: bool) -> dict[str, int]:
+    """``path: lines`` of each module over :data:`MAX_MODULE_LINES`, in ``_core`` or outside it."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("_core/") == inside_core:
+            n = len(path.read_text().splitlines())
+            if n > MAX_MODULE_LINES:
+                found[rel] = n
+    return found
+
+
+def test_the_function_counter_counts_code_lines_only():
+    body = "\n".join(f"    x{i} = {i}  # a comment" for i in range(5))
+    src = f'def f():\n    """A\n    docstring."""\n\n    # a comment line\n{body}\n    return x0\n'
+    assert long_functions(src, limit=7) == {}  # def + 5 assignments + return = 7 code lines
+    assert long_functions(src, limit=6) == {"f (line 1)": 7}
+
+
+def test_core_modules_are_short():
+    found = long_modules(inside_core=True)
+    assert not found, f"_core modules over {MAX_MODULE_LINES} lines: {found}"
+
+
+def test_modules_outside_core_are_short():
+    found = long_modules(inside_core=False)
+    assert not found, f"modules over {MAX_MODULE_LINES} lines: {found}"
+
+
+def test_no_function_is_over_80_code_lines():
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name, n in long_functions(path.read_text()).items():
+            found[f"{path.relative_to(PACKAGE).as_posix()}: {name}"] = n
+    assert not found, f"functions over {MAX_FUNCTION_LINES} code lines: {found}"
+
+
+def test_core_states_its_rule_one_line_per_file():
+    """``_core/__init__.py`` says what the room is, and names every file and folder in it."""
+    init = PACKAGE / "_core" / "__init__.py"
+    assert init.is_file(), "fastscape/_core/__init__.py is missing"
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    entries = [p.name + ("/" if p.is_dir() else "") for p in sorted((PACKAGE / "_core").iterdir())
+               if p.name != "__init__.py" and not p.name.startswith("__") and (p.suffix == ".py" or p.is_dir())]
+    missing = [e for e in entries if f"``{e}``" not in doc]
+    assert not missing, f"_core/__init__.py does not say what these hold: {missing}"
+
+
+def private_table_reads() -> list[str]:
+    """``module:line .name`` for each read of a points table (:data:`POINTS_TABLES`) outside
+    ``_core/points.py``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel == "_core/points.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in POINTS_TABLES:
+                found.append(f"{rel}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_no_private_points_table_is_read_outside_points():
+    found = private_table_reads()
+    assert not found, f"the points' private tables read outside _core/points.py: {found}"
+
+
 #: the signatures earlier issues promised to outside scripts, exactly as they were
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "

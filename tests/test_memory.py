@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape._core import evaluator as _evaluator
+from fastscape._core import plan as _plan
 from fastscape._core import points as _points
 from fastscape._core.memory import ENV_BUDGET, free_memory, parse_bytes, plan_chunk
 from fastscape._core.params import model_parameters
@@ -134,7 +134,7 @@ def test_plan_is_stored_in_the_file(gen, monkeypatch, tmp_path):
 
 def test_loop_batches_keep_the_largest_intermediate_under_the_cpu_target(gen, monkeypatch):
     # MLP's widest activation is 16 floats = 64 bytes per sample; a 1 KiB target allows 16 samples
-    monkeypatch.setattr(_evaluator, "CPU_LOOP_TARGET_BYTES", 1024)
+    monkeypatch.setattr(_plan, "CPU_LOOP_TARGET_BYTES", 1024)
     model = MLP()
     x, y = torch.randn(100, 5, generator=gen), torch.randint(0, 3, (100,), generator=gen)
     dirs = fastscape.random_directions(model, 2, seed=0)

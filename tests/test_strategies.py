@@ -13,7 +13,8 @@ from fastscape._core.evaluator import evaluate
 from fastscape._core.points import AffinePoints
 from fastscape._core.grid import mesh
 from fastscape._core.params import model_parameters
-from fastscape._core.strategies import AUTO_CHOICES, STRATEGIES, compiler_available
+from fastscape._core.auto import AUTO_CHOICES
+from fastscape._core.strategies import STRATEGIES, compiler_available
 from tests.models import MLP, SmallCNN, WithBuffer, assert_unchanged, snapshot, trained_bn_stats
 from tests.reference import loop_surface
 

@@ -4,6 +4,12 @@ Both kinds expose the same small protocol: ``n`` points, the names that
 ``moving`` between points, the ``fixed`` tensors shared by all, ``to(device,
 dtype)``, ``stack(start, stop)`` (the moving tensors of a chunk, stacked along a
 leading point dimension), ``moving_numel()`` and ``first_only()``.
+
+:class:`AffinePoints` also hands the strategies that use its structure (affine, mlp,
+quadratic) its device tables: :attr:`~AffinePoints.device_coords`, :meth:`~AffinePoints.origin_of`,
+:meth:`~AffinePoints.direction_of` and :meth:`~AffinePoints.at` (the moving tensors at any rows of
+coordinates along some of the directions). :func:`distinct_rows` finds the distinct rows of
+coordinates and each point's row.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import torch
 
 from .params import ParamDict
 
-__all__ = ["AffinePoints", "ExplicitPoints"]
+__all__ = ["AffinePoints", "ExplicitPoints", "distinct_rows"]
 
 
 class AffinePoints:
@@ -55,10 +61,33 @@ class AffinePoints:
 
     def stack(self, start: int, stop: int) -> ParamDict:
         """Moving tensors of points ``start:stop``, each of shape (stop-start, *shape)."""
-        c = self._coords[start:stop]
+        return self.at(self._coords[start:stop])
+
+    @property
+    def device_coords(self) -> torch.Tensor:
+        """The coordinates on the evaluation device and dtype (after :meth:`to`), shape (N, k)."""
+        return self._coords
+
+    def origin_of(self, key: str) -> torch.Tensor:
+        """The origin's tensor ``key`` (a moving name) on the device, in its parameter's shape."""
+        return self._origin[key].view(self._shapes[key])
+
+    def direction_of(self, i: int, key: str) -> torch.Tensor:
+        """Direction ``i``'s tensor ``key`` (a moving name) on the device, in its parameter's shape."""
+        return self._dirs[key][i].view(self._shapes[key])
+
+    def at(self, rows: torch.Tensor, directions: list[int] | None = None,
+           keys: list[str] | None = None) -> ParamDict:
+        """Moving tensors at rows of coordinates: ``origin + rows @ directions``, each of shape
+        (R, *shape).
+
+        ``rows`` has shape (R, k), or (R, len(directions)) along the directions of index
+        ``directions`` only (the others held at 0); ``keys`` are moving names (default all).
+        """
         return {
-            k: torch.addmm(self._origin[k], c, self._dirs[k]).view(c.shape[0], *self._shapes[k])
-            for k in self.moving
+            k: torch.addmm(self._origin[k], rows, self._dirs[k] if directions is None else self._dirs[k][directions])
+            .view(rows.shape[0], *self._shapes[k])
+            for k in (self.moving if keys is None else keys)
         }
 
     def moving_numel(self) -> int:
@@ -98,3 +127,16 @@ class ExplicitPoints:
 
     def first_only(self) -> "ExplicitPoints":
         return ExplicitPoints(self.points[:1])
+
+
+def distinct_rows(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, index)``: the distinct rows of ``coords`` (N, j), sorted, shape (R, j), and each
+    row's index into them, shape (N,), so that ``rows[index] == coords``.
+
+    One column goes through the 1-D ``torch.unique``, which sorts; ``unique(dim=0)`` compares
+    row by row and is about ten times slower.
+    """
+    if coords.shape[1] == 1:
+        values, index = torch.unique(coords[:, 0], return_inverse=True)
+        return values[:, None], index
+    return torch.unique(coords, dim=0, return_inverse=True)

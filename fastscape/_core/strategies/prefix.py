@@ -25,16 +25,16 @@ import math
 import torch
 from torch import fx, nn
 from torch.func import functional_call, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .guards import values_agree
-from .strategies import AFFINE_CACHE_BYTES, NotApplicable, PointLoss, Strategy
+from ..guards import values_agree
+from ..plan import CPU_TARGET_BYTES, CUDA_TARGET_BYTES
+from .base import NotApplicable, PerBatch, PointLoss, Strategy, math_attention
 
 __all__ = ["PrefixStrategy", "split_graph"]
 
-#: bytes of one intermediate of the moving part that a chunk aims at (the evaluator's
-#: CPU_TARGET_BYTES / CUDA_TARGET_BYTES measure the whole model's activations instead)
-TARGET_BYTES = {"cpu": 4 << 20, "cuda": 256 << 20}
+#: bytes of one intermediate of the moving part that a chunk aims at: the plan's targets, applied to
+#: the moving part's activations instead of the whole model's
+TARGET_BYTES = {"cpu": CPU_TARGET_BYTES, "cuda": CUDA_TARGET_BYTES}
 #: samples of the probe batch on which the split is checked against the model's own output
 CHECK_SAMPLES = 8
 #: bytes of the chunk's stacked moving tensors, at most (CPU: a 21x21 fc-only resnet18 plane,
@@ -189,8 +189,7 @@ class PrefixStrategy(Strategy):
         self.post_shared = _rename(ctx.shared, self.post_alias)
         self.point = PointLoss(self.post, ctx.loss_fn, ctx.metrics)
         self.fn = vmap(self.point, in_dims=(None, 0, None, None))
-        self._boundaries: dict[int, tuple] = {}  # batch index -> (its inputs, the boundary values)
-        self._cached_bytes = 0
+        self._boundaries = PerBatch()  # the boundary values of each data batch, kept across chunks
         self._moving_sample_bytes = self._check(model)
         if self.out_kind is not None:
             self.post = _Rewrap(self.post, self.out_kind)
@@ -200,17 +199,9 @@ class PrefixStrategy(Strategy):
             self.fn = vmap(self.point, in_dims=(None, 0, None, None))
 
     def _boundary(self, batch_index, args):
-        """The boundary values of one data batch: computed on its first chunk, then kept (up to
-        ``AFFINE_CACHE_BYTES`` in all) while the batch's inputs are the same objects."""
-        hit = self._boundaries.get(batch_index)
-        if hit is not None and len(hit[0]) == len(args) and all(a is b for a, b in zip(hit[0], args)):
-            return hit[1]
-        bound = tuple(functional_call(self.pre, self.pre_shared, args))
-        size = sum(t.numel() * t.element_size() for t in bound if isinstance(t, torch.Tensor))
-        if self._cached_bytes + size <= AFFINE_CACHE_BYTES:
-            self._boundaries[batch_index] = (args, bound)
-            self._cached_bytes += size
-        return bound
+        """The boundary values of one data batch: computed on its first chunk, then reused."""
+        return self._boundaries.get(batch_index, args[0] if args else None,
+                                    lambda: tuple(functional_call(self.pre, self.pre_shared, args)))
 
     def _check(self, model) -> int:
         """Run the split once on a few of the probe's samples at the first point and compare with the
@@ -231,7 +222,7 @@ class PrefixStrategy(Strategy):
                 return out
 
         try:
-            with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+            with torch.no_grad(), math_attention():
                 bound = tuple(functional_call(self.pre, self.pre_shared, args))
                 got = functional_call(self.post, {**self.post_shared, **_rename(point, self.post_alias)}, bound)
                 Measure(self.post).run(*bound)  # the same shapes with the model's own tensors
@@ -258,7 +249,7 @@ class PrefixStrategy(Strategy):
 
     def run(self, start, stop, moving, batch_index, args, y):
         bound = self._boundary(batch_index, args)
-        with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no batching rule
+        with math_attention():  # the fused attention kernels have no batching rule
             return self.fn(self.post_shared, _rename(moving, self.post_alias), bound, y)
 
 
