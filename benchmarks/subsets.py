@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastscape  # noqa: E402
 from benchmarks import workloads  # noqa: E402
 from benchmarks.resnet18 import workload  # noqa: E402
+from fastscape._core import auto as _auto  # noqa: E402
 from fastscape._core import strategies as _strategies  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def regression_rows(names, quick):
             for mode in ("with", "without"):
                 if mode == "without":
                     del _strategies.STRATEGIES["prefix"]
-                _strategies.AUTO_CHOICES.clear()
+                _auto.AUTO_CHOICES.clear()
                 try:
                     kw = dict(loss_fn=w["loss_fn"], grid=w["grid"], origin=origin, progress=False)
                     t = time.perf_counter()

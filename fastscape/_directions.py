@@ -434,8 +434,7 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
         one negative, which shows as a diverging (NaN) region. False: only the
         parameters move and every point uses ``model_a``'s buffers.
     params : str, list of str or None
-        The subset that moves (see :func:`random_directions`); default: what requires grad
-        in ``model_a`` (and the buffers with ``states``). Outside it, ``model_a``'s values.
+        The subset that moves (see :func:`random_directions`); default: what requires grad.
 
     Returns
     -------
