@@ -38,8 +38,8 @@ TARGET_BYTES = {"cpu": CPU_TARGET_BYTES, "cuda": CUDA_TARGET_BYTES}
 #: samples of the probe batch on which the split is checked against the model's own output
 CHECK_SAMPLES = 8
 #: bytes of the chunk's stacked moving tensors, at most (CPU: a 21x21 fc-only resnet18 plane,
-#: 441 x 20 KB, is one chunk; layer4 alone, 33 MB a point, runs a point at a time; see
-#: benchmarks/README.md, "Parameter subsets")
+#: 441 x 20 KB, is one chunk; layer4 alone, 33 MB a point, runs 2 points a chunk; measured in
+#: benchmarks/README.md, "Parameter subsets and the frozen prefix")
 PARAM_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
 
 
