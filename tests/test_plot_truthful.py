@@ -277,3 +277,66 @@ def test_every_view_shares_one_log_default_and_reads_in_loss_values():
     assert len(vals) >= 3
     for v, t in zip(vals, text):  # ticks at log10 heights, labelled with the loss they stand for
         assert float(t) == pytest.approx(10.0 ** v)
+
+
+def test_axis_titles_name_the_directions_scaling():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    import fastscape
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    data = (torch.randn(20, 2), torch.randn(20, 1))
+    for norm, word in (("filter", "filter-normalised direction"), ("layer", "layer-normalised direction"),
+                       (None, "unnormalised random direction")):
+        s = fastscape.loss_surface(model, data, fastscape.random_directions(model, 2, seed=0, norm=norm),
+                                   loss_fn=F.mse_loss, grid=(-1, 1, 3), progress=False)
+        ax = plot.contour(s, minimum=False)
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (f"{word} 1", f"{word} 2")
+
+
+# ----------------------------------------------------------------------------- can a PCA picture be trusted
+
+
+def test_pca_fidelity_draws_distances_within_and_off_the_plane():
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    import fastscape
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.randn(64, 3)
+    y = x[:, :1] ** 2
+    traj = fastscape.train(model, [(x, y)], loss_fn=F.mse_loss, epochs=12,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.2))
+    dirs, ratio = fastscape.pca_directions(traj, n=3)
+    coords, res = fastscape.project(traj, dirs[:2], return_residuals=True)
+    axes = plot.pca_fidelity(coords, res, ratio)
+    left, right = axes
+    # an independent reference: numpy least squares on the flat snapshots, origin the last one
+    w = traj.matrix().double().numpy()
+    d = np.stack([torch.cat([dirs[i][n].reshape(-1) for n in traj.names]).double().numpy() for i in range(2)])
+    c, *_ = np.linalg.lstsq(d.T, (w - w[-1]).T, rcond=None)
+    off = np.linalg.norm((w - w[-1]) - c.T @ d, axis=1)
+    lines = {l.get_label(): l.get_ydata() for l in right.lines}
+    np.testing.assert_allclose(lines["within the plane"], np.hypot(c[0], c[1]), atol=1e-5)
+    np.testing.assert_allclose(lines["off the plane"], off, atol=1e-5)
+    heights = [b.get_height() for b in left.patches]
+    np.testing.assert_allclose(heights[:3], 100 * np.asarray(ratio), rtol=1e-9)
+    assert heights[-1] == pytest.approx(100 * (1 - sum(ratio)))
+    assert f"{100 * (ratio[0] + ratio[1]):.1f}%" in left.get_title()
+    with pytest.raises(ValueError, match="`residuals` must hold one distance per snapshot"):
+        plot.pca_fidelity(coords, res[:-1], ratio)
+
+
+def test_hidden_space_keeps_the_cube():
+    rng = np.random.default_rng(0)
+    h = rng.random((30, 3)) * [1.0, 10.0, 100.0]  # very different ranges: an auto aspect would squash them
+    fig = plot.hidden_space(h, rng.integers(0, 2, 30))
+    assert fig.layout.scene.aspectmode == "cube"
+    ax = plot.hidden_space(h, rng.integers(0, 2, 30), backend="matplotlib")
+    np.testing.assert_allclose(np.asarray(ax.get_box_aspect()) / ax.get_box_aspect()[0], [1, 1, 1])

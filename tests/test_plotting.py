@@ -89,8 +89,8 @@ def test_matplotlib_views_return_axes_and_plotly_views_figures():
     assert set(plot.__all__) == {
         "contour", "surface3d", "line", "volume", "cross_sections", "lr_steps", "hidden_lines", "hidden_space",
         "thresholded", "animate_path", "animate_fit", "optimizer_comparison", "save", "StaticExportWarning",
-        "contour_grid", "barriers", "curve_profile", "curvature_map", "edge_of_stability",
-        "sharpness_generalization", "spectral_density"}
+        "contour_grid", "curve_profile", "barriers", "spectral_density", "curvature_map", "sharpness_generalization",
+        "edge_of_stability", "pca_fidelity"}
 
 
 def test_plot_namespace_needs_no_drawing_library_until_a_view_runs():

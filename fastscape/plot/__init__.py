@@ -21,7 +21,14 @@ several 2-D surfaces       ``contour_grid``                             array of
 ``thresholded_prediction`` ``thresholded``                              Axes
 ``snapshot_predictions``   ``animate_fit``                              plotly Figure with frames
 ``compare_optimizers``     ``optimizer_comparison``                     Axes
+``project`` + residuals    ``pca_fidelity``                             array of 2 Axes
 an nn.Linear's weights     ``hidden_lines``                             Axes
+``connect`` curve profile  ``curve_profile``                            Axes
+``connect`` barriers       ``barriers``                                 Axes
+``curvature`` density      ``spectral_density``                         Axes
+``curvature`` surface      ``curvature_map``                            Axes
+sharpness per model        ``sharpness_generalization``                 Axes
+eigenvalues along training ``edge_of_stability``                        Axes
 any view's result          ``save``                                     Path of the written file
 =========================  ===========================================  ==================================
 
@@ -47,6 +54,7 @@ from ._animate import animate_path as animate_path
 from ._compare import optimizer_comparison as optimizer_comparison
 from ._connect import barriers as barriers
 from ._connect import curve_profile as curve_profile
+from ._contour import contour as contour
 from ._curvature import curvature_map as curvature_map
 from ._curvature import edge_of_stability as edge_of_stability
 from ._curvature import sharpness_generalization as sharpness_generalization
@@ -57,11 +65,11 @@ from ._lines import line as line
 from ._network import hidden_lines as hidden_lines
 from ._network import hidden_space as hidden_space
 from ._network import thresholded as thresholded
-from ._contour import contour as contour
-from ._surface3d import surface3d as surface3d
 from ._panels import contour_grid as contour_grid
+from ._pca_check import pca_fidelity as pca_fidelity
 from ._save import StaticExportWarning as StaticExportWarning
 from ._save import save as save
+from ._surface3d import surface3d as surface3d
 from ._volume import volume as volume
 
 __all__ = [
@@ -79,6 +87,7 @@ __all__ = [
     "line",
     "lr_steps",
     "optimizer_comparison",
+    "pca_fidelity",
     "save",
     "sharpness_generalization",
     "spectral_density",

@@ -197,11 +197,26 @@ def _ratios(surface, explained_variance):
     return ev
 
 
+#: what one unit along a direction is, by the normalisation recorded with the directions
+_NORM_WORDS = {"filter": "filter-normalised direction", "layer": "layer-normalised direction",
+               "model": "model-normalised direction"}
+
+
+def _direction_word(info: dict) -> str:
+    kind, norm = info.get("kind"), info.get("norm", "missing")
+    if kind == "random":
+        return _NORM_WORDS.get(norm, "unnormalised random direction" if norm is None else "random direction")
+    if kind == "interpolation":
+        return "interpolation coefficient"
+    return "direction"
+
+
 def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]:
     """One title per direction of ``surface``.
 
     ``axis_labels`` wins; otherwise the raw parameter names of axis directions
-    (``surface.meta["directions"]["names"]``), else ``"direction i"``. When PCA
+    (``surface.meta["directions"]["names"]``), else ``"direction i"`` named for its
+    scaling ("filter-normalised direction 1" for filter-normalised random directions). When PCA
     explained-variance ratios are given (``explained_variance=``) or recorded in
     ``surface.meta["directions"]["explained_variance_ratio"]``, each title gets
     ``" (xx.x% of variance)"`` unless it already says so.
@@ -218,8 +233,8 @@ def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]
             labels = [str(v) for v in names]
         elif info.get("kind") == "pca":
             labels = [f"PC{i + 1}" for i in range(k)]
-        else:
-            labels = [f"direction {i + 1}" for i in range(k)]
+        else:  # say how the direction was scaled: the axis' unit
+            labels = [f"{_direction_word(info)} {i + 1}" for i in range(k)]
     ev = _ratios(surface, explained_variance)
     if ev is not None:
         if len(ev) < k:

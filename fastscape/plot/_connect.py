@@ -5,11 +5,16 @@ before and after alignment. They draw the data objects of :mod:`fastscape.connec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._common import finite, new_axes, require
+from ._display import displays
 from ._marks import legend_below
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
 
 __all__ = ["curve_profile", "barriers"]
 
@@ -28,8 +33,9 @@ def _label(name: str) -> str:
     return name.replace("/", " ")
 
 
+@displays
 def curve_profile(profile, *, value: str = "loss", ax=None, log: bool | None = None, title: str | None = None,
-                  legend: bool = True):
+                  legend: bool = True) -> Axes:
     """A value along a trained curve (solid) and along the straight line between its ends (dashed).
 
     Parameters
@@ -80,8 +86,9 @@ def curve_profile(profile, *, value: str = "loss", ax=None, log: bool | None = N
     return ax
 
 
+@displays
 def barriers(lines, *, value: str = "loss", ax=None, log: bool = False, title: str | None = None,
-             legend: bool = True):
+             legend: bool = True) -> Axes:
     """A value along straight lines (e.g. before and after alignment), each with its barrier height.
 
     Parameters

@@ -9,15 +9,21 @@ returns the Axes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._common import axis_titles, check_surface, new_axes, require
+from ._display import displays
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
 
 __all__ = ["curvature_map", "edge_of_stability", "sharpness_generalization", "spectral_density"]
 
 
-def spectral_density(density, *, ax=None, top: int = 5, floor: float = 1e-8, label: str | None = None):
+@displays
+def spectral_density(density, *, ax=None, top: int = 5, floor: float = 1e-8, label: str | None = None) -> Axes:
     """The Hessian eigenvalue density on a log scale, the top eigenvalues marked.
 
     Parameters
@@ -55,8 +61,9 @@ def spectral_density(density, *, ax=None, top: int = 5, floor: float = 1e-8, lab
     return ax
 
 
+@displays
 def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, cmap: str = "viridis",
-                  zero_line: bool = True, title: str | None = None):
+                  zero_line: bool = True, title: str | None = None) -> Axes:
     """A curvature value over a plane, with the line where the smallest eigenvalue crosses zero.
 
     Li et al. (NeurIPS 2018, Fig. 9) map ``|lambda_min / lambda_max|``: near 0 where the
@@ -108,8 +115,10 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, c
     return ax
 
 
+@displays
 def sharpness_generalization(sharpness: Mapping[str, float], generalization: Mapping[str, float], *, ax=None,
-                             xlabel: str = "sharpness", ylabel: str = "generalisation gap (train − test accuracy)"):
+                             xlabel: str = "sharpness",
+                             ylabel: str = "generalisation gap (train − test accuracy)") -> Axes:
     """Sharpness against test accuracy or the generalisation gap, one labelled point per model
     (Keskar et al., ICLR 2017, Fig. 4).
 
@@ -146,8 +155,9 @@ def sharpness_generalization(sharpness: Mapping[str, float], generalization: Map
     return ax
 
 
+@displays
 def edge_of_stability(steps, top_eigenvalues, lr: float, *, ax=None, xlabel: str = "training step",
-                      label: str = "top Hessian eigenvalue λ_max"):
+                      label: str = "top Hessian eigenvalue λ_max") -> Axes:
     """The top Hessian eigenvalue along training next to the ``2 / lr`` line.
 
     Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks

@@ -177,6 +177,7 @@ def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data i
         a.set_xlabel(names[0])
         a.set_ylabel(names[1])
         a.set_zlabel(names[2])
+        a.set_box_aspect((1, 1, 1))  # a cube, as the plotly scene
         a.legend(loc="upper left", fontsize=8)
         if title:
             a.set_title(title)
@@ -196,7 +197,7 @@ def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data i
     fig.update_layout(
         title=dict(text=title) if title else None, template="plotly_white", autosize=True,
         margin=dict(l=0, r=0, t=50 if title else 0, b=0), legend=dict(x=0.01, y=0.98),
-        scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2]),
+        scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2], aspectmode="cube"),
     )
     return attach_mpl(fig, lambda: (draw_mpl().figure, None), size=(900, 800))
 
