@@ -100,7 +100,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         ``meta["memory_plan"]``.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "prefix", "vmap_compiled", "affine_compiled"}
         How chunks are computed (see :mod:`fastscape._core.strategies`); the values
         do not depend on it beyond float32 rounding. "auto" picks by a short measured
         probe weighed by structure and remembers the pick per job size; the chosen

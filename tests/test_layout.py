@@ -319,7 +319,8 @@ def test_no_private_points_table_is_read_outside_points():
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "
                          "ignore: 'str | None' = 'biasbn', seed: 'int | None' = None, "
-                         "generator: 'torch.Generator | None' = None, states: 'bool' = False) -> 'Directions'",
+                         "generator: 'torch.Generator | None' = None, states: 'bool' = False, "
+                         "params: 'str | list[str] | None' = None) -> 'Directions'",  # params: added last (issue 26)
     "loss_surface": "(model: 'nn.Module', data, directions, *, loss_fn: 'Callable', grid=(-1.0, 1.0, 51), "
                     "origin=None, metrics: 'Mapping[str, Callable] | None' = None, device=None, "
                     "dtype=torch.float32, chunk_size='auto', batch_size: 'int | None' = None, "
