@@ -340,3 +340,22 @@ def test_hidden_space_keeps_the_cube():
     assert fig.layout.scene.aspectmode == "cube"
     ax = plot.hidden_space(h, rng.integers(0, 2, 30), backend="matplotlib")
     np.testing.assert_allclose(np.asarray(ax.get_box_aspect()) / ax.get_box_aspect()[0], [1, 1, 1])
+
+
+def test_a_legend_of_long_labels_stays_inside_the_figure():
+    """Four 45-character labels in one row are wider than the figure: the legend takes fewer
+    columns instead of running off both edges (seen on the optimizers' PCA plane)."""
+    import matplotlib.pyplot as plt
+
+    from fastscape.plot._marks import legend_below
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    try:
+        for i in range(4):
+            ax.plot([0, 1], [i, i], label=f"run {i}: SGD + momentum (end 0.86 off the plane)")
+        leg = legend_below(ax)
+        fig.canvas.draw()
+        box = leg.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+    finally:
+        plt.close(fig)

@@ -50,6 +50,10 @@ def path_heights(surface, path, value: str = "loss") -> np.ndarray:
             + (1 - tx) * ty * z[i, j1] + tx * ty * z[i1, j1])
 
 
+#: the characters of legend labels one row of a legend under a view may hold
+LEGEND_ROW_CHARS = 90
+
+
 def legend_below(ax, handles=None, labels=None, *, ncols=None, fontsize=8):
     """A legend under the Axes, outside the data area, so it never covers what is drawn."""
     if handles is None:
@@ -57,7 +61,9 @@ def legend_below(ax, handles=None, labels=None, *, ncols=None, fontsize=8):
     if not handles:
         return None
     n = len(handles) if ncols is None else ncols
-    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=min(n, 4),
+    # long labels take fewer columns, so a row stays about as wide as a figure (~90 characters)
+    n = max(1, min(n, 4, LEGEND_ROW_CHARS // max(len(str(lab)) for lab in labels)))
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=n,
                      fontsize=fontsize, frameon=False)
 
 
