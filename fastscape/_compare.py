@@ -121,6 +121,8 @@ def compare_optimizers(model: nn.Module | Callable[[], nn.Module], data,
     origin = names[0] if origin is None else origin
     if origin not in optimizers:
         raise ValueError(f"`origin` must be one of {names}; got {origin!r}.")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs < 1:
+        raise ValueError(f"`epochs` must be at least 1: the runs' paths span the plane; got {epochs!r}.")
 
     trajectories, models = {}, {}
     for name in names:
@@ -139,6 +141,9 @@ def compare_optimizers(model: nn.Module | Callable[[], nn.Module], data,
         models[name] = m
 
     pooled = [snap for t in trajectories.values() for snap in t]
+    if len(pooled) < 3:
+        raise ValueError(f"the runs took {len(pooled)} snapshots in all (`epochs`={epochs}, `every`={every}); the "
+                         "plane needs at least 3 snapshots: raise `epochs` or lower `every`.")
     directions, ratio = pca_directions(pooled, n=2)
     directions.info["pooled_runs"] = names
     centre = {k: v.clone() for k, v in trajectories[origin][-1].items()}

@@ -1,29 +1,26 @@
 """Directions in weight space: the coordinate systems a loss surface is drawn in.
 
-A direction is a dict keyed like ``model.named_parameters()`` with tensors of
-the parameters' shapes, on the model's device. A "states" direction also holds
-the model's floating-point buffers (BatchNorm running mean and variance),
-which then move with the coordinates. A :class:`Directions` list carries an
-``info`` dict saying how it was made; surfaces copy it into their metadata.
+A direction is a dict keyed like ``model.named_parameters()`` with tensors of the parameters'
+shapes, on the model's device. A "states" direction also holds the model's floating-point buffers
+(BatchNorm running mean and variance), which then move with the coordinates. A :class:`Directions`
+list carries an ``info`` dict saying how it was made; surfaces copy it into their metadata.
 
-- :func:`random_directions`: Gaussian directions, normalised filter by filter
-  (Li et al., "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018).
+- :func:`random_directions`: Gaussian directions, normalised filter by filter (Li et al.,
+  "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018); ``params=`` names the subset.
 - :func:`orthogonalize`: Gram-Schmidt of a set of directions.
-- :func:`axis_directions`, :func:`axis_origin`: the raw weights themselves as
-  coordinates.
+- :func:`axis_directions`, :func:`axis_origin`: the raw weights themselves as coordinates.
 - :func:`interpolation_directions`: the line through two models (Goodfellow,
   Vinyals and Saxe, "Qualitatively characterizing neural network optimization
   problems", ICLR 2015) or the affine plane through three.
-- :func:`interpolation_plane`: the orthonormal plane through three models with
-  their positions in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and
-  Fast Ensembling of DNNs", NeurIPS 2018).
-- The top Hessian eigenvectors (:func:`fastscape.hessian_eigenpairs`) are
-  directions too.
+- :func:`interpolation_plane`: the orthonormal plane through three models with their positions
+  in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs", NeurIPS 2018).
+- Top Hessian eigenvectors (:func:`fastscape.curvature.hessian_eigenpairs`) are directions too.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -31,6 +28,7 @@ import torch
 from torch import nn
 
 from ._core.params import ParamDict, check_model, flatten, is_int, model_device, model_parameters, positive_int
+from ._subset import chosen_names, describe, restrict
 
 __all__ = ["Directions", "random_directions", "orthogonalize", "axis_directions", "axis_origin",
            "interpolation_directions", "interpolation_plane", "NORMS", "IGNORES", "normalize"]
@@ -172,7 +170,8 @@ def _perturbable(model: nn.Module, states: bool) -> ParamDict:
 
 def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filter",
                       ignore: str | None = "biasbn", seed: int | None = None,
-                      generator: torch.Generator | None = None, states: bool = False) -> Directions:
+                      generator: torch.Generator | None = None, states: bool = False,
+                      params: str | list[str] | None = None) -> Directions:
     """``n`` Gaussian directions, normalised against the model's weights.
 
     Parameters
@@ -202,6 +201,10 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
         and variance move with the coordinates). As in the paper's code these
         are 1-D, so ``ignore="biasbn"`` leaves them still; with ``ignore=None``
         each statistic's direction is the statistic itself.
+    params : str, list of str or None
+        The subset that moves: names or glob patterns (``"fc"``, ``"layer4.*"``, ``"*lora_*"``;
+        a module name matches everything under it). Default: every parameter that requires
+        grad; frozen ones get zero entries. A subset direction is the full one with zeros.
 
     Returns
     -------
@@ -218,17 +221,19 @@ def random_directions(model: nn.Module, n: int = 2, *, norm: str | None = "filte
     if not isinstance(states, bool):
         raise TypeError(f"`states` must be True or False; got {states!r}.")
     weights = _perturbable(model, states)
+    keep = chosen_names(weights, params, model=model)
     device = model_device(model)
     g = make_generator(seed, generator)
     out = []
     for _ in range(n):
         raw = {k: torch.randn(w.shape, generator=g, device=g.device, dtype=torch.float32)
                .to(device=w.device, dtype=w.dtype) for k, w in weights.items()}
-        out.append(normalize(raw, weights, norm=norm, ignore=ignore))
+        # zeroed outside the subset before normalising ("model" norm) and after (ignore=None)
+        out.append(restrict(normalize(restrict(raw, keep), weights, norm=norm, ignore=ignore), keep))
     # the seed that draws these directions again (a fresh one when seed=None); None with a generator
     used = None if generator is not None else g.initial_seed()
     return Directions(out, kind="random", norm=norm, ignore=ignore, seed=used, states=states,
-                      device=str(device))
+                      device=str(device), params=describe(params))
 
 
 def orthogonalize(directions) -> Directions:
@@ -391,21 +396,22 @@ def _model_state(obj, like: ParamDict, name: str) -> ParamDict:
     return out
 
 
-def _differences(model_a, others, states):
+def _differences(model_a, others, states, params=None):
     if not isinstance(model_a, nn.Module):
         raise TypeError(f"`model_a` must be an nn.Module; got {type(model_a).__name__}.")
     if not isinstance(states, bool):
         raise TypeError(f"`states` must be True or False; got {states!r}.")
     a = _perturbable(model_a, states)
+    keep = chosen_names(a, params, model=model_a)
     diffs = []
     for name, other in others:
         b = _model_state(other, a, name)
-        diffs.append({k: b[k] - a[k] for k in a})
+        diffs.append(restrict({k: b[k] - a[k] for k in a}, keep))
     return diffs
 
 
 def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
-                             states: bool = True) -> Directions:
+                             states: bool = True, params: str | list[str] | None = None) -> Directions:
     """The line through two models, or the affine plane through three.
 
     Returns ``[θb − θa]`` or ``[θb − θa, θc − θa]``, to be used with
@@ -427,16 +433,21 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
         variances stay positive between the models; far extrapolation may make
         one negative, which shows as a diverging (NaN) region. False: only the
         parameters move and every point uses ``model_a``'s buffers.
+    params : str, list of str or None
+        The subset that moves (see :func:`random_directions`); default: what requires grad.
 
     Returns
     -------
     Directions
-        One or two dicts; ``.info`` holds ``kind="interpolation"`` and
-        ``states``.
+        One or two dicts; ``.info`` holds ``kind="interpolation"``, ``states``, ``params``.
     """
     others = [("model_b", model_b)] + ([("model_c", model_c)] if model_c is not None else [])
-    diffs = _differences(model_a, others, states)
-    return Directions(diffs, kind="interpolation", states=states)
+    diffs = _differences(model_a, others, states, params)
+    for (name, _), d in zip(others, diffs):
+        if not any(bool(t.any()) for t in d.values()):
+            warnings.warn(f"`{name}` equals `model_a`: the direction from one to the other is zero, so every "
+                          "point of a surface along it is `model_a` itself.", UserWarning, stacklevel=2)
+    return Directions(diffs, kind="interpolation", states=states, params=describe(params))
 
 
 def interpolation_plane(model_a: nn.Module, model_b, model_c, *,

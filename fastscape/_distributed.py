@@ -1,6 +1,6 @@
 """Several processes, one surface: thin helpers over ``torch.distributed``.
 
-A surface is split into units of whole chunks (see :mod:`fastscape._store`);
+A surface is split into units of whole chunks (see :mod:`fastscape._units`);
 rank ``r`` of ``w`` evaluates every ``w``-th unit still to do, on its own device,
 and the ranks exchange their values at the end, so every rank returns the
 complete surface and rank 0 writes the file. Each unit is evaluated exactly as
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["DistContext", "init_distributed", "rank_world", "broadcast_object", "all_gather_object",
-           "barrier", "env_world_size"]
+           "barrier", "env_world_size", "on_rank0"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +148,24 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def on_rank0(fn):
+    """Run ``fn`` on rank 0 only and hand its result (or its exception) to every rank."""
+    rank, world = rank_world()
+    if world == 1:
+        return fn()
+    box = None
+    if rank == 0:
+        try:
+            box = ("ok", fn())
+        except Exception as err:  # re-raised on every rank below
+            try:
+                pickle.dumps(err)
+                box = ("error", err)
+            except Exception:
+                box = ("error", RuntimeError(f"{type(err).__name__}: {err}"))
+    box = broadcast_object(box)
+    if box[0] == "error":
+        raise box[1]
+    return box[1]

@@ -37,13 +37,14 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.data import Batches, as_args
+from ._core.data import Batches, as_args, warn_nonfinite
 from ._core.memory import is_out_of_memory
 from ._core.guards import named_failure, warn_once
 from ._core.objective import batch_loss, check_differentiable, sample_mean
-from ._core.params import (ParamDict, flatten, model_device, model_state_guard, positive_int, positive_number,
-                           resolve_device, resolve_dtype, unflatten)
+from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_device, model_state_guard,
+                           positive_int, positive_number, resolve_device, resolve_dtype, unflatten)
 from ._directions import Directions, make_generator
+from ._subset import chosen_names, describe
 
 __all__ = ["ConvergenceWarning", "hessian_vector_product", "hessian_eigenpairs", "hessian_trace"]
 
@@ -72,9 +73,7 @@ def _load_jvp_decompositions() -> None:
 #: forward and backward per batch serve every vector. Forward-over-reverse (``jvp``
 #: of ``grad``) needs a forward-mode derivative of every backward op, which PyTorch
 #: lacks for common ones (``huber_loss_backward``, the CPU LSTM kernel; ``mse_loss``'s
-#: backward writes into a ZeroTensor). Measured on CPU (torch 2.13, one thread, one
-#: vector; ten vectors under vmap): MLP 1.4 vs 2.5 ms (4.7 vs 6.3), CNN+BatchNorm
-#: 4.1 vs 6.6 ms (24 vs 20), transformer encoder 8.8 vs 11.2 ms (23 vs 27).
+#: backward writes into a ZeroTensor). The timings: benchmarks/README.md, "Hessian-vector products".
 MODES = ("reverse-over-reverse", "forward-over-reverse")
 #: what worked, per model structure, loss function, device and dtype: {"mode": one of
 #: MODES, "vmap": whether vmap over the vectors works (None: not tried)}. A loss that
@@ -99,21 +98,25 @@ class _HVP:
     must be called inside ``model_state_guard(model)`` (eval mode).
     """
 
-    def __init__(self, model: nn.Module, data, loss_fn: Callable, *, device, dtype, batch_size):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    def __init__(self, model: nn.Module, data, loss_fn: Callable, *, device, dtype, batch_size, params=None):
+        check_model(model)
+        check_loss_fn(loss_fn)
         self.device = resolve_device(device, model)
         self.dtype = resolve_dtype(dtype)
         self.model, self.loss_fn = model, loss_fn
-        self.params = {k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()}
+        keep = chosen_names([k for k, _ in model.named_parameters()], params, model=model)  # the subset
+        self.params = {k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters() if k in keep}
         if not self.params:
-            raise ValueError("`model` has no parameters; its Hessian is empty.")
+            raise ValueError("`model` has no parameters that require grad; its Hessian is empty (name the "
+                             "subset with `params=`)." if any(True for _ in model.parameters())
+                             else "`model` has no parameters; its Hessian is empty.")
         check_differentiable(model, "the Hessian")
         self.buffers = {k: (b.detach().to(self.device, self.dtype) if b.is_floating_point()
                             else b.detach().to(self.device)) for k, b in model.named_buffers()}
-        self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype)
+        # parameters outside the subset are held fixed, like buffers
+        self.buffers.update({k: p.detach().to(self.device, self.dtype) for k, p in model.named_parameters()
+                             if k not in keep})
+        self.batches = Batches(data, batch_size=batch_size, device=self.device, dtype=self.dtype).bind(model)
         self.shapes = {k: p.shape for k, p in self.params.items()}
         self.numel = sum(p.numel() for p in self.params.values())
         self.calls = 0
@@ -192,12 +195,14 @@ class _HVP:
 
 
 def _to_model(d: ParamDict, model: nn.Module) -> ParamDict:
-    """Cast a dict to the device and dtype of each of the model's parameters."""
-    return {k: d[k].detach().to(device=p.device, dtype=p.dtype) for k, p in model.named_parameters()}
+    """Cast a dict to the device and dtype of each of the model's parameters; zero outside its keys."""
+    return {k: d[k].detach().to(device=p.device, dtype=p.dtype) if k in d else torch.zeros_like(p.detach())
+            for k, p in model.named_parameters()}
 
 
 def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable, device=None,
-                           dtype=torch.float32, batch_size: int | None = None) -> ParamDict:
+                           dtype=torch.float32, batch_size: int | None = None,
+                           params: str | list[str] | None = None) -> ParamDict:
     """The Hessian of the whole-dataset loss times ``vector``.
 
     Parameters
@@ -214,19 +219,23 @@ def hessian_vector_product(model: nn.Module, data, vector, *, loss_fn: Callable,
     dtype : torch.float32 (default) or torch.float64
     batch_size : int, optional
         Largest data batch (default: the data as given).
+    params : str, list of str or None
+        The Hessian over a subset of the parameters (names or glob patterns, see
+        :func:`fastscape.random_directions`); default: those that require grad.
 
     Returns
     -------
     dict name -> Tensor
-        ``H v``, keyed and shaped like the parameters, on the model's device
+        ``H v`` (zero outside the subset), keyed and shaped like the parameters, on the model's device
         and in its dtype.
     """
     with warn_once():
-        return _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size)
+        return _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size, params)
 
 
-def _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size) -> ParamDict:
-    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+def _hessian_vector_product(model, data, vector, loss_fn, device, dtype, batch_size, params=None) -> ParamDict:
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size, params=params)
+    warn_nonfinite(op.batches, "the Hessian-vector product will be NaN", stacklevel=4)
     missing = [k for k in op.params if k not in vector]
     if missing:
         raise ValueError(f"`vector` has no entry for the model's parameter(s) {missing[:5]}.")
@@ -307,8 +316,9 @@ def _lanczos(matvec: Callable, n: int, k: int, *, tol: float, max_iter: int,
 
 def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2, tol: float = 1e-4,
                        max_iter: int = 100, seed: int | None = 0, device=None, dtype=torch.float32,
-                       batch_size: int | None = None) -> tuple[Directions, np.ndarray]:
-    """The ``n`` largest eigenvalues of the loss Hessian and their eigenvectors.
+                       batch_size: int | None = None, which: str = "largest",
+                       params: str | list[str] | None = None) -> tuple[Directions, np.ndarray]:
+    """The ``n`` largest (or smallest) eigenvalues of the loss Hessian and their eigenvectors.
 
     Lanczos iteration with full reorthogonalisation on Hessian-vector
     products (see the module docstring); each iteration is one pass over the
@@ -322,7 +332,8 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         The loss is the sample-weighted mean over all of it.
     loss_fn : callable ``(output, target) -> scalar tensor``
     n : int
-        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …).
+        How many eigenpairs, the algebraically largest (λ1 ≥ λ2 ≥ …), or with
+        ``which="smallest"`` the algebraically smallest (λn ≤ λn-1 ≤ …).
     tol : float
         Stop when every returned pair has ``||H y - λ y|| <= tol * |λ|_max``
         (``|λ|_max``: the largest Ritz value in magnitude). Eigenvalues are then
@@ -338,6 +349,14 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
     dtype : torch.float32 (default) or torch.float64
     batch_size : int, optional
         Largest data batch (default: the data as given).
+    which : {"largest", "smallest"}
+        Which end of the spectrum (see :data:`WHICH`). "smallest" runs the same
+        Lanczos iteration on ``-H``: its largest eigenvalues are ``-λ`` for the
+        smallest ``λ`` of ``H``, so negative curvature shows as a negative value.
+    params : str, list of str or None
+        The Hessian over a subset of the parameters, ``H_SS`` (names or glob patterns, see
+        :func:`fastscape.random_directions`); default: those that require grad. The
+        eigenvectors are zero outside it.
 
     Returns
     -------
@@ -347,25 +366,43 @@ def hessian_eigenpairs(model: nn.Module, data, *, loss_fn: Callable, n: int = 2,
         largest magnitude is positive. ``.info`` holds ``kind="hessian"``,
         the eigenvalues, residuals, iterations and whether it converged.
     eigenvalues : ndarray of shape (n,)
-        Descending, float64.
+        Float64; descending for "largest", ascending for "smallest" (the most extreme first).
     """
     with warn_once():  # a warning of the loss (e.g. broadcasting) once, not once per product
-        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size)
+        return _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size,
+                                   which, params)
 
 
-def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size):
+#: the ends of the spectrum ``hessian_eigenpairs(which=...)`` reaches: the sign the operator is run with
+WHICH = {"largest": 1.0, "smallest": -1.0}
+
+
+def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dtype, batch_size, which,
+                        params=None):
+    if which not in WHICH:
+        raise ValueError(f"`which` must be one of {list(WHICH)}; got {which!r}.")
+    sign = WHICH[which]
     positive_int(n, "n")
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
-    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size, params=params)
+    bad = op.batches.nonfinite()
+    if bad is not None:
+        raise ValueError(f"`data` holds {bad}: the Hessian is NaN there, so it has no eigenpairs.")
     if n > op.numel:
         raise ValueError(f"`n` must be at most the number of parameters ({op.numel}); got {n}.")
     if max_iter < n:
         raise ValueError(f"`max_iter` must be at least `n` ({n}); got {max_iter}.")
     g = make_generator(seed, None)
     with model_state_guard(model):
-        theta, Y, resid, iters, converged = _lanczos(op, op.numel, n, tol=tol, max_iter=max_iter,
-                                                     generator=g, device=op.device, dtype=op.dtype)
+        matvec = op if sign > 0 else (lambda v: -op(v))
+        try:
+            theta, Y, resid, iters, converged = _lanczos(matvec, op.numel, n, tol=tol, max_iter=max_iter,
+                                                         generator=g, device=op.device, dtype=op.dtype)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("the Hessian-vector products are not finite (NaN or inf): the loss of `loss_fn` "
+                             "at the model's weights is not finite there, so the Hessian has no eigenpairs.") from err
+    theta = sign * theta
     if not converged:
         warnings.warn(f"hessian_eigenpairs stopped at `max_iter`={max_iter} Hessian-vector products "
                       f"with relative residuals {np.round(resid / max(np.abs(theta).max(), 1e-300), 8).tolist()} "
@@ -377,14 +414,16 @@ def _hessian_eigenpairs(model, data, loss_fn, n, tol, max_iter, seed, device, dt
         if y[int(y.abs().argmax())] < 0:
             y = -y
         vectors.append(_to_model(op.unflatten(y), model))
-    info = {"kind": "hessian", "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
-            "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model))}
+    info = {"kind": "hessian", "which": which, "eigenvalues": theta.tolist(), "residuals": resid.tolist(),
+            "iterations": iters, "converged": converged, "tol": tol, "device": str(model_device(model)),
+            "params": describe(params)}
     return Directions(vectors, **info), np.asarray(theta, dtype=np.float64)
 
 
 def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-2, max_iter: int = 200,
                   min_iter: int = 10, block: int = 10, seed: int | None = 0, device=None,
-                  dtype=torch.float32, batch_size: int | None = None) -> tuple[float, float]:
+                  dtype=torch.float32, batch_size: int | None = None,
+                  params: str | list[str] | None = None) -> tuple[float, float]:
     """The trace of the loss Hessian by Hutchinson's estimator.
 
     ``tr H = E[v^T H v]`` for Rademacher ``v`` (entries ±1 with equal
@@ -393,8 +432,8 @@ def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-
 
     Parameters
     ----------
-    model, data, loss_fn, device, dtype, batch_size
-        As for :func:`hessian_eigenpairs`.
+    model, data, loss_fn, device, dtype, batch_size, params
+        As for :func:`hessian_eigenpairs` (``params``: the trace of ``H_SS``).
     tol : float
         Stop when the standard error of the mean is at most ``tol`` times its
         magnitude (after ``min_iter`` probes).
@@ -416,17 +455,19 @@ def hessian_trace(model: nn.Module, data, *, loss_fn: Callable, tol: float = 1e-
         Its standard error (sample standard deviation over ``sqrt(probes)``).
     """
     with warn_once():  # a warning of the loss (e.g. broadcasting) once, not once per product
-        return _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, device, dtype, batch_size)
+        return _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, device, dtype, batch_size,
+                              params)
 
 
-def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, device, dtype, batch_size):
+def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, device, dtype, batch_size,
+                   params=None):
     positive_number(tol, "tol")
     positive_int(max_iter, "max_iter")
     positive_int(min_iter, "min_iter")
     positive_int(block, "block")
     if min_iter < 2 or min_iter > max_iter:
         raise ValueError(f"`min_iter` must be at least 2 and at most `max_iter` ({max_iter}); got {min_iter}.")
-    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size)
+    op = _HVP(model, data, loss_fn, device=device, dtype=dtype, batch_size=batch_size, params=params)
     g = make_generator(seed, None)
     samples: list[float] = []
     mean = stderr = math.nan
@@ -444,3 +485,7 @@ def _hessian_trace(model, data, loss_fn, tol, max_iter, min_iter, block, seed, d
                   f"{stderr:.3g} on a trace of {mean:.3g}, above `tol`={tol} relative; raise "
                   "`max_iter` or `tol`.", ConvergenceWarning, stacklevel=3)
     return mean, stderr
+
+
+#: the whole-dataset Hessian operator, for the modules that build on it (:mod:`fastscape._curvature`)
+HessianOperator = _HVP

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import platform
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,25 +17,20 @@ from ._core.guards import warn_once
 from ._core.metrics import check_metrics
 from ._core.params import (
     check_directions,
+    check_loss_fn,
+    check_model,
     check_origin,
-    fingerprint,
     flatten,
     positive_int,
     resolve_device,
     resolve_dtype,
 )
 from ._core.points import AffinePoints
-from ._distributed import rank_world
-from ._store import (
-    FORMAT,
-    GridRun,
-    SurfaceStore,
-    callable_fingerprint,
-    data_fingerprint,
-    grid_fingerprint,
-    on_rank0,
-)
+from ._core.recalibrate import RecalibratedPoints, calibration_batches
+from ._distributed import on_rank0, rank_world
+from ._store import SurfaceStore, data_fingerprint, request_settings, unfingerprintable_message
 from ._surface import Surface
+from ._units import Units
 
 __all__ = ["loss_surface"]
 
@@ -53,12 +47,11 @@ def _cosines(directions) -> list[list[float]]:
     return cos.tolist()
 
 
-@warn_once()  # a file-backed or sharded run evaluates in units: a loss's warning once for all of them
 def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=(-1.0, 1.0, 51),
                  origin=None, metrics: Mapping[str, Callable] | None = None,
                  device=None, dtype=torch.float32, chunk_size="auto", batch_size: int | None = None,
                  strategy: str = "auto", progress: bool | Callable | None = None,
-                 out=None) -> Surface:
+                 out=None, recalibrate=None) -> Surface:
     """The loss of ``model`` on ``data`` at every point of a grid in weight space.
 
     Point ``(c_0, ..., c_{k-1})`` of the grid has parameters
@@ -83,7 +76,10 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     loss_fn : callable ``(output, target) -> scalar tensor``
         The mean loss of a batch, e.g. ``torch.nn.functional.cross_entropy``.
     grid : int, (min, max, num), or list of per-direction (min, max, num) / 1-D arrays
-        Coordinates along each direction (see :func:`fastscape._grid.make_axes`).
+        Coordinates along each direction: an int ``num`` is ``num`` points on
+        [-1, 1] along every direction; a triple the same span and count along
+        every direction; a list holds one triple or 1-D array per direction
+        (non-square and non-uniform grids).
     origin : nn.Module or dict, optional
         Where the directions start (default: the model's own parameters).
     metrics : dict name -> callable, optional
@@ -104,7 +100,7 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         ``meta["memory_plan"]``.
     batch_size : int, optional
         Largest data batch (default: planned from the model's activation size).
-    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "vmap_compiled", "affine_compiled"}
+    strategy : {"auto", "vmap", "loop", "affine", "mlp", "quadratic", "prefix", "vmap_compiled", "affine_compiled"}
         How chunks are computed (see :mod:`fastscape._core.strategies`); the values
         do not depend on it beyond float32 rounding. "auto" picks by a short measured
         probe weighed by structure and remembers the pick per job size; the chosen
@@ -126,7 +122,13 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
         whose behaviour cannot be fingerprinted (it holds an open file, a
         lock, ...) is announced with a warning and its file is never reused:
         give it a string attribute ``fastscape_fingerprint`` to vouch for it.
-        See :mod:`fastscape._store`.
+        See :mod:`fastscape._store` (what a file vouches for: :mod:`fastscape._store.fingerprint`).
+    recalibrate : data, optional
+        Calibration data (an ``(inputs, targets)`` pair, a DataLoader, ...; targets unused): every
+        BatchNorm layer's running statistics are recomputed at each grid point before it is
+        evaluated, all points of a chunk in one vmapped train-mode pass (as PyTorch's BatchNorm
+        with ``momentum=None`` accumulates them over the batches as given; see
+        :mod:`fastscape._core.recalibrate`). A file's settings then include the calibration data.
 
     Under ``torch.distributed`` (e.g. ``torchrun`` and :func:`init_distributed`)
     the grid is sharded over the ranks; every rank returns the whole surface
@@ -137,72 +139,56 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
     Surface
         ``loss`` of shape ``(len(coords[0]), ..., len(coords[k-1]))``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
-    if not any(True for _ in model.parameters()):
-        raise ValueError(f"`model` has no parameters ({type(model).__name__}); a loss surface moves the "
-                         "weights, so the model needs some.")
+    _check_model(model, loss_fn)
     metrics = check_metrics(metrics)
     store = SurfaceStore(out) if out is not None else None
     info = dict(getattr(directions, "info", {}))
-    directions = check_directions(model, directions)
-    k = len(directions)
-    if k > 3:
-        raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {k}.")
-    axes = make_axes(grid, k)
-    keys = list(directions[0])
-    orig = check_origin(model, origin, keys)
-    _warn_nonfinite(directions, orig)
+    directions, orig, axes = _check_grid(model, directions, origin, grid)
     dev = resolve_device(device, model)
     dt = resolve_dtype(dtype, bfloat16=True)
-    if isinstance(data, Mapping):
-        given = NamedBatches(data, device=dev, dtype=dt)
-    else:
-        given = Batches(data, device=dev, dtype=dt)
-    # the data as given, and cut to `batch_size`: a file's plan records how it cut the given data
-    batches = given if batch_size is None else given.resplit(positive_int(batch_size, "batch_size"))
-    bad = given.nonfinite()
-    if bad is not None:
-        warnings.warn(f"`data` holds {bad}: the loss will be NaN (or inf) at every point of the surface.",
-                      UserWarning, stacklevel=2)
+    given, batches = _data(data, dev, dt, batch_size)
     coords = torch.from_numpy(mesh(axes))
     buffers = None
     if isinstance(origin, nn.Module):
         buffers = {n: b.detach() for n, b in origin.named_buffers()}
     rank, world = rank_world()
-    settings, why = _settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
-                              metrics=metrics, hash_inputs=store is not None)
+    settings, why = request_settings(model, given, batches, orig, buffers, directions, axes, dt, loss_fn=loss_fn,
+                                     metrics=metrics, hash_inputs=store is not None, data=data)
+    recal = _recalibration(model, recalibrate, orig, buffers)
+    if recalibrate is not None and store is not None:  # the statistics depend on the batches as given
+        each = [data_fingerprint(calibration_batches([(x, y)], device=dev, dtype=dt))
+                for x, y, _ in calibration_batches(recalibrate, device=dev, dtype=dt)]
+        settings["data_fingerprint"] += f"; recalibrate={each}"
     if store is not None:
         found = _reuse_or_lock(store, settings, why)
         if found is not None:
             return found
+        for arg, reason in why.items():  # a new run: say now, before the grid, that it cannot be reused
+            if rank == 0:
+                warnings.warn(unfingerprintable_message(arg, reason), UserWarning, stacklevel=2)
     try:
         bar = _progress(progress, coords.shape[0], show=rank == 0,
                         desc=f"fastscape rank {rank}/{world}" if world > 1 else "fastscape")
-        run = None
+        orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
+        dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
+
+        def points(lo, hi):  # points lo:hi of the grid, C order
+            return recal(AffinePoints(orig_d, dirs_d, coords[lo:hi]))
+
         try:
-            if store is None and world == 1:
-                values, report = evaluate(model, batches, AffinePoints(orig, directions, coords), loss_fn=loss_fn,
-                                          metrics=metrics, chunk_size=chunk_size, strategy=strategy,
-                                          buffers=buffers, progress=bar)
-            else:  # unit by unit: into the file, over the ranks
-                orig_d = {n: t.to(dev, dt) for n, t in orig.items()}
-                dirs_d = [{n: t.to(dev, dt) for n, t in d.items()} for d in directions]
-
-                def points(lo, hi):  # points lo:hi of the grid, C order
-                    return AffinePoints(orig_d, dirs_d, coords[lo:hi])
-
-                grid = GridRun(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
-                               chunk_size=chunk_size, batch_size=batch_size, strategy=strategy, buffers=buffers,
-                               settings=settings, store=store, progress=bar, why=why)
-                for u, lo, hi in grid.pending():
-                    values, rep = evaluate(model, grid.batches, points(lo, hi), loss_fn=loss_fn, metrics=metrics,
-                                           chunk_size=grid.chunk, strategy=grid.strategy, buffers=buffers,
+            with warn_once():  # the grid's warnings (a loss's, once for all units and batches)
+                if store is None and world == 1:  # one unit, evaluated as asked
+                    units = Units.whole(batches, coords.shape[0], chunk_size=chunk_size, strategy=strategy)
+                else:  # planned units: into the file, over the ranks
+                    units = Units.planned(model, given, points, coords.shape[0], loss_fn=loss_fn, metrics=metrics,
+                                          chunk_size=chunk_size, batch_size=batch_size, strategy=strategy,
+                                          buffers=buffers, settings=settings, store=store, progress=bar, why=why)
+                for u, lo, hi in units.pending():
+                    values, rep = evaluate(model, units.batches, points(lo, hi), loss_fn=loss_fn, metrics=metrics,
+                                           chunk_size=units.chunk, strategy=units.strategy, buffers=buffers,
                                            progress=bar)
-                    grid.keep(u, values, rep)
-                values, report, run = grid.gather()
+                    units.keep(u, values, rep)
+                values, report, run = units.gather()
         finally:
             if hasattr(bar, "close"):
                 bar.close()
@@ -216,6 +202,54 @@ def loss_surface(model: nn.Module, data, directions, *, loss_fn: Callable, grid=
             store.release()
 
 
+def _recalibration(model, recalibrate, orig, buffers):
+    """A function wrapping grid points so that BatchNorm statistics are recomputed at each
+    (identity when ``recalibrate`` is None)."""
+    if recalibrate is None:
+        return lambda points: points
+    base = {**{n: p.detach() for n, p in model.named_parameters()}, **dict(model.named_buffers()), **orig,
+            **(buffers or {})}
+    return lambda points: RecalibratedPoints(points, model, recalibrate, base)
+
+
+def _check_model(model, loss_fn) -> None:
+    check_model(model)
+    check_loss_fn(loss_fn)
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"`model` has no parameters ({type(model).__name__}); a loss surface moves the "
+                         "weights, so the model needs some.")
+
+
+def _check_grid(model, directions, origin, grid):
+    """``(directions, origin over their names, axes)``, each checked against ``model``."""
+    directions = check_directions(model, directions)
+    for i, d in enumerate(directions):
+        for name, t in d.items():
+            if t.device.type == "meta":
+                raise ValueError(f"`directions[{i}][{name!r}]` is on the 'meta' device: it has a shape but no "
+                                 "values. Pass directions that hold values, e.g. fastscape.random_directions(model).")
+    k = len(directions)
+    if k > 3:
+        raise ValueError(f"`directions` must hold 1, 2 or 3 directions; got {k}.")
+    axes = make_axes(grid, k)
+    orig = check_origin(model, origin, list(directions[0]))
+    _warn_nonfinite(directions, orig)
+    return directions, orig, axes
+
+
+def _data(data, dev, dt, batch_size):
+    """``(given, batches)``: the data as given, and cut to ``batch_size`` (a file's plan records
+    how it cut the given data); a warning when it holds NaN or inf."""
+    given = NamedBatches(data, device=dev, dtype=dt) if isinstance(data, Mapping) else \
+        Batches(data, device=dev, dtype=dt)
+    batches = given if batch_size is None else given.resplit(positive_int(batch_size, "batch_size"))
+    bad = given.nonfinite()
+    if bad is not None:
+        warnings.warn(f"`data` holds {bad}: the loss will be NaN (or inf) at every point of the surface.",
+                      UserWarning, stacklevel=3)
+    return given, batches
+
+
 def _warn_nonfinite(directions, origin) -> None:
     """One warning naming the first direction (or origin) entry that holds NaN or inf."""
     named = [(f"directions[{i}][{k!r}]", t) for i, d in enumerate(directions) for k, t in d.items()]
@@ -224,47 +258,8 @@ def _warn_nonfinite(directions, origin) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
             warnings.warn(f"`{where}` holds {kind}: every point it reaches is NaN (0 * inf is NaN too, so "
-                          "usually the whole surface).", UserWarning, stacklevel=3)
+                          "usually the whole surface).", UserWarning, stacklevel=4)
             return
-
-
-def _settings(model, given, batches, orig, buffers, directions, axes, dt, *, loss_fn, metrics,
-              hash_inputs: bool) -> tuple[dict, dict]:
-    """What a file must vouch for (see :data:`fastscape._store.SETTINGS_KEYS`), and why it cannot.
-
-    ``why`` names the loss or metrics that cannot be fingerprinted. Hashing the
-    data and the functions is only needed for a file (``hash_inputs``).
-    """
-    why = {}
-    loss_fp = data_fp = None
-    metrics_fp = {}
-    if hash_inputs:
-        data_fp = data_fingerprint(given)
-        loss_fp, reason = callable_fingerprint(loss_fn, name="loss_fn")
-        if reason:
-            why["loss_fn"] = reason
-        for name, fn in metrics.items():
-            metrics_fp[name], reason = callable_fingerprint(fn, name=f"metrics[{name!r}]")
-            if reason:
-                why[f"metrics[{name!r}]"] = reason
-    settings = {
-        "format": FORMAT,
-        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
-                                          **{n: b for n, b in model.named_buffers()}}),
-        "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
-        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
-        "grid_shape": [len(a) for a in axes],
-        "grid_fingerprint": grid_fingerprint(axes),
-        # several datasets: samples per name, so that another split is another request
-        "n_samples": batches.n_samples if batches.names is None else dict(zip(batches.names, batches.counts)),
-        "data_fingerprint": data_fp,
-        "loss": callable_name(loss_fn),
-        "loss_fingerprint": loss_fp,
-        "metrics": list(metrics),
-        "metrics_fingerprint": metrics_fp,
-        "dtype": str(dt).replace("torch.", ""),
-    }
-    return settings, why
 
 
 def _reuse_or_lock(store: SurfaceStore, settings: dict, why: dict) -> Surface | None:
@@ -275,9 +270,11 @@ def _reuse_or_lock(store: SurfaceStore, settings: dict, why: dict) -> Surface | 
         return found
 
     def lock():
-        store.acquire()
+        store.acquire(settings)
         try:  # another process may have finished it meanwhile
             done = store.completed(settings, why=why, locked=True)
+            if done is None:
+                store.refuse_partial(settings, why)
         except BaseException:
             store.release()
             raise
@@ -328,14 +325,6 @@ def _surface(values: dict, report, run: dict | None, *, axes, batches, direction
         metrics={name: v.reshape(shape) for name, v in values.items()},
         meta=meta,
     )
-
-
-def callable_name(fn) -> str:
-    """``module.qualname`` of a function (or of a callable object's class)."""
-    if isinstance(fn, functools.partial):
-        return f"partial({callable_name(fn.func)})"
-    target = fn if hasattr(fn, "__qualname__") else type(fn)
-    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
 
 
 def _progress(progress, total, *, desc="fastscape", show=True):

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, warn_nonfinite
 from ._core.evaluator import evaluate
-from ._core.params import (ParamDict, as_param_dict, check_directions, check_origin, flatten, positive_int, unflatten,
-                           resolve_device, resolve_dtype)
+from ._core.params import (ParamDict, check_loss_fn, check_model, as_param_dict, check_directions, check_origin,
+                           flatten, positive_int, unflatten, resolve_device, resolve_dtype)
 from ._core.points import AffinePoints, ExplicitPoints
 from ._directions import Directions
+from ._subset import chosen_names, describe
 from ._trajectory import Trajectory
 
 __all__ = ["pca_directions", "project", "path_loss"]
@@ -100,7 +101,7 @@ def _check_n(n, T):
                          f"centred snapshots span at most T - 1 directions. Got n={n}.")
 
 
-def pca_directions(trajectory, n: int = 2) -> tuple[Directions, np.ndarray]:
+def pca_directions(trajectory, n: int = 2, *, params: str | list[str] | None = None) -> tuple[Directions, np.ndarray]:
     """Principal directions of a training path (Li et al. 2018).
 
     The snapshots minus the final weights form a (T, P) matrix; its columns
@@ -114,6 +115,11 @@ def pca_directions(trajectory, n: int = 2) -> tuple[Directions, np.ndarray]:
         At least ``n + 1`` snapshots, the last one being the final weights.
     n : int
         Number of directions.
+    params : str, list of str or None
+        The PCA of the path restricted to a subset of the parameters (names or glob
+        patterns, see :func:`fastscape.random_directions`); the directions are zero
+        outside it. Default: every parameter of the snapshots (a frozen one does not
+        move along a training path, so it adds nothing).
 
     Returns
     -------
@@ -133,11 +139,15 @@ def pca_directions(trajectory, n: int = 2) -> tuple[Directions, np.ndarray]:
     path = _Path(trajectory)
     T = path.n
     _check_n(n, T)
+    keep = chosen_names(path.names, params)
+    # 1 on the subset's columns, 0 elsewhere: the PCA of the subset's columns alone
+    mask = torch.cat([torch.full((int(np.prod(s)),), float(k in keep), dtype=torch.float64)
+                      for k, s in zip(path.names, path.shapes)]).to(path.matrix.device)
     final = path.matrix[-1].to(torch.float64)
     mean = torch.zeros(path.matrix.shape[1], dtype=torch.float64, device=path.matrix.device)
     gram = torch.zeros(T, T, dtype=torch.float64, device=path.matrix.device)
     for a, b in path.chunks():
-        m = path.block(a, b) - final[a:b]
+        m = (path.block(a, b) - final[a:b]) * mask[a:b]
         mean[a:b] = m.mean(dim=0)
         m -= mean[a:b]
         gram += m @ m.T
@@ -159,14 +169,15 @@ def pca_directions(trajectory, n: int = 2) -> tuple[Directions, np.ndarray]:
     u = u * sign
     comps = torch.empty(n, path.matrix.shape[1], dtype=torch.float64, device=path.matrix.device)
     for a, b in path.chunks():
-        m = path.block(a, b) - final[a:b] - mean[a:b]
+        m = (path.block(a, b) - final[a:b]) * mask[a:b] - mean[a:b]
         comps[:, a:b] = (u.T @ m) / sing[:, None]
     comps /= comps.norm(dim=1, keepdim=True)
     comps = comps.to("cpu", path.matrix.dtype)
     variance = (evals[:n] / (T - 1)).cpu().numpy()
     ratio = (evals[:n] / total).cpu().numpy()
     dirs = Directions([path.unflatten(c) for c in comps], kind="pca", norm="unit", n_snapshots=T,
-                      explained_variance=variance.tolist(), explained_variance_ratio=ratio.tolist())
+                      explained_variance=variance.tolist(), explained_variance_ratio=ratio.tolist(),
+                      params=describe(params) if params is not None else "all")
     return dirs, ratio
 
 
@@ -251,10 +262,8 @@ def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directio
         Sample-weighted mean loss over ``data`` at each point, float64.
     """
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    check_model(model)
+    check_loss_fn(loss_fn)
     is_coords = isinstance(trajectory, (np.ndarray, torch.Tensor))
     if directions is None:
         if is_coords:
@@ -277,6 +286,7 @@ def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directio
         points = AffinePoints(orig, dirs, coords)
     batches = Batches(data, batch_size=batch_size, device=resolve_device(device, model),
                       dtype=resolve_dtype(dtype))
+    warn_nonfinite(batches, "the loss will be NaN (or inf) at every point of the path")
     values, _ = evaluate(model, batches, points, loss_fn=loss_fn, chunk_size=chunk_size, strategy=strategy)
     return values["loss"]
 

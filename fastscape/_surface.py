@@ -1,20 +1,15 @@
-"""The surface data object and its HDF5 file format."""
+"""The surface data object (its file format: :mod:`fastscape._surface_file`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ._optional import require
+from ._surface_file import NOT_HDF5, file_path, read_surface_file, surface_image, write_file
 
-__all__ = ["Surface", "SurfaceValue", "load_surface"]
-
-_AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
+__all__ = ["Surface", "SurfaceValue", "load_surface", "check_shapes"]
 
 
 @dataclass
@@ -54,6 +49,9 @@ class Surface:
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     path: np.ndarray | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        check_shapes(self)
 
     @property
     def datasets(self) -> list[str]:
@@ -160,34 +158,31 @@ class Surface:
 
         Every array and every attribute (the metadata included) get a SHA-256,
         stored in the attribute ``fastscape_checksums``: :func:`load_surface`
-        refuses a file whose contents no longer match them.
+        refuses a file whose contents no longer match them. The file begins with a 512-byte HDF5 user block (HDF5 and the Li et al.
+        tools skip it) holding ``fastscape surface sha256=<hex>``: the SHA-256 of
+        every byte after it, verified before HDF5 parses anything, so a damaged
+        file is refused naming it, never handed to HDF5.
         """
-        h5py = require("h5py", what="Writing a surface file")
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
-            for key, c in zip(_AXIS_KEYS, self.coords):
-                f.create_dataset(key, data=c)
-            f.create_dataset("train_loss", data=_li_layout(self.loss))
-            first = self.datasets[0] + "/" if self.datasets else ""
-            if f"{first}accuracy" in self.metrics:
-                f.create_dataset("train_acc", data=_li_layout(100.0 * self.metrics[f"{first}accuracy"]))
-            if first and first != "test/":  # the Li et al. tools also read a test split
-                for theirs, ours, scale in (("test_loss", "test/loss", 1.0), ("test_acc", "test/accuracy", 100.0)):
-                    if ours in self.metrics:
-                        f.create_dataset(theirs, data=_li_layout(scale * self.metrics[ours]))
-            g = f.create_group("fastscape")
-            g.create_dataset("loss", data=self.loss)
-            for name, arr in self.metrics.items():  # "test/accuracy" is metrics/test/accuracy
-                g.create_dataset(f"metrics/{name}", data=arr)
-            if self.metrics:
-                g["metrics"].attrs["order"] = json.dumps(list(self.metrics))
-            if self.path is not None:
-                g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
-            f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
-            f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
+        path = file_path(path, "path")
+        if path.suffix.lower() in NOT_HDF5:
+            raise ValueError(f"`path` {path.name!r} ends in {path.suffix!r}, but Surface.save writes an HDF5 file "
+                             "(.h5): save a figure with fastscape.plot.save, a ParaView file with "
+                             "fastscape.save_vtp.")
+        write_file(path, surface_image(self))
         return path
+
+
+def check_shapes(surface: Surface) -> None:
+    """A ValueError unless ``surface.loss`` has one axis per coordinate array, of its length, and
+    every metric has the loss's shape."""
+    grid = tuple(len(c) for c in surface.coords)
+    shape = tuple(np.shape(surface.loss))
+    if shape != grid:
+        raise ValueError(f"`loss` has shape {shape}; `coords` make a {grid} grid (one axis per coordinate "
+                         "array, as long as it).")
+    for name, values in surface.metrics.items():
+        if tuple(np.shape(values)) != shape:
+            raise ValueError(f"`metrics[{name!r}]` has shape {tuple(np.shape(values))}; the loss has shape {shape}.")
 
 
 @dataclass(frozen=True, repr=False)
@@ -272,89 +267,24 @@ def _num(x) -> str:
     return f"{float(x):.4g}"
 
 
-def _li_layout(arr: np.ndarray) -> np.ndarray:
-    return arr.T if arr.ndim == 2 else arr
-
-
-def _digest(arr: np.ndarray) -> str:
-    a = np.ascontiguousarray(arr)
-    return hashlib.sha256(f"{a.shape} {a.dtype.str}".encode() + a.tobytes()).hexdigest()
-
-
-def _checksums(f) -> dict[str, str]:
-    """SHA-256 of every dataset (as read back) and every attribute of an open HDF5 file, keyed
-    ``"fastscape/loss"`` and ``"fastscape/metrics@order"``, ``"@fastscape_meta"``."""
-    sums = {}
-
-    def attrs(name, obj):
-        for key, value in obj.attrs.items():
-            if key != "fastscape_checksums":
-                text = value if isinstance(value, str) else None
-                sums[f"{name}@{key}"] = (hashlib.sha256(text.encode()).hexdigest() if text is not None
-                                         else _digest(np.asarray(value)))
-
-    def visit(name, obj):
-        if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # a dataset
-            sums[name] = _digest(np.asarray(obj[()]))
-        attrs(name, obj)
-
-    attrs("", f)
-    f.visititems(visit)
-    return sums
-
-
 def load_surface(path) -> Surface:
     """Read a surface written by :meth:`Surface.save`.
+
+    The whole-file digest in the file's first bytes is verified before HDF5
+    reads anything; then every array and attribute is checked against its own
+    checksum. A file of an older fastscape (HDF5 from its first byte, no digest)
+    is read as before.
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        ``path`` is not a readable HDF5 file (a text file, a truncated copy), is
-        not a fastscape surface file, or its arrays or metadata no longer match
-        the checksums written with them (the message names the file and the
-        damaged entries).
+        ``path`` is damaged (a flipped byte, a truncated copy: the message names
+        the file and says so), is not a surface file (a text file, an HDF5 file of
+        another tool), or its arrays or metadata no longer match their checksums.
     """
-    h5py = require("h5py", what="Reading a surface file")
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"`path` {str(path)!r} is not a readable HDF5 file ({str(err).splitlines()[0]}); "
-                         "a surface file may be truncated by an interrupted copy.") from err
-    try:
-        with f:
-            if "fastscape" not in f:
-                raise ValueError(f"{str(path)!r} is not a fastscape surface file (no 'fastscape' group).")
-            raw = f.attrs.get("fastscape_checksums")
-            if raw is None:
-                warnings.warn(f"{str(path)!r} holds no checksums (written by an older fastscape or another "
-                              "tool); its values cannot be verified.", UserWarning, stacklevel=2)
-            else:
-                want = json.loads(raw)
-                have = _checksums(f)
-                bad = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
-                if bad:
-                    raise ValueError(f"{str(path)!r} fails its checksum for {', '.join(bad[:5])}: the file was "
-                                     "changed or damaged after it was written. Delete it and compute it again.")
-            coords = [np.asarray(f[k][()]) for k in _AXIS_KEYS if k in f]
-            g = f["fastscape"]
-            loss = np.asarray(g["loss"][()])
-            metrics = {}
-            if "metrics" in g:
-                g["metrics"].visititems(lambda name, obj: metrics.__setitem__(name, np.asarray(obj[()]))
-                                        if isinstance(obj, h5py.Dataset) else None)
-                order = json.loads(g["metrics"].attrs.get("order", "[]"))
-                metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
-            path_ = np.asarray(g["path"][()]) if "path" in g else None
-            meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"`path` {str(path)!r} is a damaged surface file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}).") from err
-    surface = Surface(coords=coords, loss=loss, metrics=metrics, meta=meta)
-    surface.path = path_
+    parts = read_surface_file(path)
+    surface = Surface(coords=parts["coords"], loss=parts["loss"], metrics=parts["metrics"], meta=parts["meta"])
+    surface.path = parts["path"]
     return surface

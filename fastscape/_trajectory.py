@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.data import Batches, as_args, as_pair
-from ._core.params import (ParamDict, flatten, model_parameters, positive_int, resolve_dtype,
-                           unflatten)
+from ._core.data import Batches, as_args, as_pair, warn_nonfinite
+from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_parameters, positive_int,
+                           resolve_dtype, unflatten)
 
 __all__ = ["Trajectory", "Recorder", "record", "train"]
 
@@ -175,8 +175,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  every: int | None = 1, out=None, device="cpu", dtype: torch.dtype = torch.float32):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+        check_model(model)
         positive_int(every, "every", allow=(None,))
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None; got "
@@ -365,6 +364,8 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     Trajectory
         With ``every=1``: ``epochs + 1`` snapshots, the first before training.
     """
+    check_model(model)
+    check_loss_fn(loss_fn)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer; got {epochs!r}.")
     positive_int(every, "every")
@@ -380,6 +381,7 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
         data = [tuple(data)]  # one (inputs, targets) pair: the whole data as one batch
     device = first.device
     eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
+    warn_nonfinite(eval_batches, "the loss stored with every snapshot will be NaN (or inf)")
 
     def mean_loss():
         with torch.no_grad():

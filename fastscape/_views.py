@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core.data import Batches
+from ._core.data import Batches, warn_nonfinite
 from ._core.evaluator import evaluate
 from ._core.objective import check_differentiable, mean_loss
 from ._core.params import (
     check_directions,
+    check_loss_fn,
+    check_model,
     check_origin,
-    flatten,
     model_buffers,
     model_device,
     model_parameters,
@@ -36,6 +37,7 @@ from ._core.params import (
 from ._core.points import ExplicitPoints
 from ._directions import axis_directions, locate_entry
 from ._landscape import loss_surface
+from ._pca import project
 
 __all__ = [
     "loss_and_gradient",
@@ -75,6 +77,8 @@ def loss_and_gradient(model: nn.Module, data, *, loss_fn: Callable,
     """
     from torch.func import grad
 
+    check_model(model)
+    check_loss_fn(loss_fn)
     check_differentiable(model, "the gradient")
     params, batches = _batches(model, data, batch_size)
     buffers = model_buffers(model)
@@ -155,6 +159,8 @@ def cross_sections(model: nn.Module, data, *, loss_fn: Callable, names=None, spa
     CrossSections
         Draw it with :func:`fastscape.plot.cross_sections`.
     """
+    check_model(model)
+    check_loss_fn(loss_fn)
     if not np.isfinite(span) or span <= 0:
         raise ValueError(f"`span` must be a positive number; got {span!r}.")
     n = positive_int(n, "n")
@@ -240,6 +246,8 @@ def lr_steps(model: nn.Module, data, directions, *, loss_fn: Callable, lrs: Sequ
     LRSteps
         Draw it on the plane's surface with :func:`fastscape.plot.lr_steps`.
     """
+    check_model(model)
+    check_loss_fn(loss_fn)
     lrs = [float(v) for v in lrs]
     if not lrs or any(not np.isfinite(v) or v <= 0 for v in lrs):
         raise ValueError(f"`lrs` must be positive learning rates; got {lrs!r}.")
@@ -249,25 +257,17 @@ def lr_steps(model: nn.Module, data, directions, *, loss_fn: Callable, lrs: Sequ
     keys = list(directions[0])
     orig = check_origin(model, origin, keys)
     params, batches = _batches(model, data, batch_size)
+    warn_nonfinite(batches, "the loss, its gradient and every step will be NaN (or inf)")
     loss0, g = loss_and_gradient(model, data, loss_fn=loss_fn, batch_size=batch_size)
-
-    def flat(d):
-        return flatten(d, keys).detach().double().cpu()
-
-    D = torch.stack([flat(d) for d in directions], dim=1).numpy()
-    base = flat(orig).numpy()
-
-    def coords(p):
-        rel = flat(p).numpy() - base
-        c = np.linalg.lstsq(D, rel, rcond=None)[0]
-        return c, float(np.linalg.norm(rel - D @ c))
-
     stepped = [{k: params[k] - lr * g[k] if k in g else params[k] for k in params} for lr in lrs]
-    start, _ = coords(params)
-    ends, residuals = zip(*(coords(p) for p in stepped))
+    # the start and each landing, in plane coordinates: the package's one least-squares projection
+    state = {**params, **model_buffers(model)}  # a "states" plane moves buffers too
+    points = [{k: p[k] if k in p else state[k] for k in keys} for p in [params, *stepped]]
+    coords, residuals = project(points, [{k: d[k] for k in keys} for d in directions],
+                                origin={k: orig[k] for k in keys}, return_residuals=True)
     values, _ = evaluate(model, batches, ExplicitPoints(stepped), loss_fn=loss_fn)
-    return LRSteps(lrs=np.array(lrs), start=start, ends=np.array(ends), loss=loss0,
-                   losses=np.asarray(values["loss"], dtype=float), residuals=np.array(residuals))
+    return LRSteps(lrs=np.array(lrs), start=coords[0], ends=coords[1:], loss=loss0,
+                   losses=np.asarray(values["loss"], dtype=float), residuals=residuals[1:])
 
 
 # ----------------------------------------------------------------------------- inside a small network

@@ -21,6 +21,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from ._surface import check_shapes
+from ._surface_file import file_path
+
 __all__ = ["save_vtp"]
 
 _TYPES = {np.dtype("float64"): "Float64", np.dtype("int64"): "Int64", np.dtype("uint8"): "UInt8"}
@@ -72,7 +75,8 @@ def save_vtp(surface, out, *, log: bool = False, binary: bool = True) -> Path:
     Path
         The file written.
     """
-    path = Path(out)
+    path = file_path(out, "out")
+    check_shapes(surface)
     if path.suffix.lower() != ".vtp":
         raise ValueError(f"`out` must end in '.vtp'; got {path.name!r}.")
     loss = np.asarray(surface.loss, dtype=np.float64)

@@ -73,11 +73,11 @@ def main(argv=None) -> dict:
 
     # 3. top-two Hessian plane, eigenvectors filter-normalised like random directions
     t0 = time.perf_counter()
-    evecs, evals = fastscape.hessian_eigenpairs(model, train_data, loss_fn=F.cross_entropy, n=2,
+    evecs, evals = fastscape.curvature.hessian_eigenpairs(model, train_data, loss_fn=F.cross_entropy, n=2,
                                                 max_iter=top_iters)
     weights = dict(model.named_parameters())
     hess = [fastscape.normalize(v, weights, norm="filter", ignore="biasbn") for v in evecs]
-    trace, trace_err = fastscape.hessian_trace(model, train_data, loss_fn=F.cross_entropy, tol=0.05,
+    trace, trace_err = fastscape.curvature.hessian_trace(model, train_data, loss_fn=F.cross_entropy, tol=0.05,
                                                max_iter=20 if small else 300)
     t_hess = time.perf_counter() - t0
     # the sharpest directions: a quarter of the random plane's span shows the same rise in loss

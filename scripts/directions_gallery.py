@@ -56,7 +56,6 @@ def main(argv=None) -> Path:
     parser.add_argument("--out", default="docs/directions_gallery.png")
     parser.add_argument("--resolution", type=int, default=61)
     args = parser.parse_args(argv)
-    from matplotlib.figure import Figure
 
     x, y = spirals()
     models = [fit(seed, x, y) for seed in range(3)]
@@ -69,7 +68,7 @@ def main(argv=None) -> Path:
     s_random = fastscape.loss_surface(model, data, random, grid=(-0.5, 0.5, res), **common)
 
     t1 = time.perf_counter()
-    vecs, vals = fastscape.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=2, tol=1e-6,
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, data, loss_fn=F.cross_entropy, n=2, tol=1e-6,
                                               device="cpu")
     t_eig = time.perf_counter() - t1
     weights = dict(model.named_parameters())
@@ -83,17 +82,19 @@ def main(argv=None) -> Path:
     s_plane = fastscape.loss_surface(model, data, plane, origin=model, grid=grid, **common)
     total = time.perf_counter() - t0
 
-    fig = Figure(figsize=(16, 4.8), layout="constrained")
-    axes = fig.subplots(1, 3)
-    fastscape.plot.contour(s_random, ax=axes[0], labels=False, axis_labels=("δ", "η"),
-                           title="random plane, filter-normalised")
-    fastscape.plot.contour(s_hess, ax=axes[1], labels=False, axis_labels=("v1", "v2"),
-                           title=f"Hessian plane, λ1={vals[0]:.3g}, λ2={vals[1]:.3g}")
-    # the three trained models as named points (rows of `pos` are labelled A, B, C)
-    fastscape.plot.contour(s_plane, ax=axes[2], labels=False, axis_labels=("e1", "e2"), points=pos,
-                           title="plane through three trained models")
-    for ax in axes:
-        ax.set_aspect("equal")
+    # one colour scale and one colour bar for the three planes: a colour is the same loss in each
+    panels = {"random plane, filter-normalised": s_random,
+              f"Hessian plane, $\\lambda_1$={vals[0]:.3g}, $\\lambda_2$={vals[1]:.3g}": s_hess,
+              "plane through three trained models": s_plane}
+    hess_title = list(panels)[1]
+    axes = fastscape.plot.contour_grid(
+        panels, labels=False, equal=True, figsize=(16, 5.2),
+        panel_kw={"random plane, filter-normalised": dict(axis_labels=("filter-normalised direction δ",
+                                                                       "filter-normalised direction η")),
+                  hess_title: dict(axis_labels=("eigenvector $v_1$ (model norm)", "eigenvector $v_2$ (model norm)")),
+                  # the three trained models as named points (rows of `pos` are labelled A, B, C)
+                  "plane through three trained models": dict(axis_labels=("$e_1$", "$e_2$"), points=pos)})
+    fig = axes[0, 0].figure
     out = fastscape.plot.save(fig, args.out)
     n = 3 * res * res
     print(f"three {res}x{res} planes ({n} points) and top-2 eigenpairs in {total:.1f} s "

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 import fastscape
 from fastscape import plot
-from fastscape._demo import TwoWeightNet, piecewise_data
+from fastscape._demo import TwoWeightNet, frame, middle_piece, piecewise_data
 
 
 def _loader(x, y, batch, seed):
@@ -32,9 +32,10 @@ def _loader(x, y, batch, seed):
 
 
 def error_surface(small):
-    """Source article 000: the two-weight tanh net, its MSE over (w1, w2), the SGD path."""
+    """Source article 000: the two-weight tanh net, its MSE over (w1, w2), the SGD path (on the middle
+    piece of the article's data, as the demo: there the net fits and the basin has a minimum)."""
     torch.manual_seed(0)
-    x, y = piecewise_data(2_000 if small else 10_000)
+    x, y = middle_piece(*piecewise_data(2_000 if small else 10_000))
     n_train = int(0.8 * len(x))
     model = TwoWeightNet()
     with torch.no_grad():
@@ -45,13 +46,10 @@ def error_surface(small):
                            eval_data=(x[n_train:], y[n_train:]))
     names = ["net.0.weight", "net.2.weight"]
     path = traj.matrix().numpy()
-    # [-2.5, 2.5] on each axis, widened so the path keeps half a unit of landscape around it
-    lo = np.minimum(-2.5, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
-    hi = np.maximum(2.5, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
     n = 41 if small else 121
     surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), fastscape.axis_directions(model, names),
                                      origin=fastscape.axis_origin(model, names), loss_fn=F.mse_loss,
-                                     grid=[(float(a), float(b), n) for a, b in zip(lo, hi)], progress=False)
+                                     grid=[(a, b, n) for a, b in frame(path)], progress=False)
     return surface, path, np.array(traj.losses)
 
 
@@ -64,14 +62,15 @@ def pca_plane(small):
     model = nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     traj = fastscape.train(model, _loader(x, y, 32, 2), loss_fn=F.mse_loss,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.02), epochs=12 if small else 40)
-    dirs, _ = fastscape.pca_directions(traj, n=2)
-    path = fastscape.project(traj, dirs)  # origin: the final weights
+    dirs, ratio = fastscape.pca_directions(traj, n=4)
+    dirs = dirs[:2]  # the plane; the other two components say how much of the path it misses
+    path, off = fastscape.project(traj, dirs, return_residuals=True)  # origin: the final weights
     lo, hi = path.min(axis=0), path.max(axis=0)
     pad = 0.3 * (hi - lo)
     n = 31 if small else 81
     surface = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, progress=False,
                                      grid=[(lo[0] - pad[0], hi[0] + pad[0], n), (lo[1] - pad[1], hi[1] + pad[1], n)])
-    return surface, path, np.array(traj.losses)
+    return surface, path, (off, ratio)
 
 
 def ring_data(n, seed):
@@ -141,16 +140,18 @@ def main(argv=None) -> int:
         print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
 
     surface, path, losses = error_surface(small)
-    labels = ("w1 (hidden weight)", "w2 (output weight)")
+    labels = ("w\u2081 (hidden weight)", "w\u2082 (output weight)")
     save(plot.surface3d(surface, path=path, path_loss=losses, axis_labels=labels, path_label="epoch",
-                        title="MSE over the two weights, with the SGD path"), "surface3d.png")
+                        title="Test MSE over the two weights, with the SGD path"), "surface3d.png")
 
-    pca_surface, pca_path, pca_losses = pca_plane(small)
+    pca_surface, pca_path, (off_plane, ratio) = pca_plane(small)
     ax = plot.contour(pca_surface, path=pca_path, path_label="epoch",
                       title="PCA plane of the training path (log levels)")
     save(ax, "contour.png")
-    save(plot.animate_path(pca_surface, pca_path, path_loss=pca_losses, path_label="epoch",
+    save(plot.animate_path(pca_surface, pca_path, path_label="epoch",
                            max_frames=20 if small else 41), "path_animation.gif")
+    fig = plot.pca_fidelity(pca_path, off_plane, ratio, path_label="epoch")[0].figure
+    save(fig, "pca_fidelity.png")
 
     model, init, x, y = classifier(small)
     final = {k: v.clone() for k, v in model.state_dict().items()}
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     line = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.cross_entropy, origin=shifted,
                                   metrics={"accuracy": fastscape.accuracy},
                                   grid=(-0.25, 1.25, 41 if small else 121), progress=False)
-    ax = plot.line({"initial -> trained": interp, "random direction through trained": line},
+    ax = plot.line({"initial \u2192 trained": interp, "random direction through trained": line},
                    marks={"initial": 0.0, "trained": 1.0}, xlabel="coordinate along the line",
                    title="Loss and accuracy along two lines")
     save(ax, "line.png")

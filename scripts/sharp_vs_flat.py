@@ -6,7 +6,13 @@ batch size, then measures, on training and test data:
 - the 1-D linear interpolation between the two solutions (Goodfellow et al. 2015
   style, coordinate 0 = small-batch solution, 1 = large-batch solution);
 - a filter-normalised random line through each solution (Li et al. 2018);
-- the top Hessian eigenvalue of each solution.
+- the top Hessian eigenvalue of each solution;
+- the Hessian eigenvalue density of each (stochastic Lanczos quadrature, Ghorbani et al. 2019);
+- the curvature map |lambda_min / lambda_max| over a filter-normalised random plane through
+  each (Li et al. 2018, Fig. 9);
+- three sharpness measures: epsilon-sharpness (Keskar et al. 2017), adaptive sharpness
+  (Kwon et al. 2021), Monte-Carlo sharpness; against the generalisation gap of every model
+  trained (``--batch-sizes`` adds models between the two).
 
 It prints the papers' claim next to the measured numbers; it does not assert
 the claim: what this run shows is what it prints.
@@ -53,6 +59,8 @@ def main(argv=None) -> dict:
     p = parser("sharp_vs_flat: sharp vs flat minima on digits")
     p.add_argument("--small-batch", type=int, default=16)
     p.add_argument("--large-batch", type=int, default=1024)
+    p.add_argument("--batch-sizes", type=str, default="",
+                   help="more batch sizes, comma-separated, for the sharpness-vs-generalisation figure")
     args = p.parse_args(argv)
     # both runs train to the same training loss (Keskar et al. compare minima of equal training
     # quality), checked every `rounds` epochs, up to a cap
@@ -64,7 +72,9 @@ def main(argv=None) -> dict:
     train, test = (xtr, ytr), (xte, yte)
     init = DigitsMLP()
     models, times, epochs = {}, {}, {}
-    for label, bs in (("small-batch", args.small_batch), ("large-batch", args.large_batch)):
+    runs = [("small-batch", args.small_batch), ("large-batch", args.large_batch)]
+    runs += [(f"batch {int(b)}", int(b)) for b in args.batch_sizes.split(",") if b.strip()]
+    for label, bs in runs:
         m = copy.deepcopy(init)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
         data = loader(xtr, ytr, bs, args.seed)
@@ -89,11 +99,16 @@ def main(argv=None) -> dict:
         d = fastscape.random_directions(m, 1, norm="filter", ignore="biasbn", seed=args.seed)
         rand[label] = {name: fastscape.loss_surface(m, data, d, grid=(-1, 1, res), **common)
                        for name, data in (("train", train), ("test", test))}
-    top = {label: float(fastscape.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
+    top = {label: float(fastscape.curvature.hessian_eigenpairs(m, train, loss_fn=F.cross_entropy, n=1, max_iter=iters)[1][0])
            for label, m in models.items()}
 
+    curv = _curvature(models, train, test, args)
+
     written = [fastscape.plot.save(_interpolation_figure(line), out / "sharp_flat_interpolation.png"),
-               fastscape.plot.save(_random_lines_figure(rand), out / "sharp_flat_random_lines.png")]
+               fastscape.plot.save(_random_lines_figure(rand), out / "sharp_flat_random_lines.png"),
+               fastscape.plot.save(_density_figure(curv["density"]), out / "sharp_flat_density.png"),
+               fastscape.plot.save(_curvature_figure(curv["maps"]), out / "sharp_flat_curvature_map.png"),
+               fastscape.plot.save(_sharpness_figure(curv["sharpness"], curv["gap"]), out / "sharp_flat_sharpness.png")]
 
     lines = [f"paper's claim: {CLAIM}",
              f"measured in this run (Adam, each run trained until its training loss <= {target} or {cap} epochs):"]
@@ -113,9 +128,75 @@ def main(argv=None) -> dict:
     mid = line["train"]
     lines.append("interpolation: train loss at 0 / 0.5 / 1: "
                  + " / ".join(f"{np.interp(a, mid.coords[0], mid.loss):.4f}" for a in (0.0, 0.5, 1.0)))
+    lines.append(f"{'':12s} {'eps-sharp %':>11s} {'adaptive':>9s} {'MC sharp':>9s} {'gap':>6s} "
+                 f"{'trace (SLQ)':>12s} {'lam_min':>8s} {'max ratio':>9s}")
+    for label in models:
+        sh, d, cmap = curv["sharpness"][label], curv["density"].get(label), curv["maps"].get(label)
+        lines.append(f"{label:12s} {sh['epsilon']:11.4f} {sh['adaptive']:9.4f} {sh['mc']:9.4f} "
+                     f"{curv['gap'][label]:6.3f} "
+                     + (f"{d.trace[0]:12.3f} {d.extremes()[0]:8.4f} {np.nanmax(cmap.metrics['ratio']):9.3f}"
+                        if d is not None else ""))
     lines += [f"wrote {p}" for p in written]
-    write_summary(out, lines, {"top_eigenvalue": top, "epochs": epochs})
-    return {"top_eigenvalues": top, "interpolation": line, "random_lines": rand}
+    write_summary(out, lines, {"top_eigenvalue": top, "epochs": epochs, "sharpness": curv["sharpness"],
+                               "generalisation_gap": curv["gap"]})
+    return {"top_eigenvalues": top, "interpolation": line, "random_lines": rand, **curv}
+
+
+def _curvature(models, train, test, args):
+    """Density, curvature map, sharpness measures and generalisation gap of each model."""
+    from fastscape import curvature
+
+    kw = dict(loss_fn=F.cross_entropy, device="cpu")
+    # --small: a coarse map, short Lanczos runs and few samples, so that the test suite runs it
+    res, steps, iters, samples, ascent = (5, 20, 20, 32, 2) if args.small else (11, 60, 30, 256, 10)
+    out = {"density": {}, "maps": {}, "sharpness": {}, "gap": {}}
+    for label, m in models.items():
+        if label in ("small-batch", "large-batch"):  # the density and the map of the two compared
+            out["density"][label] = curvature.hessian_density(m, train, runs=4, steps=steps, **kw)
+            d = fastscape.random_directions(m, 2, norm="filter", ignore="biasbn", seed=args.seed)
+            out["maps"][label] = curvature.curvature_surface(m, train, d, grid=(-1, 1, res), max_iter=iters,
+                                                             tol=1e-2, trace_probes=2, **kw)
+        out["sharpness"][label] = {
+            "epsilon": curvature.epsilon_sharpness(m, train, epsilon=1e-3, samples=samples, steps=ascent, **kw),
+            "adaptive": curvature.adaptive_sharpness(m, train, rho=0.05, samples=samples, steps=ascent, **kw),
+            "mc": curvature.mc_sharpness(m, train, sigma=0.01, samples=samples, **kw)[0]}
+        with torch.no_grad():
+            acc = {name: float(fastscape.accuracy(m(x), y)) for name, (x, y) in (("train", train), ("test", test))}
+        out["gap"][label] = acc["train"] - acc["test"]
+    return out
+
+
+def _density_figure(densities):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for label, d in densities.items():
+        fastscape.plot.spectral_density(d, ax=ax, top=3, label=f"{label} (dotted: its top 3 Ritz values)")
+    ax.set_title("Hessian eigenvalue density (stochastic Lanczos quadrature)")
+    return fig
+
+
+def _curvature_figure(maps):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(maps), 4.6), layout="constrained")
+    for ax, (label, s) in zip(np.atleast_1d(fig.subplots(1, len(maps))), maps.items()):
+        fastscape.plot.curvature_map(s, ax=ax, title=f"{label}: |λ_min / λ_max|")
+    fig.suptitle("convexity map over a filter-normalised random plane through each solution (Li et al. 2018, Fig. 9)")
+    return fig
+
+
+def _sharpness_figure(sharpness, gap):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    names = {"epsilon": "ε-sharpness, ε = 1e-3 (%)", "adaptive": "adaptive sharpness, ρ = 0.05",
+             "mc": "Monte-Carlo sharpness, σ = 0.01"}
+    for ax, (key, xlabel) in zip(fig.subplots(1, 3), names.items()):
+        fastscape.plot.sharpness_generalization({k: v[key] for k, v in sharpness.items()}, gap, ax=ax,
+                                                xlabel=xlabel, ylabel="train − test accuracy")
+    return fig
 
 
 def _interpolation_figure(line):

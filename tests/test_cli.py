@@ -252,3 +252,130 @@ def test_demo_subcommand_still_there(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("fastscape._demo.run_demo", lambda out, resolution: seen.update(out=out, res=resolution))
     rc, _, _ = _run(["demo", "--out", tmp_path, "--resolution", "7"], capsys)
     assert rc == 0 and seen == {"out": str(tmp_path), "res": 7}
+
+
+# --------------------------------------------------------------------------- one line naming the option
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cli_cuda_device_without_cuda_is_one_line(tmp_path, capsys):
+    rc, _, err = _run(["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
+                       "--loss", "cross_entropy", "--x", "-1:1:3", "--out", tmp_path / "s.h5", "--device", "cuda",
+                       "--quiet"], capsys)
+    assert rc == 2
+    assert err.count("\n") == 1 and "`device`" in err and "CUDA is not available" in err
+
+
+def test_cli_plot_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    rc, _, err = _run(["plot", tmp_path], capsys)
+    assert rc == 2
+    assert "is a folder" in err and "does not exist" not in err
+
+
+def test_a_checkpoint_with_the_right_names_but_wrong_shapes_names_the_tensors(tmp_path):
+    from tests.cli_models import Net
+
+    ckpt = tmp_path / "wide.pt"
+    torch.save(Net(hidden=20).state_dict(), ckpt)  # same names, hidden layer 20 wide instead of 24
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastscape", "surface", "--model", "tests.cli_models:make_model",
+         "--checkpoint", str(ckpt), "--data", "tests.cli_models:make_data", "--loss", "cross_entropy",
+         "--x", "-1:1:3", "--out", str(tmp_path / "s.h5"), "--quiet", "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "Traceback" not in err
+    assert "--checkpoint" in err and "body.0.weight" in err and "(20, 6)" in err and "(24, 6)" in err, err
+
+
+# --------------------------------------------------------------------------- bad options, one line each (issue 25)
+
+
+def _surface_argv(tmp_path, *extra):
+    return ["surface", "--model", "tests.cli_models:make_model", "--data", "tests.cli_models:make_data",
+            "--loss", "cross_entropy", "--out", tmp_path / "s.h5", "--quiet", "--no-progress", *extra]
+
+
+def _one_line(rc, err):
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_an_empty_checkpoint_file_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    rc, _, err = _run(_surface_argv(tmp_path, "--x", "-1:1:3", "--checkpoint", empty), capsys)
+    _one_line(rc, err)
+    assert "`--checkpoint`" in err and "empty" in err and str(empty) in err
+
+
+def test_an_empty_checkpoint_argument_is_one_line(tmp_path, capsys):
+    rc, _, err = _run(_surface_argv(tmp_path, "--x", "-1:1:3", "--checkpoint="), capsys)
+    _one_line(rc, err)
+    assert "`--checkpoint`" in err and "empty" in err and "'.'" not in err
+
+
+def test_a_checkpoint_that_is_a_folder_says_so(tmp_path, capsys):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    rc, _, err = _run(_surface_argv(tmp_path, "--x", "-1:1:3", "--checkpoint", folder), capsys)
+    _one_line(rc, err)
+    assert "`--checkpoint`" in err and "is a folder" in err and "does not exist" not in err
+
+
+FACTORIES = '''
+def broken_model():
+    raise RuntimeError("no weights downloaded")
+
+
+def typo_model():
+    return undefined_name
+
+
+def broken_data():
+    raise KeyError("train")
+'''
+
+
+@pytest.mark.parametrize("option, name, raised", [
+    ("--model", "broken_model", "RuntimeError: no weights downloaded"),
+    ("--model", "typo_model", "NameError: name 'undefined_name' is not defined"),
+    ("--data", "broken_data", "KeyError: 'train'"),
+])
+def test_a_factory_that_raises_is_named_by_its_option(tmp_path, capsys, monkeypatch, option, name, raised):
+    (tmp_path / "userfactories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = _surface_argv(tmp_path, "--x", "-1:1:3")
+    argv[argv.index(option) + 1] = f"userfactories:{name}"
+    rc, _, err = _run(argv, capsys)
+    _one_line(rc, err)
+    assert f"`{option}` 'userfactories:{name}' raised {raised}" in err, err
+
+
+@pytest.mark.parametrize("axis", ["-inf:1:5", "0:inf:5", "nan:1:3", "-1:nan:3"])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_non_finite_axis_is_refused_naming_the_option(tmp_path, capsys, axis, joined):
+    argv = _surface_argv(tmp_path, *([f"--x={axis}"] if joined else ["--x", axis]))
+    rc, _, err = _run(argv, capsys)
+    _one_line(rc, err)
+    assert "`--x`" in err and "finite" in err and repr(axis) in err, err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_plot_of_a_volume_says_what_it_wrote_and_why(tmp_path, capsys):
+    x = np.linspace(-1, 1, 3)
+    loss = np.arange(27, dtype=float).reshape(3, 3, 3) + 1.0
+    path = fastscape.Surface(coords=[x, x, x], loss=loss).save(tmp_path / "vol.h5")
+    rc, out, err = _run(["plot", path, "--out", tmp_path / "figs"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "figs" / "surface.vtp").is_file()
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["surface.vtp"]
+    assert f"wrote {tmp_path / 'figs' / 'surface.vtp'}" in out
+    assert "3-D" in out and "ParaView" in out and "fastscape.plot.volume" in out, out
+
+    rc, _, err = _run(["plot", path, "--out", tmp_path / "none", "--no-vtp"], capsys)
+    _one_line(rc, err)
+    assert "3-D" in err and "--no-vtp" in err, err
+    assert not (tmp_path / "none").exists()  # refused before anything is made

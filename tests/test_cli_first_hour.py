@@ -176,19 +176,23 @@ def test_cli_uses_only_the_public_api():
     ``fastscape.plot``), never a private module."""
     import ast
 
-    tree = ast.parse((ROOT / "fastscape" / "_cli.py").read_text())
+    files = sorted((ROOT / "fastscape" / "_cli").glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "inputs.py", "commands.py", "main.py"}
     private = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            mod = ("." * node.level) + (node.module or "")
-            if mod != "__future__" and (node.level > 0 or any(part.startswith("_") for part in mod.split("."))):
-                private.append(mod)
-        elif isinstance(node, ast.Import):
-            private += [a.name for a in node.names
-                        if a.name.startswith("fastscape.") and any(p.startswith("_") for p in a.name.split("."))]
-    assert private in ([], ["._demo"])  # `fastscape demo` runs the demo, itself a front end
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                if node.level == 1:  # the package's own files
+                    continue
+                if mod != "__future__" and (node.level > 0 or any(part.startswith("_") for part in mod.split("."))):
+                    private.append(mod)
+            elif isinstance(node, ast.Import):
+                private += [a.name for a in node.names
+                            if a.name.startswith("fastscape.") and any(p.startswith("_") for p in a.name.split("."))]
+    assert private in ([], [".._demo"])  # `fastscape demo` runs the demo, itself a front end
     # and the stand-ins are gone
-    source = (ROOT / "fastscape" / "_cli.py").read_text()
+    source = "".join(f.read_text() for f in files)
     assert "_pca_from_checkpoints" not in source and "linalg.svd" not in source
     assert "_line_figure" not in source
 
@@ -228,3 +232,56 @@ def test_a_surface_keeps_its_path(checkpoints, tmp_path):
     back = fastscape.load_surface(surf.save(tmp_path / "s.h5"))
     np.testing.assert_array_equal(back.path, surf.path)
     assert back.path.shape == (len(snaps), 2)
+
+
+def _pca_args(final, folder, out):
+    return ["surface", "--model", "tests.cli_models:make_model", "--checkpoint", final, "--pca-dir", folder,
+            "--data", "tests.cli_models:make_data", "--loss", "cross_entropy", "--x", "-1:1:3", "--y", "-1:1:3",
+            "--out", out, "--quiet", "--no-progress"]
+
+
+def test_a_finished_pca_file_is_never_rewritten(checkpoints, tmp_path, capsys):
+    """Running the same `--pca-dir` command again reads the finished file and leaves it alone:
+    the same inode, modification time and bytes (it used to be rewritten in place every run)."""
+    final, folder = checkpoints
+    out = tmp_path / "pca.h5"
+    rc, _, err = run_cli(_pca_args(final, folder, out), capsys)
+    assert rc == 0, err
+    before, data = out.stat(), out.read_bytes()
+    assert fastscape.load_surface(out).path is not None
+    rc, stdout, err = run_cli(_pca_args(final, folder, out), capsys)
+    assert rc == 0, err
+    assert "already complete" in stdout
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert out.read_bytes() == data
+
+
+def test_a_failed_write_of_the_pca_path_leaves_the_finished_surface(checkpoints, tmp_path, capsys, monkeypatch):
+    """The path goes in through a temporary file renamed into place: a write that dies half way
+    (a kill, a full disk) never touches the finished surface, and the run says what happened."""
+    final, folder = checkpoints
+    out = tmp_path / "pca.h5"
+    real_save = fastscape.Surface.save
+
+    def dying_save(self, path):
+        if self.path is None:  # the surface itself, written by loss_surface
+            return real_save(self, path)
+        with open(path, "wb") as f:  # a write of the surface with its path, killed half way
+            f.write(b"\x89HDF\r\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fastscape.Surface, "save", dying_save)
+    rc, _, err = run_cli(_pca_args(final, folder, out), capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "path" in err and str(out) in err and "No space left" in err, err
+    surf = fastscape.load_surface(out)  # the finished surface is whole
+    assert surf.loss.shape == (3, 3) and np.isfinite(surf.loss).all()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pca.h5")] == []  # no temporary left
+
+    monkeypatch.setattr(fastscape.Surface, "save", real_save)
+    rc, _, err = run_cli(_pca_args(final, folder, out), capsys)  # a rerun stores the path
+    assert rc == 0, err
+    again = fastscape.load_surface(out)
+    assert again.path is not None and again.path.shape == (6, 2)
+    np.testing.assert_array_equal(again.loss, surf.loss)

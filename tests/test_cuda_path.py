@@ -257,7 +257,7 @@ def test_bfloat16_surface_is_close_to_float64(strategy, gen):
 def test_bfloat16_is_for_surfaces_only(gen):
     model, x, y, _ = _partial_case(gen)
     with pytest.raises(ValueError, match="`dtype` must be one of"):
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, dtype="bfloat16")
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, dtype="bfloat16")
 
 
 def _agreement_cases(gen):

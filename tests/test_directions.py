@@ -473,3 +473,11 @@ def test_unseeded_directions_record_the_seed_that_reproduces_them():
     for a, b in zip(fresh, again):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def test_random_directions_of_none_names_the_argument():
+    with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module; got NoneType"):
+        fastscape.random_directions(None)

@@ -338,3 +338,20 @@ def test_fallback_warns_once_and_is_recorded_with_out(tmp_path):
     assert len([w for w in record if issubclass(w.category, fastscape.FallbackWarning)]) == 1
     assert surf.meta["fallback"] is True
     assert fastscape.load_surface(out).meta["fallback"] is True
+
+
+# --------------------------------------------------------------------------- files that are not surfaces
+
+
+def test_load_surface_names_a_file_that_is_not_hdf5(tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not a surface\n")
+    with pytest.raises(ValueError, match=re.escape(str(text))):
+        fastscape.load_surface(text)
+    x = np.linspace(-1, 1, 50)
+    good = fastscape.Surface(coords=[x, x], loss=np.ones((50, 50))).save(tmp_path / "good.h5")
+    cut = tmp_path / "cut.h5"
+    raw = good.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=re.escape(str(cut))):
+        fastscape.load_surface(cut)

@@ -74,7 +74,7 @@ def test_hessian_vector_product_matches_dense(gen):
     v = {k: torch.randn(p.shape, generator=gen, dtype=torch.float64) for k, p in model.named_parameters()}
     # a loader with an uneven last batch: the sample-weighted mean, not a mean of batch means
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
-    hv = fastscape.hessian_vector_product(model, loader, v, loss_fn=F.cross_entropy, device="cpu",
+    hv = fastscape.curvature.hessian_vector_product(model, loader, v, loss_fn=F.cross_entropy, device="cpu",
                                           dtype=torch.float64)
     assert list(hv) == names and hv["fc1.weight"].dtype == torch.float64
     torch.testing.assert_close(_flat(hv, names), H @ _flat(v, names), rtol=1e-10, atol=1e-12)
@@ -88,7 +88,7 @@ def test_eigenpairs_match_dense_hessian(gen):
     H, names = _dense(model, x, y)
     evals, evecs = torch.linalg.eigh(H)
     k = 3
-    vecs, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=k, tol=1e-10,
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=k, tol=1e-10,
                                               max_iter=80, device="cpu", dtype=torch.float64, batch_size=20)
     _assert_unchanged(model, snap)
     ref = evals.flip(0)[:k].numpy()
@@ -109,7 +109,7 @@ def test_float32_default_agrees_with_float64(gen):
     H, _ = _dense(model, x, y)
     top = float(torch.linalg.eigvalsh(H)[-1])
     m32 = copy.deepcopy(model).float()
-    vecs, vals = fastscape.hessian_eigenpairs(m32, (x.float(), y), loss_fn=F.cross_entropy, n=1, device="cpu")
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(m32, (x.float(), y), loss_fn=F.cross_entropy, n=1, device="cpu")
     assert vals[0] == pytest.approx(top, rel=1e-4)
     assert vecs[0]["fc1.weight"].dtype == torch.float32
 
@@ -117,7 +117,7 @@ def test_float32_default_agrees_with_float64(gen):
 def test_top_eigenvector_is_a_direction_sharpness_view(gen):
     # along a unit eigenvector, the second difference of the surface is the eigenvalue
     model, x, y = _setup(gen)
-    vecs, vals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-10,
+    vecs, vals = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-10,
                                               device="cpu", dtype=torch.float64)
     h = 1e-3
     line = fastscape.loss_surface(model, (x, y), vecs[:1], loss_fn=F.cross_entropy,
@@ -144,7 +144,7 @@ def test_hutchinson_trace_within_statistical_tolerance(gen):
     H, _ = _dense(model, x, y)
     exact = float(H.trace())
     n = 300
-    est, se = fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=1.0, max_iter=n, min_iter=n,
+    est, se = fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=1.0, max_iter=n, min_iter=n,
                                       block=50, seed=1, device="cpu", dtype=torch.float64)
     _assert_unchanged(model, snap)
     # Var(v^T H v) for Rademacher v is 2 * sum_{i != j} H_ij^2
@@ -155,19 +155,19 @@ def test_hutchinson_trace_within_statistical_tolerance(gen):
 
 def test_trace_stops_at_tolerance_and_warns_at_the_cap(gen):
     model, x, y = _setup(gen)
-    est, se = fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=0.15, max_iter=2000,
+    est, se = fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=0.15, max_iter=2000,
                                       device="cpu", dtype=torch.float64)
     assert se <= 0.15 * abs(est)
-    with pytest.warns(fastscape.ConvergenceWarning, match=r"hessian_trace stopped at `max_iter`=4 probes"):
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=1e-9, max_iter=4, min_iter=2,
+    with pytest.warns(fastscape.curvature.ConvergenceWarning, match=r"hessian_trace stopped at `max_iter`=4 probes"):
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, tol=1e-9, max_iter=4, min_iter=2,
                                 device="cpu", dtype=torch.float64)
 
 
 def test_eigenpairs_warn_at_the_iteration_cap(gen):
     model, x, y = _setup(gen)
-    with pytest.warns(fastscape.ConvergenceWarning,
+    with pytest.warns(fastscape.curvature.ConvergenceWarning,
                       match=r"hessian_eigenpairs stopped at `max_iter`=3 Hessian-vector products"):
-        vecs, _ = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-12,
+        vecs, _ = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-12,
                                                max_iter=3, device="cpu", dtype=torch.float64)
     assert vecs.info["converged"] is False and vecs.info["iterations"] == 3
 
@@ -201,32 +201,62 @@ def test_eigenpair_errors(gen, kwargs, err, match):
     model, x, y = _setup(gen)
     kwargs = {"loss_fn": F.cross_entropy, "device": "cpu", **kwargs}
     with pytest.raises(err, match=match):
-        fastscape.hessian_eigenpairs(model, (x, y), **kwargs)
+        fastscape.curvature.hessian_eigenpairs(model, (x, y), **kwargs)
 
 
 def test_trace_and_product_errors(gen):
     model, x, y = _setup(gen)
     with pytest.raises(ValueError, match=r"`min_iter` must be at least 2 and at most `max_iter` \(5\); got 10"):
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, max_iter=5, device="cpu")
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, max_iter=5, device="cpu")
     with pytest.raises(ValueError, match="`block` must be a positive integer; got 0"):
-        fastscape.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, block=0, device="cpu")
+        fastscape.curvature.hessian_trace(model, (x, y), loss_fn=F.cross_entropy, block=0, device="cpu")
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module; got dict"):
-        fastscape.hessian_trace({}, (x, y), loss_fn=F.cross_entropy, device="cpu")
+        fastscape.curvature.hessian_trace({}, (x, y), loss_fn=F.cross_entropy, device="cpu")
     v = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
     del v["fc2.bias"]
     with pytest.raises(ValueError, match=r"`vector` has no entry for the model's parameter\(s\) \['fc2.bias'\]"):
-        fastscape.hessian_vector_product(model, (x, y), v, loss_fn=F.cross_entropy, device="cpu")
+        fastscape.curvature.hessian_vector_product(model, (x, y), v, loss_fn=F.cross_entropy, device="cpu")
     v["fc2.bias"] = torch.zeros(4)
     with pytest.raises(ValueError, match=r"`vector\['fc2.bias'\]` has shape \(4,\); the model's parameter has shape \(3,\)"):
-        fastscape.hessian_vector_product(model, (x, y), v, loss_fn=F.cross_entropy, device="cpu")
+        fastscape.curvature.hessian_vector_product(model, (x, y), v, loss_fn=F.cross_entropy, device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_eigenpairs_match_cpu(gen):
     model, x, y = _setup(gen)
-    _, cpu = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cpu",
+    _, cpu = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cpu",
                                           dtype=torch.float64)
-    vecs, gpu = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cuda",
+    vecs, gpu = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.cross_entropy, n=2, tol=1e-8, device="cuda",
                                              dtype=torch.float64)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-6)
     assert vecs[0]["fc1.weight"].device.type == "cpu"  # on the model's device
+
+
+# --------------------------------------------------------------------------- against scipy
+
+
+def test_top_eigenpairs_agree_with_scipy_arpack_on_the_same_products():
+    """scipy's ARPACK (implicitly restarted Lanczos) on fastscape's own Hessian-vector products."""
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+    model = model.double()
+    x, y = x.double(), y.double()
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    n = sum(sizes)
+
+    def matvec(v):
+        d = {k: torch.from_numpy(np.ascontiguousarray(t)).view(s)
+             for k, t, s in zip(names, np.split(np.asarray(v, dtype=np.float64).ravel(), np.cumsum(sizes)[:-1]), shapes)}
+        hv = fastscape.curvature.hessian_vector_product(model, (x, y), d, loss_fn=F.mse_loss, device="cpu", dtype="float64")
+        return torch.cat([hv[k].reshape(-1) for k in names]).numpy()
+
+    op = sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    theirs = np.sort(sla.eigsh(op, k=2, which="LA", tol=1e-12, v0=np.ones(n))[0])[::-1]
+    _, ours = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=F.mse_loss, n=2, tol=1e-8, max_iter=n,
+                                           device="cpu", dtype="float64")
+    np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-12)

@@ -43,7 +43,7 @@ def test_hessian_vector_product_matches_dense(model_name, loss_name):
     model, x, y, loss_fn, H, names = _case(model_name, loss_name)
     g = torch.Generator().manual_seed(1)
     v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in model.named_parameters()}
-    hv = fastscape.hessian_vector_product(model, _loader(x, y), v, loss_fn=loss_fn, device="cpu",
+    hv = fastscape.curvature.hessian_vector_product(model, _loader(x, y), v, loss_fn=loss_fn, device="cpu",
                                           dtype=torch.float64)
     torch.testing.assert_close(_flat(hv, names), H @ _flat(v, names), rtol=1e-8, atol=1e-10)
 
@@ -51,7 +51,7 @@ def test_hessian_vector_product_matches_dense(model_name, loss_name):
 @pytest.mark.parametrize("model_name, loss_name", SPECTRAL)
 def test_hessian_eigenpairs_match_dense(model_name, loss_name):
     model, x, y, loss_fn, H, names = _case(model_name, loss_name)
-    vecs, evals = fastscape.hessian_eigenpairs(model, (x, y), loss_fn=loss_fn, n=2, tol=1e-7,
+    vecs, evals = fastscape.curvature.hessian_eigenpairs(model, (x, y), loss_fn=loss_fn, n=2, tol=1e-7,
                                                max_iter=H.shape[0], device="cpu", dtype=torch.float64)
     dense = torch.linalg.eigvalsh(H).flip(0)[:2].numpy()
     scale = float(torch.linalg.eigvalsh(H).abs().max())
@@ -63,10 +63,10 @@ def test_hessian_eigenpairs_match_dense(model_name, loss_name):
 
 
 @pytest.mark.parametrize("model_name, loss_name", SPECTRAL)
-@pytest.mark.filterwarnings("ignore::fastscape.ConvergenceWarning")  # 100 probes are enough for the check
+@pytest.mark.filterwarnings("ignore::fastscape.curvature.ConvergenceWarning")  # 100 probes are enough for the check
 def test_hessian_trace_matches_dense(model_name, loss_name):
     model, x, y, loss_fn, H, names = _case(model_name, loss_name)
-    est, stderr = fastscape.hessian_trace(model, (x, y), loss_fn=loss_fn, tol=0.05, max_iter=60, min_iter=20,
+    est, stderr = fastscape.curvature.hessian_trace(model, (x, y), loss_fn=loss_fn, tol=0.05, max_iter=60, min_iter=20,
                                           block=20, device="cpu", dtype=torch.float64)
     exact = float(torch.trace(H))
     # Hutchinson's estimate is random (seeded): within five standard errors of the dense trace
@@ -84,7 +84,7 @@ def test_hessian_float32_default_matches_dense(model_name, loss_name):
     x = x.float() if x.is_floating_point() else x
     y = y.float() if y.is_floating_point() else y
     v = {k: torch.ones_like(p) for k, p in model.named_parameters()}
-    hv = fastscape.hessian_vector_product(model, (x, y), v, loss_fn=loss_fn, device="cpu")
+    hv = fastscape.curvature.hessian_vector_product(model, (x, y), v, loss_fn=loss_fn, device="cpu")
     assert hv[names[0]].dtype == torch.float32
     ref = H @ _flat(v, names)
     torch.testing.assert_close(_flat(hv, names), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
@@ -103,5 +103,5 @@ def test_hessian_scalar_loss_module_and_reduction_sum():
     loss_fn = nn.MSELoss(reduction="sum")
     H = dense_hessian(model, x, y, loss_fn)
     v = {k: torch.ones_like(p) for k, p in model.named_parameters()}
-    hv = fastscape.hessian_vector_product(model, (x, y), v, loss_fn=loss_fn, device="cpu", dtype=torch.float64)
+    hv = fastscape.curvature.hessian_vector_product(model, (x, y), v, loss_fn=loss_fn, device="cpu", dtype=torch.float64)
     torch.testing.assert_close(_flat(hv, names), H @ _flat(v, names), rtol=1e-8, atol=1e-10)

@@ -142,6 +142,20 @@ def test_core_imports_nothing_outside_core():
     assert not bad, f"_core modules importing outside _core: {bad}"
 
 
+def test_the_store_never_runs_the_model():
+    """`_store` keeps requests on disk: it imports neither the evaluator nor a strategy (run
+    planning, which probes the model, lives beside loss_surface in `_units`)."""
+    graph = import_graph()
+    store = {m: ts for m, ts in graph.items() if m == "fastscape._store" or m.startswith("fastscape._store.")}
+    assert store, "fastscape._store is a package"
+    bad = {m: sorted(t for t in ts if t.startswith(("fastscape._core.evaluator", "fastscape._core.strategies",
+                                                     "fastscape._core.auto", "fastscape._units",
+                                                     "fastscape._landscape")))
+           for m, ts in store.items()}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"the store imports compute modules: {bad}"
+
+
 def test_compute_modules_do_not_import_plot():
     bad = {m: sorted(t for t in ts if t == "fastscape.plot" or t.startswith("fastscape.plot."))
            for m, ts in import_graph().items() if not _is_front_end(m)}
@@ -149,15 +163,54 @@ def test_compute_modules_do_not_import_plot():
     assert not bad, f"compute modules importing the drawing layer: {bad}"
 
 
+#: what the drawing layer may import from the package: itself and the optional-import helper
+PLOT_MAY_IMPORT = ("fastscape.plot", "fastscape._optional")
+
+
+def test_plot_imports_no_compute_module():
+    """`plot` stands on the data objects it is handed: it imports no module that computes."""
+    bad = {m: sorted(t for t in ts if not any(t == a or t.startswith(a + ".") for a in PLOT_MAY_IMPORT))
+           for m, ts in import_graph().items() if m == "fastscape.plot" or m.startswith("fastscape.plot.")}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"plot modules importing compute modules: {bad}"
+
+
 def test_front_ends_use_the_public_api():
     """The command line and the demo call only what `import fastscape` offers."""
     graph = import_graph()
-    for name in ("fastscape._cli", "fastscape._demo"):
+    cli = sorted(m for m in graph if m == "fastscape._cli" or m.startswith("fastscape._cli."))
+    assert "fastscape._cli.main" in cli  # the package's files are walked, not only its __init__
+    for name in [*cli, "fastscape._demo"]:
         private = sorted(t for t in graph.get(name, ()) if t != "fastscape" and t != "fastscape.plot"
-                         and not t.startswith("fastscape.plot.") and t != "fastscape._demo")
-        if name == "fastscape._cli":
-            private = [t for t in private if t != "fastscape._demo"]  # `fastscape demo` runs the demo
+                         and not t.startswith("fastscape.plot.") and t != "fastscape._demo"
+                         and not t.startswith("fastscape._cli"))  # its own files
         assert not private, f"{name} imports private modules {private}; use the public API"
+
+
+def test_test_files_are_named_by_subject():
+    """A test file is named after what it tests (``test_cli.py``, ``test_hessian.py``), never after the
+    issue that asked for it (``test_errors11.py``): no digit in a test file's name."""
+    import re
+
+    numbered = sorted(p.name for p in Path(__file__).resolve().parent.glob("test_*.py") if re.search(r"\d", p.name))
+    assert not numbered, f"test files named after a number: {numbered}"
+
+
+MAX_PUBLIC_NAMES = 32
+
+
+def test_the_top_level_fits_on_one_screen():
+    """At most 32 public names; the ones that moved away still resolve, with a FutureWarning naming
+    their new home, so an outside script learns where to look instead of failing."""
+    import fastscape
+
+    assert len(fastscape.__all__) <= MAX_PUBLIC_NAMES, sorted(fastscape.__all__)
+    assert all(hasattr(fastscape, n) for n in fastscape.__all__)
+    with pytest.warns(FutureWarning, match=r"fastscape\.curvature\.hessian_eigenpairs"):
+        moved = fastscape.hessian_eigenpairs
+    assert moved is fastscape.curvature.hessian_eigenpairs
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        fastscape.nonsense
 
 
 # ----------------------------------------------------------------------------- one job per file
@@ -219,8 +272,6 @@ def test_core_modules_are_short():
     assert not found, f"_core modules over {MAX_MODULE_LINES} lines: {found}"
 
 
-@pytest.mark.xfail(strict=False, reason="being split by other helpers (issue 20): _store.py (972 lines), "
-                                         "_cli.py (501), plot/_plane.py (518)")
 def test_modules_outside_core_are_short():
     found = long_modules(inside_core=False)
     assert not found, f"modules over {MAX_MODULE_LINES} lines: {found}"
@@ -264,25 +315,17 @@ def test_no_private_points_table_is_read_outside_points():
     assert not found, f"the points' private tables read outside _core/points.py: {found}"
 
 
-@pytest.mark.xfail(strict=False, reason="renamed by subject by the cli helper (issue 20): "
-                                         "tests/test_errors11.py, tests/test_errors16.py")
-def test_no_test_file_is_named_after_a_number():
-    import re
-
-    numbered = sorted(p.name for p in Path(__file__).resolve().parent.glob("test_*.py")
-                      if re.fullmatch(r"test_.*\d+\.py", p.name))
-    assert not numbered, f"test files named after a number (name them by subject): {numbered}"
-
-
 #: the signatures earlier issues promised to outside scripts, exactly as they were
 FIXED_SIGNATURES = {
     "random_directions": "(model: 'nn.Module', n: 'int' = 2, *, norm: 'str | None' = 'filter', "
                          "ignore: 'str | None' = 'biasbn', seed: 'int | None' = None, "
-                         "generator: 'torch.Generator | None' = None, states: 'bool' = False) -> 'Directions'",
+                         "generator: 'torch.Generator | None' = None, states: 'bool' = False, "
+                         "params: 'str | list[str] | None' = None) -> 'Directions'",  # params: added last (issue 26)
     "loss_surface": "(model: 'nn.Module', data, directions, *, loss_fn: 'Callable', grid=(-1.0, 1.0, 51), "
                     "origin=None, metrics: 'Mapping[str, Callable] | None' = None, device=None, "
                     "dtype=torch.float32, chunk_size='auto', batch_size: 'int | None' = None, "
-                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None) -> 'Surface'",
+                    "strategy: 'str' = 'auto', progress: 'bool | Callable | None' = None, out=None, "
+                    "recalibrate=None) -> 'Surface'",
     "Surface": "(coords: 'list[np.ndarray]', loss: 'np.ndarray', metrics: 'dict[str, np.ndarray]' = <factory>, "
                "meta: 'dict' = <factory>) -> None",
     "Surface.save": "(self, path) -> 'Path'",

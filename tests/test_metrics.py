@@ -110,3 +110,47 @@ def test_accuracy_of_a_sigmoid_net_on_a_surface(binary):
                                         grid=(-0.5, 0.5, 3), dtype="float64",
                                         metrics={"accuracy": fastscape.accuracy(from_logits=True)})
     np.testing.assert_allclose(logit_surf.metrics["accuracy"], surf.metrics["accuracy"])
+
+
+# --------------------------------------------------------------------------- metric arguments
+
+
+def test_metric_that_is_not_callable_names_it():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+    dirs = fastscape.random_directions(model, 1, seed=0)
+    with pytest.raises(TypeError, match=r"`metrics\['acc'\]` must be callable.*got int"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, metrics={"acc": 3})
+
+
+@pytest.mark.parametrize("name, why", [
+    ("loss", "reserved"),
+    ("test/accuracy", "'/'"),
+    ("", "empty"),
+])
+def test_metric_names_are_validated_up_front(tmp_path, name, why):
+    import re
+
+    from tests.integrity_case import make_case
+
+    model, data, dirs = make_case()
+    with pytest.raises(ValueError, match=rf"`metrics\[{re.escape(repr(name))}\]`.*{re.escape(why)}"):
+        fastscape.loss_surface(model, data, dirs, loss_fn=F.cross_entropy, grid=3, device="cpu",
+                               metrics={name: fastscape.accuracy}, out=tmp_path / "s.h5")
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.parts").exists()
+
+
+def test_a_metric_named_like_the_loss_never_replaces_it():
+    from tests.integrity_case import make_case
+
+    # the independent check: the loss at the origin is the model's own loss
+    model, (x, y), dirs = make_case()
+    with pytest.raises(ValueError, match="loss"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=3, device="cpu",
+                               metrics={"loss": fastscape.accuracy})
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=3, device="cpu",
+                                  metrics={"accuracy": fastscape.accuracy})
+    with torch.no_grad():
+        assert surf.loss[1, 1] == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-5)

@@ -281,3 +281,34 @@ def test_path_loss_errors(gen):
         fastscape.path_loss(model, (x, y), snaps, loss_fn=F.cross_entropy)
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
         fastscape.path_loss(snaps, (x, y), snaps, loss_fn=F.cross_entropy)
+
+
+# --------------------------------------------------------------------------- the gradient steps' projection
+
+
+def test_lr_steps_land_at_the_least_squares_coordinates_of_a_slanted_plane(gen):
+    """``fastscape.lr_steps`` places the start and each landing by the same least squares as
+    :func:`fastscape.project`: checked against numpy's lstsq on a plane whose directions are
+    neither orthogonal nor holding every parameter (biases are zero in them), so the residuals
+    are the parts of the steps the plane misses."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    x, y = torch.randn(40, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (40,), generator=gen)
+    d1, d2 = fastscape.random_directions(model, 2, seed=3)
+    d2 = {k: d2[k] + 0.5 * d1[k] for k in d1}  # slanted: 0.5 of d1 in d2
+    lrs = [0.1, 1.0]
+    steps = fastscape.lr_steps(model, (x, y), [d1, d2], loss_fn=F.cross_entropy, lrs=lrs)
+
+    # the reference: autograd's gradient of the full-batch loss, and numpy's least squares
+    names = [k for k, _ in model.named_parameters()]
+    loss = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, [p for _, p in model.named_parameters()])
+    g = np.concatenate([t.detach().numpy().ravel() for t in grads])
+    D = np.stack([np.concatenate([d[k].numpy().ravel() for k in names]) for d in (d1, d2)], axis=1)
+    for lr, end, res in zip(lrs, steps.ends, steps.residuals):
+        want, *_ = np.linalg.lstsq(D, -lr * g, rcond=None)
+        np.testing.assert_allclose(end, want, rtol=1e-9, atol=1e-12)
+        assert res == pytest.approx(np.linalg.norm(-lr * g - D @ want), rel=1e-9)
+        assert res > 1e-6  # the plane misses the biases' part of the step
+    np.testing.assert_allclose(steps.start, 0.0, atol=1e-12)
+    assert steps.loss == pytest.approx(float(loss.detach()), rel=1e-12)

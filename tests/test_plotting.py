@@ -88,7 +88,9 @@ def test_matplotlib_views_return_axes_and_plotly_views_figures():
         plot.surface3d(s, backend="bokeh")
     assert set(plot.__all__) == {
         "contour", "surface3d", "line", "volume", "cross_sections", "lr_steps", "hidden_lines", "hidden_space",
-        "thresholded", "animate_path", "animate_fit", "optimizer_comparison", "save", "StaticExportWarning"}
+        "thresholded", "animate_path", "animate_fit", "optimizer_comparison", "save", "StaticExportWarning",
+        "contour_grid", "curve_profile", "barriers", "spectral_density", "curvature_map", "sharpness_generalization",
+        "edge_of_stability", "pca_fidelity"}
 
 
 def test_plot_namespace_needs_no_drawing_library_until_a_view_runs():
@@ -121,7 +123,7 @@ def test_surface3d_holds_surface_and_path():
     s = _plane()
     path = _path()
     losses = np.linspace(5, 1, len(path))
-    fig = plot.surface3d(s, path=path, path_loss=losses, zmax=None)
+    fig = plot.surface3d(s, path=path, path_loss=losses, zmax=None, minimum=False, log=False)
     surf, line, start, end = fig.data
     np.testing.assert_array_equal(np.asarray(surf.z), s.loss.T)  # plotly's z is (y, x)
     np.testing.assert_array_equal(surf.x, s.coords[0])
@@ -139,7 +141,7 @@ def test_surface3d_holds_surface_and_path():
 def test_surface3d_reads_at_a_glance():
     s = _plane()
     path = _path()
-    fig = plot.surface3d(s, path=path, zmax=None)
+    fig = plot.surface3d(s, path=path, zmax=None, log=False)
     surf, line = fig.data[:2]
     # dense floor contours: at least 20 levels across the drawn range
     c = surf.contours.z
@@ -175,7 +177,7 @@ def test_surface3d_camera_looks_over_the_valley_not_the_plateau():
 
 
 def test_surface3d_path_lies_on_the_surface():
-    from fastscape.plot._plane import path_heights
+    from fastscape.plot._marks import path_heights
 
     s = _plane()
     fig = plot.surface3d(s, path=_path(), zmax=None)
@@ -195,11 +197,11 @@ def test_surface3d_gaps_log_and_clipping():
     np.testing.assert_allclose(z[~bad], np.log10(s.loss[~bad]))
     spiky = _plane()
     spiky.loss[5, 5] = 1e9
-    z = np.asarray(plot.surface3d(spiky).data[0].z, dtype=float).T
+    z = np.asarray(plot.surface3d(spiky, log=False).data[0].z, dtype=float).T
     assert z.max() < 1e3 and z[5, 5] == z.max()
-    np.testing.assert_array_equal(np.asarray(plot.surface3d(_plane()).data[0].z), _plane().loss.T)
+    np.testing.assert_array_equal(np.asarray(plot.surface3d(_plane(), log=False).data[0].z), _plane().loss.T)
     assert auto_zmax(_plane().loss) is None
-    z = np.asarray(plot.surface3d(s, zmax=2.0).data[0].z, dtype=float)
+    z = np.asarray(plot.surface3d(s, zmax=2.0, log=False).data[0].z, dtype=float)
     assert np.nanmax(z) == 2.0
 
 
@@ -219,7 +221,7 @@ def test_surface3d_rejects_bad_input():
 def test_surface3d_matplotlib_draws_the_same_data():
     s = _plane()
     path = _path()
-    ax = plot.surface3d(s, path=path, backend="matplotlib", zmax=None)
+    ax = plot.surface3d(s, path=path, backend="matplotlib", zmax=None, log=False)
     assert ax.name == "3d"
     line = next(l for l in ax.lines if l.get_label() == "path")
     xs, ys, zs = line.get_data_3d()
@@ -238,7 +240,7 @@ def test_named_points_have_their_own_style():
     pts = np.array([[0.0, 0.0], [1.5, 0.2], [0.4, -0.6]])
     ax = plot.contour(s, points=pts)
     labels = [c.get_label() for c in ax.collections if isinstance(c, PathCollection)]
-    assert labels[-3:] == ["A", "B", "C"]
+    assert labels[-4:-1] == ["A", "B", "C"] and labels[-1].startswith("grid min loss")
     for c, p in zip([c for c in ax.collections if c.get_label() in "ABC"], pts):
         np.testing.assert_allclose(c.get_offsets()[0], p)
     assert {t.get_text() for t in ax.texts} >= {"A", "B", "C"}
@@ -246,7 +248,7 @@ def test_named_points_have_their_own_style():
     assert _colorbar_labels(ax.figure) == ["loss (log scale)"]  # no snapshot colour bar
     ax = plot.contour(s, points={"model a": (0, 0), "model b": (1, 0)})
     assert {t.get_text() for t in ax.texts} >= {"model a", "model b"}
-    fig = plot.surface3d(s, points={"a": (0, 0), "b": (1, 0.5)})
+    fig = plot.surface3d(s, points={"a": (0, 0), "b": (1, 0.5)}, minimum=False)
     names = [t.name for t in fig.data]
     assert names[1:] == ["a", "b"] and all(t.marker.showscale is not True for t in fig.data[1:])
     with pytest.raises(ValueError, match=r"`points` must be a dict label -> 2 coordinates"):
@@ -388,7 +390,7 @@ def _volume():
 
 def test_volume_isosurface_and_slices_hold_the_loss():
     v = _volume()
-    fig = plot.volume(v, kind="isosurface", zmax=None)
+    fig = plot.volume(v, kind="isosurface", zmax=None, log=False)
     iso = fig.data[0]
     X, Y, Z = np.meshgrid(*v.coords, indexing="ij")
     np.testing.assert_array_equal(iso.x, X.ravel())
@@ -398,7 +400,7 @@ def test_volume_isosurface_and_slices_hold_the_loss():
     np.testing.assert_array_equal(val[ok], v.loss.ravel()[ok])
     assert val[~ok].min() > iso.isomax  # a diverged point never closes a shell
 
-    fig = plot.volume(v, kind="slices", at=(0.0, 0.2, 0.0), zmax=None)
+    fig = plot.volume(v, kind="slices", at=(0.0, 0.2, 0.0), zmax=None, log=False)
     i, j, k = 3, 3, 2  # grid points nearest `at`
     np.testing.assert_array_equal(fig.data[0].surfacecolor, v.loss[i])
     np.testing.assert_array_equal(fig.data[1].surfacecolor, v.loss[:, j])
@@ -413,7 +415,7 @@ def test_volume_isosurface_and_slices_hold_the_loss():
 def test_volume_shells_are_labelled_with_their_loss_and_the_minimum_is_marked():
     v = _volume()
     finite = v.loss[np.isfinite(v.loss)]
-    fig = plot.volume(v, levels=4, zmax=None)
+    fig = plot.volume(v, levels=4, zmax=None, log=False)
     iso = fig.data[0]
     # plotly draws `surface_count` shells evenly from isomin to isomax: those are the colour-bar ticks
     shells = np.linspace(iso.isomin, iso.isomax, iso.surface.count)
@@ -431,7 +433,7 @@ def test_volume_shells_are_labelled_with_their_loss_and_the_minimum_is_marked():
     np.testing.assert_allclose([float(t) for t in iso.colorbar.ticktext],
                                10 ** np.linspace(iso.isomin, iso.isomax, 3), rtol=5e-3)
     # the matplotlib drawing: rings per shell, the shells' values on its colour bar, the minimum labelled
-    ax = plot.volume(v, levels=4, zmax=None, backend="matplotlib")
+    ax = plot.volume(v, levels=4, zmax=None, backend="matplotlib", log=False)
     cb = next(a for a in ax.figure.axes if a.get_label() == "<colorbar>")
     np.testing.assert_allclose(cb.get_yticks(), shells)
     assert any("minimum" in t.get_text() and f"{finite.min():.3g}" in t.get_text() for t in ax.texts)
@@ -758,15 +760,28 @@ def test_optimizer_comparison_colours_read_on_the_map_and_share_the_start():
 # ----------------------------------------------------------------------------- the demo's picture
 
 
-def test_demo_grid_frames_the_sgd_path(tmp_path):
+def test_demo_shows_a_basin_the_path_descends_into(tmp_path):
     from fastscape._demo import run_demo
 
-    res = run_demo(tmp_path, resolution=21, epochs=25, log=lambda *_: None)
+    res = run_demo(tmp_path, resolution=41, epochs=25, log=lambda *_: None)
+    s = res["surface"]
     path = res["trajectory"].matrix().numpy()
-    (x0, x1), (y0, y1) = [(c[0], c[-1]) for c in res["surface"].coords]
-    # half a unit of landscape around every point of the path, and the article's [-2, 2] square kept
-    assert x0 <= min(-2.0, path[:, 0].min() - 0.5) and x1 >= max(2.0, path[:, 0].max() + 0.5)
-    assert y0 <= min(-2.0, path[:, 1].min() - 0.5) and y1 >= max(2.0, path[:, 1].max() + 0.5)
+    (x0, x1), (y0, y1) = [(c[0], c[-1]) for c in s.coords]
+    # the whole path inside the frame, with room around it
+    assert x0 < path[:, 0].min() - 0.4 and x1 > path[:, 0].max() + 0.4
+    assert y0 < path[:, 1].min() - 0.4 and y1 > path[:, 1].max() + 0.4
+    # the grid's minimum strictly inside the frame (a basin, not a valley running off the edge)
+    i, j = np.unravel_index(np.nanargmin(s.loss), s.loss.shape)
+    assert 0 < i < len(s.coords[0]) - 1 and 0 < j < len(s.coords[1]) - 1
+    # the path descends into it: its recorded test loss falls tenfold and ends within 10% of the grid's minimum
+    losses = np.array(res["trajectory"].losses)
+    assert losses[-1] < losses[0] / 10 and losses[-1] < 1.1 * np.nanmin(s.loss)
+    end = path[-1]
+    assert np.hypot(end[0] - s.coords[0][i], (end[1] - s.coords[1][j]) / 4) < 0.25
+    # the caption names the article's setting and what the numbers mean
+    from fastscape._demo import CAPTION
+
+    assert "article 000" in CAPTION and "noise floor" in CAPTION and "lr 0.01" in CAPTION
 
 
 def test_a_path_stored_with_the_surface_is_drawn_unless_declined():
@@ -775,8 +790,8 @@ def test_a_path_stored_with_the_surface_is_drawn_unless_declined():
     line = next(l for l in plot.contour(s).lines if l.get_label() == "path")
     np.testing.assert_array_equal(line.get_xydata(), _path())
     assert not [l for l in plot.contour(s, path=False).lines if l.get_label() == "path"]
-    assert [t.name for t in plot.surface3d(s).data][:2] == ["loss", "path"]
-    assert [t.name for t in plot.surface3d(s, path=False).data] == ["loss"]
+    assert [t.name for t in plot.surface3d(s, log=False).data][:2] == ["loss", "path"]
+    assert [t.name for t in plot.surface3d(s, path=False, minimum=False, log=False).data] == ["loss"]
 
 
 def test_views_of_a_surface_of_several_datasets_read_its_values():
@@ -792,7 +807,7 @@ def test_views_of_a_surface_of_several_datasets_read_its_values():
     assert _colorbar_labels(plot.contour(s).figure) == ["train loss (log scale)"]  # "loss": the first dataset's
     fig = plot.surface3d(s, value="test/loss", log=True, zmax=None)
     np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), np.log10(2 * train).T)
-    assert fig.layout.scene.zaxis.title.text == "log10 test loss"
+    assert fig.layout.scene.zaxis.title.text == "test loss (log scale)"
     c = np.linspace(-1, 1, 5)
     line = Surface(coords=[c], loss=c**2 + 0.1, meta={"datasets": {"train": 20, "test": 10}},
                    metrics={"train/accuracy": 1 - c**2 / 2, "test/loss": c**2 + 0.3, "test/accuracy": 1 - c**2})

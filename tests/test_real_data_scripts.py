@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "digits_cnn": ["cnn_random_loss.png", "cnn_random_accuracy.png", "cnn_pca_loss.png", "cnn_pca_accuracy.png",
                    "cnn_hessian_loss.png", "cnn_hessian_accuracy.png", "cnn_pca_surface3d.html", "summary.txt"],
-    "sharp_vs_flat": ["sharp_flat_interpolation.png", "sharp_flat_random_lines.png", "summary.txt"],
+    "sharp_vs_flat": ["sharp_flat_interpolation.png", "sharp_flat_random_lines.png", "sharp_flat_density.png",
+                      "sharp_flat_curvature_map.png", "sharp_flat_sharpness.png", "summary.txt"],
     "digits_optimizers": ["optimizers_pca_plane.png", "optimizers_plane.h5", "summary.txt"],
+    "edge_of_stability": ["edge_of_stability.png", "summary.txt"],
 }
 
 
@@ -82,6 +84,9 @@ def test_sharp_vs_flat_states_the_claim_and_the_numbers(runs):
     numbers = json.loads((out / "summary.json").read_text())
     assert set(numbers["top_eigenvalue"]) == {"small-batch", "large-batch"}
     assert all(v > 0 for v in numbers["top_eigenvalue"].values())
+    for label, sh in numbers["sharpness"].items():  # a maximum over a neighbourhood holds the centre
+        assert sh["epsilon"] >= 0 and sh["adaptive"] >= 0, label
+    assert set(numbers["generalisation_gap"]) == {"small-batch", "large-batch"}
 
 
 def test_optimizer_plane_holds_every_path(runs):
@@ -93,3 +98,12 @@ def test_optimizer_plane_holds_every_path(runs):
     assert surf.loss.shape == (15, 15) and np.isfinite(surf.loss).all()
     numbers = json.loads((out / "summary.json").read_text())
     assert set(numbers["final_train_loss"]) == {"SGD", "SGD + momentum", "Adam"}
+
+
+def test_edge_of_stability_measures_every_snapshot(runs):
+    out, code, stdout, stderr = runs["edge_of_stability"]
+    assert code == 0, stderr[-2000:]
+    numbers = json.loads((out / "summary.json").read_text())
+    for lr, run in numbers.items():
+        assert run["steps"] == list(range(0, 301, 30)), lr
+        assert len(run["lambda_max"]) == len(run["steps"]) and min(run["lambda_max"]) > 0

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape import _store
+from fastscape import _units as unit_plan
+from fastscape._store import sidecar
 from fastscape._cli import main
 from fastscape._core.params import model_parameters
 from tests.cli_models import make_model
@@ -118,7 +119,7 @@ class _Crash(Exception):
 
 
 def _crash_after(monkeypatch, n):
-    real = _store.SurfaceStore.write_unit
+    real = sidecar.SurfaceStore.write_unit
     count = [0]
 
     def write_unit(self, u, values):
@@ -127,8 +128,8 @@ def _crash_after(monkeypatch, n):
         count[0] += 1
         real(self, u, values)
 
-    monkeypatch.setattr(_store.SurfaceStore, "write_unit", write_unit)
-    return lambda: monkeypatch.setattr(_store.SurfaceStore, "write_unit", real)
+    monkeypatch.setattr(sidecar.SurfaceStore, "write_unit", write_unit)
+    return lambda: monkeypatch.setattr(sidecar.SurfaceStore, "write_unit", real)
 
 
 def test_resume_in_process_matches_reference_and_uninterrupted(gen, monkeypatch, tmp_path):
@@ -160,7 +161,7 @@ def test_complete_file_is_returned_without_computing(gen, monkeypatch, tmp_path)
     def no_work(*a, **k):
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(_store, "evaluate", no_work)
+    monkeypatch.setattr(unit_plan, "evaluate", no_work)
     monkeypatch.setattr("fastscape._landscape.evaluate", no_work)
     again = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=AXES, out=out)
     np.testing.assert_array_equal(again.loss, first.loss)
@@ -368,7 +369,7 @@ def test_a_file_backed_run_plans_its_chunk_as_in_memory(case, strategy, tmp_path
 @pytest.mark.parametrize("unit_seconds,units", [(0.0, "one per chunk"), (1e9, "one")])
 def test_auto_chunk_units_hold_unit_seconds_of_work(unit_seconds, units, monkeypatch, tmp_path):
     model, data, dirs, loss_fn = _wide_mlp_case()
-    monkeypatch.setattr(_store, "UNIT_SECONDS", unit_seconds)
+    monkeypatch.setattr(unit_plan, "UNIT_SECONDS", unit_seconds)
     surf = fastscape.loss_surface(model, data, dirs, loss_fn=loss_fn, grid=(-1.0, 1.0, 9), device="cpu",
                                   strategy="mlp", progress=False, out=tmp_path / "s.h5")
     chunk, run = surf.meta["chunk_size"], surf.meta["run"]
@@ -394,7 +395,7 @@ def test_a_named_strategy_file_run_sizes_units_by_its_warm_time(monkeypatch, tmp
         return real(self, *args)
 
     monkeypatch.setattr(strategies.VmapStrategy, "run", slow_first_call)
-    monkeypatch.setattr(_store, "UNIT_SECONDS", 1.0)
+    monkeypatch.setattr(unit_plan, "UNIT_SECONDS", 1.0)
     torch.manual_seed(0)
     model = MLP()
     x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))

@@ -324,3 +324,17 @@ def test_auto_walks_the_registry(monkeypatch, gen):
     ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, axes)
     np.testing.assert_allclose(surf.loss, ref, rtol=2e-5, atol=1e-6)
     assert "cheap" in fastscape._core.strategies.strategy_names()
+
+
+# --------------------------------------------------------------------------- a model vmap cannot batch
+
+
+def test_vmap_on_an_lstm_raises_value_error():
+    from tests.models import LSTMRegressor
+
+    model = LSTMRegressor()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, 3, generator=g), torch.randn(6, 1, generator=g)
+    dirs = fastscape.random_directions(model, 1, seed=0)
+    with pytest.raises(ValueError, match=r"`strategy='vmap'`.*'loop'"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, grid=3, device="cpu", strategy="vmap")

@@ -306,3 +306,73 @@ def test_compare_optimizers_errors(gen):
     res = fastscape.compare_optimizers(lambda: MLP(hidden=4), data, {**sgd, "Adam": lambda p: torch.optim.Adam(p)},
                                        loss_fn=F.cross_entropy, epochs=2)
     assert torch.equal(res.trajectories["SGD"].matrix()[0], res.trajectories["Adam"].matrix()[0])
+
+
+# --------------------------------------------------------------------------- train: modes and batches
+
+
+class _NetWithBNAndDropout(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.drop = torch.nn.Dropout(0.5)
+        self.out = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(self.drop(self.bn(self.fc(x))))
+
+
+def test_train_respects_submodules_in_eval_mode():
+    torch.manual_seed(0)
+    net = _NetWithBNAndDropout()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-1, 1)
+    net.bn.eval()  # frozen BatchNorm: the user's choice; dropout stays in train mode
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
+    loader = [(x[:16], y[:16]), (x[16:], y[16:])]
+    ref = copy.deepcopy(net)
+    stats = net.bn.running_mean.clone()
+
+    torch.manual_seed(1)
+    fastscape.train(net, loader, loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                    epochs=2)
+    assert [m.training for m in net.modules()] == [True, True, False, True, True]
+    assert torch.equal(net.bn.running_mean, stats)
+
+    # the reference: a hand-written loop that leaves the flags alone (same dropout draws)
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(2):
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(ref(xb), yb).backward()
+            opt.step()
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_train_takes_an_inputs_targets_pair_as_one_batch():
+    from tests.integrity_case import make_case
+
+    torch.manual_seed(0)
+    a = MLP()
+    b = copy.deepcopy(a)
+    _, (x, y), _ = make_case()
+    ta = fastscape.train(a, (x, y), loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(a.parameters(), lr=0.1),
+                         epochs=2)
+    tb = fastscape.train(b, [(x, y)], loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(b.parameters(), lr=0.1),
+                         epochs=2)
+    assert torch.equal(ta.matrix(), tb.matrix())
+    assert ta.steps == [0, 1, 2]
+
+
+def test_train_names_a_malformed_batch():
+    from tests.integrity_case import make_case
+
+    model = MLP()
+    _, (x, y), _ = make_case()
+    with pytest.raises(TypeError, match=r"`data` batch 0 must be an \(inputs, targets\) pair"):
+        fastscape.train(model, [x], loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        epochs=1)

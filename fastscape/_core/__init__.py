@@ -6,6 +6,7 @@
 - ``auto.py``: ``strategy="auto"``: its memory of picks, its probe, its rule, its clock
 - ``report.py``: what a call tells its caller (``EvalReport``, ``FallbackWarning``, warnings passed on)
 - ``strategies/``: how one chunk is computed, one file per strategy, the registry in its ``__init__``
+- ``recalibrate.py``: BatchNorm running statistics recomputed at every point of a chunk at once
 - ``rewrite.py``: model surgery for the strategies (BatchNorm folding, shallow clones), never in place
 - ``points.py``: sets of points in weight space and their device tables
 - ``grid.py``: grid axes and meshes of coordinates

@@ -2,10 +2,13 @@
 iterable of ``(inputs, targets)`` batches, turned into a re-iterable list of
 batches on the evaluation device.
 
-``inputs`` is a tensor or a tuple of tensors (passed to ``model(*inputs)``);
-``targets`` is a tensor whose first dimension counts the samples. Floating
-tensors are cast to the evaluation dtype; integer tensors (class labels, token
-ids) keep theirs.
+``inputs`` is a tensor or a tuple of tensors (passed to ``model(*inputs)``), or a dict of
+tensors passed by name (``{"input_ids": ids, "attention_mask": mask}``: :class:`KeywordInputs`,
+bound to the model's forward by :meth:`Batches.bind`); ``targets`` is a tensor whose first
+dimension counts the samples. A batch may also be one dict with a ``"labels"`` entry, as a
+Hugging Face collator yields it: the labels are the targets, the other entries the inputs.
+Floating tensors are cast to the evaluation dtype; integer tensors (class labels, token ids)
+keep theirs.
 
 Several datasets (say a train and a test split) evaluated together are
 :class:`NamedBatches`: the evaluator runs each chunk of grid points over the
@@ -14,6 +17,9 @@ batches of every dataset in turn and averages each dataset over its own samples.
 
 from __future__ import annotations
 
+import copy
+import inspect
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -42,14 +48,34 @@ def resident_bytes(device: torch.device) -> int | None:
     return max(RESIDENT_MIN_BYTES, int(free * RESIDENT_SHARE))
 
 
+class KeywordInputs(tuple):
+    """A batch's inputs given by name: the tensors (a tuple, so that every tuple of inputs is
+    handled alike) and their ``names``, the model's forward parameters they go to."""
+
+    def __new__(cls, values, names):
+        new = super().__new__(cls, values)
+        new.names = tuple(names)
+        return new
+
+    def __reduce__(self):
+        return (KeywordInputs, (tuple(self), self.names))
+
+
+def _like(t, values):
+    """``values`` as the same kind of tuple as ``t`` (keyword inputs keep their names)."""
+    return KeywordInputs(values, t.names) if isinstance(t, KeywordInputs) else tuple(values)
+
+
 def _cast(t, device, dtype, non_blocking=False):
     if isinstance(t, torch.Tensor):
         t = t.detach()
         if t.is_floating_point() and dtype is not None:
             return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
         return t.to(device=device, non_blocking=non_blocking)
+    if t is None:  # a forward parameter left at its default between two given by name
+        return None
     if isinstance(t, (tuple, list)):
-        return tuple(_cast(x, device, dtype, non_blocking) for x in t)
+        return _like(t, [_cast(x, device, dtype, non_blocking) for x in t])
     raise TypeError(f"data batches must hold tensors; got {type(t).__name__}.")
 
 
@@ -58,24 +84,45 @@ def _first_dim(t) -> int:
         if t.dim() == 0:
             raise ValueError("data tensors need a sample dimension first; got a 0-d tensor.")
         return t.shape[0]
-    return _first_dim(t[0])
+    return _first_dim(next(x for x in t if x is not None))
 
 
 def _slice(t, start, stop):
     if isinstance(t, torch.Tensor):
         return t[start:stop]
-    return tuple(_slice(x, start, stop) for x in t)
+    if t is None:
+        return None
+    return _like(t, [_slice(x, start, stop) for x in t])
 
 
 def _nbytes(t) -> int:
     if isinstance(t, torch.Tensor):
         return t.numel() * t.element_size()
-    return sum(_nbytes(x) for x in t)
+    return 0 if t is None else sum(_nbytes(x) for x in t)
+
+
+def _inputs(x, i):
+    """Batch ``i``'s inputs as stored: a dict of tensors becomes :class:`KeywordInputs`."""
+    if isinstance(x, Mapping):
+        bad = [k for k, v in x.items() if not isinstance(v, torch.Tensor)]
+        if bad or not x:
+            raise TypeError(f"`data` batch {i}: inputs given by name must be tensors; got "
+                            + (f"{type(x[bad[0]]).__name__} for {bad[0]!r}." if bad else "an empty dict."))
+        return KeywordInputs(list(x.values()), list(x))
+    return x
 
 
 def as_pair(item, i):
-    """``(inputs, targets)`` of batch ``i`` of ``data``, or a TypeError naming the batch."""
-    if isinstance(item, dict) or not isinstance(item, Sequence) or len(item) != 2:
+    """``(inputs, targets)`` of batch ``i`` of ``data``, or a TypeError naming the batch. A dict batch
+    with a ``"labels"`` entry (a Hugging Face collator's) is ``(the other entries, labels)``."""
+    if isinstance(item, Mapping):
+        if "labels" not in item:
+            raise TypeError(
+                f"`data` batch {i} is a dict without a 'labels' entry (keys {list(item)}). Give a dict batch "
+                "with 'labels' (the targets; the other entries go to the model by name), or (inputs, targets) "
+                "pairs such as ({'input_ids': ids, 'attention_mask': mask}, targets).")
+        return {k: v for k, v in item.items() if k != "labels"}, item["labels"]
+    if not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(
             f"`data` batch {i} must be an (inputs, targets) pair; got {type(item).__name__}"
             + (f" of length {len(item)}" if isinstance(item, Sequence) else "")
@@ -124,6 +171,9 @@ class Batches:
 
     @staticmethod
     def _collect(data):
+        if isinstance(data, (tuple, list)) and len(data) == 2 and any(type(t).__module__ == "numpy" for t in data):
+            raise TypeError("`data` holds numpy arrays; fastscape needs torch tensors: pass "
+                            "(torch.from_numpy(inputs), torch.from_numpy(targets)).")
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor):
             x, y = data
             nx, ny = _first_dim(x), _first_dim(y)
@@ -131,7 +181,7 @@ class Batches:
                 raise ValueError(
                     f"`data` inputs have {nx} samples but targets have {ny}; they must match."
                 )
-            return [(x, y)]
+            return [(_inputs(x, 0), y)]
         if isinstance(data, torch.Tensor):
             raise TypeError("`data` must be an (inputs, targets) pair or an iterable of such "
                             "batches; got a single tensor.")
@@ -149,6 +199,7 @@ class Batches:
         out = []
         for i, item in enumerate(data):
             x, y = as_pair(item, i)
+            x = _inputs(x, i)
             if not isinstance(y, torch.Tensor):
                 y = torch.as_tensor(y)
             if _first_dim(x) != _first_dim(y):
@@ -203,6 +254,15 @@ class Batches:
     def first(self):
         """The first batch ``(inputs, targets, n)`` on the device."""
         return next(iter(self))
+
+    def bind(self, model) -> "Batches":
+        """The batches with inputs given by name passed to ``model.forward`` positionally
+        (:func:`bind_inputs`); ``self`` when none are."""
+        if not any(isinstance(x, KeywordInputs) for x, _ in self._raw):
+            return self
+        new = copy.copy(self)
+        new._raw = [(bind_inputs(model, x) if isinstance(x, KeywordInputs) else x, y) for x, y in self._raw]
+        return new
 
     def resplit(self, batch_size: int) -> "Batches":
         """The same samples in batches of at most ``batch_size`` (a new object)."""
@@ -278,6 +338,13 @@ class NamedBatches:
                 return found.replace(" (batch", f" (dataset {name!r}, batch")
         return None
 
+    def bind(self, model) -> "NamedBatches":
+        """Every dataset's inputs given by name bound to ``model.forward`` (see :meth:`Batches.bind`)."""
+        new = object.__new__(NamedBatches)
+        new._parts = {name: p.bind(model) for name, p in self._parts.items()}
+        new._index()
+        return new
+
     def resplit(self, batch_size: int) -> "NamedBatches":
         """Every dataset in batches of at most ``batch_size`` (a new object)."""
         new = object.__new__(NamedBatches)
@@ -286,6 +353,81 @@ class NamedBatches:
         return new
 
 
+def _positional(model) -> list[inspect.Parameter]:
+    """The positional parameters of ``model.forward``; for a wrapper whose forward takes only
+    ``*args, **kwargs`` and passes them on (a peft ``PeftModel``), those of the model it wraps
+    (``get_base_model()``, or its only child)."""
+    for _ in range(4):
+        sig = inspect.signature(model.forward).parameters.values()
+        named = [p for p in sig if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if named or not any(p.kind is p.VAR_POSITIONAL for p in sig):
+            return named
+        children = list(model.children())
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else children[0] if len(children) == 1 else None
+        if inner is None or inner is model:
+            return named
+        model = inner
+    return named
+
+
+def bind_inputs(model, inputs: KeywordInputs) -> tuple:
+    """Inputs given by name as the positional arguments of ``model.forward``: each in its
+    parameter's place, the parameters between them at their defaults (``None`` for the
+    ``past_key_values`` of a Hugging Face model). ``functional_call`` and ``vmap`` take
+    positional arguments; this is how keyword inputs reach them."""
+    params = _positional(model)
+    names = [p.name for p in params]
+    unknown = [k for k in inputs.names if k not in names]
+    if unknown:
+        raise TypeError(f"`data` inputs are given by name, and {type(model).__name__}.forward has no "
+                        f"parameter {unknown[0]!r} to take one (its parameters: {names[:8]}).")
+    given = dict(zip(inputs.names, inputs))
+    last = max(names.index(k) for k in given)
+    args = []
+    for p in params[: last + 1]:
+        if p.name not in given and p.default is p.empty:
+            raise TypeError(f"`data` inputs are given by name and leave out {p.name!r}, which "
+                            f"{type(model).__name__}.forward requires.")
+        args.append(given.get(p.name, p.default))
+    return tuple(args)
+
+
+def positional_note(model, args: tuple) -> str:
+    """For an error raised by a forward that got several positional inputs: which parameter each
+    went to, and how to name them instead ("" for a single input or inputs given by name)."""
+    if len(args) < 2 or isinstance(args, KeywordInputs):
+        return ""
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return ""
+    went = ", ".join(f"input {i} to `{n}`" for i, n in enumerate(names[: len(args)]))
+    return (f" The batch's {len(args)} inputs go to {type(model).__name__}.forward by position ({went}); to "
+            f"pass them by name, give the inputs as a dict, e.g. ({{{names[0]!r}: ids, 'attention_mask': mask}}, "
+            "targets).")
+
+
+def output_note(out) -> str:
+    """For an error of a loss on the model's output: what to write when the output is not a tensor
+    (a Hugging Face ``ModelOutput``: read ``.logits`` in the loss)."""
+    if isinstance(out, torch.Tensor) or not hasattr(out, "logits"):
+        return ""
+    return (f" The model returns a {type(out).__name__}, not a tensor: read its logits in the loss, e.g. "
+            "loss_fn=lambda out, y: F.cross_entropy(out.logits.flatten(0, -2), y.flatten()) (a causal LM's "
+            "next-token loss: out.logits[:, :-1] against y[:, 1:]).")
+
+
 def as_args(inputs) -> tuple:
     """Model arguments from batch inputs: a tensor is one argument, a tuple several."""
+    if isinstance(inputs, (KeywordInputs, Mapping)):
+        raise TypeError("inputs given by name need the model's signature: bind them with Batches.bind(model) "
+                        "(loss_surface and the curvature functions do).")
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def warn_nonfinite(batches, consequence: str = "the loss will be NaN (or inf) at every point",
+                   stacklevel: int = 3) -> None:
+    """Warn once, naming where, when ``batches`` hold NaN or inf (what ``loss_surface`` says too)."""
+    bad = batches.nonfinite()
+    if bad is not None:
+        warnings.warn(f"`data` holds {bad}: {consequence}.", UserWarning, stacklevel=stacklevel)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .auto import clock, select
-from .data import Batches, NamedBatches, as_args
+from .data import Batches, NamedBatches, as_args, positional_note
 from .guards import named_failure, warn_once
 from .memory import is_out_of_memory
 from .metrics import check_metrics
@@ -92,6 +92,7 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
     if strategy not in strategy_names():
         raise ValueError(f"`strategy` must be one of {strategy_names()}; got {strategy!r}.")
     device, dtype = batches.device, batches.dtype
+    batches = batches.bind(model)  # inputs given by name, in the forward's positional places
     points.to(device, dtype)
     shared = _shared_tensors(model, points, buffers, device, dtype)
     guard = model_state_guard(model)
@@ -191,8 +192,14 @@ def _check_first_point(model, batches, points, shared, loss_fn, metrics):
     args0 = as_args(x0)
     p0 = {**shared, **{k: v[0] for k, v in points.stack(0, 1).items()}}
     with torch.no_grad():
-        with named_failure(model, args0):  # data the model does not take: say which layer and shape
-            out0 = functional_call(model, p0, args0)
+        try:
+            with named_failure(model, args0):  # data the model does not take: say which layer and shape
+                out0 = functional_call(model, p0, args0)
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+            note = positional_note(model, args0)  # several positional inputs: which parameter each took
+            if not note:
+                raise
+            raise type(err)(f"{err}{note}") from err
         scalar_of(loss_fn, out0, y0, "loss_fn")
         for name, m in metrics.items():
             scalar_of(m, out0, y0, f"metrics[{name!r}]")

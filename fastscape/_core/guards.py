@@ -84,16 +84,39 @@ class warn_once(contextlib.ContextDecorator):
                 continue
             seen.add(key)
             filename, lineno = w.filename, w.lineno
+            message = in_our_words(w.message)
             if _internal(filename):  # raised by fastscape, or by torch about a line of fastscape's
                 caller = caller or _callers_line()
                 filename, lineno = caller
             try:
-                warnings.warn_explicit(w.message, w.category, filename, lineno, source=w.source)
+                warnings.warn_explicit(message, w.category, filename, lineno, source=w.source)
             except Warning:
                 if exc[0] is None:
                     raise
                 # a warning the user's filters turn into an error must not hide the block's own error
         return False
+
+
+_TARGET_SIZE = re.compile(r"Using a target size \(torch\.Size\(\[([0-9, ]*)\]\)\) that is different to the "
+                          r"input size \(torch\.Size\(\[([0-9, ]*)\]\)\)")
+
+
+def in_our_words(message):
+    """PyTorch's broadcast warning of a regression loss, said in fastscape's words with the shapes
+    (an output (N, 1) against targets (N,) broadcasts to (N, N)); any other warning as it is."""
+    found = _TARGET_SIZE.match(str(message))
+    if not found:
+        return message
+    target, output = (tuple(int(v) for v in g.split(",") if v.strip()) for g in found.groups())
+    try:
+        both = tuple(torch.broadcast_shapes(output, target))
+    except RuntimeError:
+        return message
+    wrong = ("every output is compared with every target, so the values are wrong" if both not in (output, target)
+             else "check that this is meant")
+    return UserWarning(f"The loss compares the model's output of shape {output} with targets of shape {target}: "
+                       f"the target size differs from the output's, so PyTorch broadcasts them to {both} and "
+                       f"{wrong}. Give the targets the output's shape (e.g. `y.view{output}`).")
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -35,6 +35,9 @@ def check_metrics(metrics) -> dict[str, Callable]:
         if name in RESERVED:
             raise ValueError(f"`metrics[{name!r}]`: the name {name!r} is reserved for the loss itself, which the "
                              "metric would replace; name it otherwise, e.g. 'loss_metric'.")
+        if name.strip() in (".", ".."):
+            raise ValueError(f"`metrics[{name!r}]`: a name cannot be '.' or '..' (they name folders in the HDF5 "
+                             "file a surface is saved to); name it, e.g. 'accuracy'.")
         if "/" in name:
             raise ValueError(f"`metrics[{name!r}]`: '/' is reserved for the 'dataset/metric' keys of "
                              "multi-dataset surfaces (and separates groups in the HDF5 file); use another "

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .data import Batches, as_args
+from .data import Batches, as_args, output_note
 from .params import ParamDict, model_buffers, model_state_guard
 
 __all__ = ["batch_loss", "mean_loss", "sample_mean", "check_scalar", "check_differentiable"]
@@ -68,7 +68,7 @@ def scalar_of(fn: Callable, out, y, what: str) -> torch.Tensor:
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise type(err)(f"`{what}` failed on the model's output of shape {_shape(out)} and targets of shape "
-                        f"{_shape(y)}: {first}") from err
+                        f"{_shape(y)}: {first}{output_note(out)}") from err
     return check_scalar(value, what)
 
 

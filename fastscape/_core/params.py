@@ -25,6 +25,13 @@ def check_model(model, name: str = "model") -> nn.Module:
     return model
 
 
+def check_loss_fn(loss_fn, name: str = "loss_fn"):
+    """``loss_fn`` if it is callable, else a TypeError naming the argument."""
+    if not callable(loss_fn):
+        raise TypeError(f"`{name}` must be callable (output, target) -> scalar; got {loss_fn!r}.")
+    return loss_fn
+
+
 def model_parameters(model: nn.Module) -> ParamDict:
     """The model's named parameters, detached (no copy, no grad)."""
     return {name: p.detach() for name, p in model.named_parameters()}

@@ -8,6 +8,8 @@ and writes them with Pillow: no browser, no ffmpeg.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import (
@@ -22,6 +24,12 @@ from ._common import (
     require,
     resolve_value,
 )
+from ._common import use_log as log_rule
+from ._display import displays
+from ._marks import path_heights, stored_path
+
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
 
 __all__ = ["animate_path", "animate_fit", "frame_indices"]
 
@@ -59,21 +67,27 @@ def frame_indices(t: int, max_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
 
 
-def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
+@displays
+def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
                  explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
-                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL):
+                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL) -> go.Figure:
     """The optimiser's path crawling over a plane's contours, one frame per recorded snapshot.
 
     Parameters
     ----------
     surface : Surface along two directions
         Drawn as filled contours with lines (log10 of a positive loss when ``log``).
-    path : array of shape (T, 2)
-        Plane coordinates of the path.
+    path : array of shape (T, 2), optional
+        Plane coordinates of the path. Default: the path stored with the
+        surface (``surface.path``).
     value : str
         ``"loss"`` or a metric of the surface.
     path_loss : array of shape (T,), optional
-        Loss at each snapshot, shown in each frame's title.
+        The snapshots' own loss (e.g. ``trajectory.losses``), shown in each
+        frame's title as "snapshot's loss". Default: ``value`` on the plane at
+        the marker, interpolated from the grid and titled "on the plane" (on a
+        PCA plane a snapshot lies off the plane, and its own loss differs from
+        what the contours read under the marker).
     max_frames : int
         At most this many frames (snapshots are subsampled evenly; the last is kept).
     path_label : str
@@ -83,21 +97,26 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
     -------
     plotly.graph_objects.Figure
         Traces ``"loss"`` (contour), ``"path"`` (so far) and ``"now"`` (current
-        point); frame ``f`` shows the path up to snapshot ``int(frame.name)``.
+        point); frame ``f`` shows the path up to snapshot ``int(frame.name)``,
+        never the snapshots after it.
         Saved as ``.gif``, each frame is drawn by matplotlib with a colour bar
         and labelled contour lines.
     """
     go = require("plotly.graph_objects", "`fastscape.plot.animate_path`")
     check_surface(surface, 2, "animate_path")
     v = resolve_value(surface, value)
-    path = check_path(path)
-    if path_loss is not None:
-        path_loss = np.asarray(path_loss, dtype=float).reshape(-1)
+    path = check_path(stored_path(surface, path))
+    if path is None:
+        raise ValueError("`path` is required: pass the (T, 2) plane coordinates, or a surface with `surface.path`.")
+    if path_loss is None:
+        path_loss, which = path_heights(surface, path, value), f"{v.label} on the plane"
+    else:
+        path_loss, which = np.asarray(path_loss, dtype=float).reshape(-1), f"snapshot's {v.label}"
         if len(path_loss) != len(path):
             raise ValueError(f"`path_loss` must hold one loss per path point ({len(path)}); got {len(path_loss)}.")
     z = finite(v.array).T
     vals = z[np.isfinite(z)]
-    use_log = bool(log and v.is_loss and vals.size and vals.min() > 0)
+    use_log = log_rule(vals, log, v.is_loss)
     zc = log10_floor(z) if use_log else z
     colorbar = dict(title=dict(text=f"{v.label} (log scale)" if use_log else v.label))
     if use_log:  # ticks read in loss units, placed on the log10 heights
@@ -106,8 +125,7 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
 
     def caption(i):
-        loss = f", loss {path_loss[i]:.4g}" if path_loss is not None else ""
-        return f"{title}: {path_label} {i}{loss}"
+        return f"{title}: {path_label} {i}, {which} {path_loss[i]:.4g}"
 
     pad = 0.02 * (np.ptp(path, axis=0) + 1e-12)
     xr = [min(surface.coords[0].min(), path[:, 0].min() - pad[0]), max(surface.coords[0].max(), path[:, 0].max() + pad[0])]
@@ -136,11 +154,12 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
     _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ")
 
     def make():
-        from ._plane import contour
+        from ._contour import contour
 
         mfig = new_figure((7.4, 6.0))
         ax = contour(surface, value=value, ax=mfig.add_subplot(), levels=25, log=log, axis_labels=(xl, yl),
-                     cmap=colorscale.lower() if isinstance(colorscale, str) else "viridis", legend=False)
+                     cmap=colorscale.lower() if isinstance(colorscale, str) else "viridis", legend=False,
+                     path=False, minimum=False)  # the frames draw the path so far, never the whole one
         ax.set_xlim(*xr)
         ax.set_ylim(*yr)
         ax.scatter(*path[0], marker="o", s=60, facecolors="white", edgecolors="k", zorder=5)
@@ -158,8 +177,9 @@ def animate_path(surface, path, *, value: str = "loss", path_loss=None, log: boo
     return attach_mpl(fig, make, frames=steps.tolist(), size=(900, 760))
 
 
+@displays
 def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: int = 120,
-                title: str = "Fit during training"):
+                title: str = "Fit during training") -> go.Figure:
     """A 1-D regression net's prediction improving during training, one frame per snapshot.
 
     Parameters

@@ -18,10 +18,24 @@ from .. import _optional
 
 __all__ = ["require", "finite", "check_surface", "check_path", "check_points", "Value", "resolve_value",
            "axis_titles", "auto_zmax", "new_axes", "new_figure", "MplForm", "attach_mpl", "mpl_form",
-           "check_backend", "BACKENDS", "PATH_LABEL"]
+           "check_backend", "BACKENDS", "PATH_LABEL", "LOG_SPAN",
+           "use_log"]
 
 #: what the colour of a path's markers counts, unless the caller says otherwise.
 PATH_LABEL = "recorded snapshot"
+
+#: every view's ``log=True`` (the default) draws a loss on a log scale when its finite positive values
+#: span more than this factor; a narrower range, a metric or a non-positive value stays linear.
+LOG_SPAN = 20.0
+
+
+def use_log(values, log: bool, is_loss: bool) -> bool:
+    """The shared log rule: ``log`` asked, a loss, all finite values positive and spanning > LOG_SPAN."""
+    if not (log and is_loss):
+        return False
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(v.size and v.min() > 0 and v.max() > LOG_SPAN * v.min())
 
 #: the drawing libraries a view with a ``backend=`` argument can use.
 BACKENDS = ("plotly", "matplotlib")
@@ -59,6 +73,14 @@ def check_path(path, k: int = 2, name: str = "path"):
     """``path`` as a float64 array of shape (T, k), or None."""
     if path is None:
         return None
+    if hasattr(path, "matrix") and hasattr(path, "names"):  # a Trajectory: weights, not plane coordinates
+        raise TypeError(f"`{name}` must be plane coordinates of shape (T, {k}); got a {type(path).__name__} of "
+                        "parameter snapshots. Project it onto the surface's directions first: "
+                        "`fastscape.project(trajectory, directions, origin=...)`, and pass the result "
+                        "(or assign it to `surface.path`).")
+    if isinstance(path, (list, tuple)) and path and isinstance(path[0], dict):
+        raise TypeError(f"`{name}` must be plane coordinates of shape (T, {k}); got a list of state dicts. "
+                        "Project them first: `fastscape.project(snapshots, directions, origin=...)`.")
     arr = np.asarray(path, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != k or arr.shape[0] < 1:
         raise ValueError(f"`{name}` must have shape (T, {k}) of plane coordinates; got {arr.shape}.")
@@ -175,11 +197,26 @@ def _ratios(surface, explained_variance):
     return ev
 
 
+#: what one unit along a direction is, by the normalisation recorded with the directions
+_NORM_WORDS = {"filter": "filter-normalised direction", "layer": "layer-normalised direction",
+               "model": "model-normalised direction"}
+
+
+def _direction_word(info: dict) -> str:
+    kind, norm = info.get("kind"), info.get("norm", "missing")
+    if kind == "random":
+        return _NORM_WORDS.get(norm, "unnormalised random direction" if norm is None else "random direction")
+    if kind == "interpolation":
+        return "interpolation coefficient"
+    return "direction"
+
+
 def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]:
     """One title per direction of ``surface``.
 
     ``axis_labels`` wins; otherwise the raw parameter names of axis directions
-    (``surface.meta["directions"]["names"]``), else ``"direction i"``. When PCA
+    (``surface.meta["directions"]["names"]``), else ``"direction i"`` named for its
+    scaling ("filter-normalised direction 1" for filter-normalised random directions). When PCA
     explained-variance ratios are given (``explained_variance=``) or recorded in
     ``surface.meta["directions"]["explained_variance_ratio"]``, each title gets
     ``" (xx.x% of variance)"`` unless it already says so.
@@ -196,8 +233,8 @@ def axis_titles(surface, axis_labels=None, explained_variance=None) -> list[str]
             labels = [str(v) for v in names]
         elif info.get("kind") == "pca":
             labels = [f"PC{i + 1}" for i in range(k)]
-        else:
-            labels = [f"direction {i + 1}" for i in range(k)]
+        else:  # say how the direction was scaled: the axis' unit
+            labels = [f"{_direction_word(info)} {i + 1}" for i in range(k)]
     ev = _ratios(surface, explained_variance)
     if ev is not None:
         if len(ev) < k:

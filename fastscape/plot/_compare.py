@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import require
-from ._plane import contour, legend_below
+from ._contour import contour
+from ._marks import legend_below
+from ._display import displays
 
-__all__ = ["optimizer_comparison", "RUN_COLORS"]
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
+
+__all__ = ["optimizer_comparison", "RUN_COLORS", "RUN_DASHES", "OFF_PLANE", "off_plane_share"]
 
 #: run colours: saturated, none close to viridis's own greens and yellows, each drawn
 #: with a dark outline so it reads on the dark and the light end of the colour map alike.
 RUN_COLORS = ("#ff2d2d", "#ff9f1c", "#ff4fd8", "#4dd2ff", "#c77dff", "#b15928")
+#: one dash pattern per run, so a run on another's track still shows through its gaps
+RUN_DASHES = ("-", (0, (5, 2)), (0, (1.5, 1.5)), (0, (6, 2, 1.5, 2)), (0, (3, 3)), (0, (8, 3)))
+#: an end point is drawn hollow when more than this share of its distance from the origin lies off the plane
+OFF_PLANE = 0.5
 
 
-def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw):
+def off_plane_share(coords: np.ndarray, residual: float) -> float:
+    """Share of a point's distance from the plane's origin that the plane misses: r / sqrt(|c|^2 + r^2).
+
+    ``coords`` are its plane coordinates along orthonormal directions (PCA's),
+    ``residual`` its distance from the plane (:func:`fastscape.project`).
+    """
+    total = float(np.hypot(np.linalg.norm(coords), residual))
+    return float(residual) / total if total > 0 else 0.0
+
+
+@displays
+def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = None, **contour_kw) -> Axes:
     """Contours of the shared plane with every optimizer's path, each in its own colour.
 
     Parameters
@@ -31,8 +53,12 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
     Returns
     -------
     matplotlib.axes.Axes
-        One line per run (labelled with its name) ending in a star of its
-        colour; a start shared by every run is one neutral marker
+        One line per run (labelled with its name and, when the comparison
+        holds residuals, its end's distance from the plane), each with its own
+        colour and dash, ending in a star of its colour: filled when the end
+        lies near the plane, hollow when more than :data:`OFF_PLANE` of its
+        distance from the origin is off the plane (there, the contours under
+        the star do not give its loss); a start shared by every run is one neutral marker
         (``"shared start"``), otherwise each run's start is a circle of its colour.
         The legend sits under the Axes.
     """
@@ -52,15 +78,23 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
     starts = np.array([c[0] for c in paths.values()])
     scale = max(float(np.ptp(np.concatenate(list(paths.values())), axis=0).max()), 1e-12)
     shared = bool(np.all(np.abs(starts - starts[0]) <= 1e-6 * scale))
+    residuals = getattr(comparison, "residuals", None) or {}
     for i, (name, c) in enumerate(paths.items()):
         color = RUN_COLORS[i % len(RUN_COLORS)]
+        label, far = name, False
+        if name in residuals and len(residuals[name]):
+            r = float(np.asarray(residuals[name], dtype=float)[-1])
+            far = off_plane_share(c[-1], r) > OFF_PLANE
+            label = f"{name} (end {r:.3g} off the plane)"
         # earlier runs drawn wider, so a later run on the same track leaves them visible at its sides
         lw = 1.6 + 1.0 * (len(paths) - 1 - i)
         outline = [patheffects.Stroke(linewidth=lw + 1.6, foreground="black"), patheffects.Normal()]
-        ax.plot(c[:, 0], c[:, 1], "-", color=color, lw=lw, label=name, zorder=4, path_effects=outline)
+        ax.plot(c[:, 0], c[:, 1], color=color, lw=lw, ls=RUN_DASHES[i % len(RUN_DASHES)], label=label, zorder=4,
+                path_effects=outline)
         if not shared:
             ax.plot(c[0, 0], c[0, 1], "o", color=color, mec="k", ms=7, zorder=5)
-        ax.plot(c[-1, 0], c[-1, 1], "*", color=color, mec="k", ms=13, zorder=6)
+        ax.plot(c[-1, 0], c[-1, 1], "*", color="none" if far else color, mec=color if far else "k",
+                mew=2.0 if far else 1.0, ms=15 if far else 13, zorder=6)
     if shared:
         ax.plot(*starts[0], "o", color="white", mec="k", mew=1.5, ms=9, zorder=7, label="shared start")
     legend_below(ax, ncols=len(paths) + int(shared))

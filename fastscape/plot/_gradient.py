@@ -6,15 +6,24 @@ Both draw numbers computed by :mod:`fastscape._views`:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import finite, fmt, new_figure, require
-from ._plane import contour, legend_below
+from ._contour import contour
+from ._marks import legend_below
+from ._display import displays
+
+if TYPE_CHECKING:  # the return annotations only
+    from matplotlib.axes import Axes
 
 __all__ = ["cross_sections", "lr_steps", "clip_segment"]
 
 
-def cross_sections(sections, *, ax=None, title: str | None = "Loss along each parameter, with the gradient"):
+@displays
+def cross_sections(sections, *, ax=None,
+                   title: str | None = "Loss along each parameter, with the gradient") -> np.ndarray:
     """One panel per parameter entry: the loss as it moves, and the tangent given by the gradient.
 
     Each panel shows the loss curve through the current value (a dot) and the
@@ -97,8 +106,9 @@ def clip_segment(p0, p1, lo, hi):
     return p0 + t0 * d, p0 + t1 * d
 
 
+@displays
 def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step per learning rate",
-             **contour_kw):
+             **contour_kw) -> Axes:
     """The step each learning rate would take from the model, drawn on the plane's contours.
 
     Parameters

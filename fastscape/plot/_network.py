@@ -2,14 +2,22 @@
 the data in hidden-activation space, and the prediction with units switched on/off.
 
 The activations and predictions come from :func:`fastscape.hidden_activations` and
-:func:`fastscape.thresholded_prediction`; :func:`hidden_lines` only reads weights.
+:func:`fastscape.thresholded_prediction`; :func:`hidden_lines` only reads a layer's weights
+(this module imports no compute module of fastscape).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import attach_mpl, check_backend, new_axes, require
+from ._display import displays
+
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
+    from matplotlib.axes import Axes
 
 __all__ = ["hidden_lines", "hidden_space", "thresholded"]
 
@@ -29,15 +37,33 @@ def _labels(y, n) -> np.ndarray:
     return lab
 
 
+def _linear(model, layer):
+    """(name, module): the nn.Linear named ``layer`` of ``model``, or its first one (``model`` itself if a Linear).
+
+    Only the module tree is read (torch's own ``named_modules``): the view takes
+    the weights it is given and runs nothing.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError("`model` must be an nn.Module or a (weight of shape (H, 2), bias of shape (H,)) pair; "
+                        f"got {type(model).__name__}.")
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, m in found:
+        if layer is None or name == layer:
+            return name or "layer", m
+    if layer is None:
+        raise ValueError(f"`hidden_lines` needs a model with an nn.Linear layer; {type(model).__name__} has none.")
+    raise ValueError(f"`layer` must name an nn.Linear of the model, one of {[n for n, _ in found]}; got {layer!r}.")
+
+
 def _unit_lines(model, layer):
     """(name, weight (H, 2), bias (H,)) of a 2-input layer: a model's nn.Linear, or a (weight, bias) pair."""
     if isinstance(model, (tuple, list)) and len(model) == 2:
         w, b = _numpy(model[0]), _numpy(model[1]).reshape(-1)
         name = "layer"
     else:
-        from .._views import linear_layer
-
-        name, lin = linear_layer(model, layer, "hidden_lines")
+        name, lin = _linear(model, layer)
         w = _numpy(lin.weight)
         b = _numpy(lin.bias) if lin.bias is not None else np.zeros(len(w))
     if w.ndim != 2 or w.shape[1] != 2:
@@ -47,8 +73,9 @@ def _unit_lines(model, layer):
     return name, w, b
 
 
+@displays
 def hidden_lines(model, x, y, *, layer: str | None = None, ax=None,
-                 title: str | None = "Hidden units: lines w·x + b = 0"):
+                 title: str | None = "Hidden units: lines w·x + b = 0") -> Axes:
     """Each hidden unit's line ``w . x + b = 0`` over 2-D data coloured by class.
 
     Parameters
@@ -107,8 +134,9 @@ def hidden_lines(model, x, y, *, layer: str | None = None, ax=None,
     return ax
 
 
+@displays
 def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data in hidden-activation space",
-                 backend: str = "plotly", ax=None):
+                 backend: str = "plotly", ax=None) -> go.Figure | Axes:
     """The data mapped into the activations of three hidden units, coloured by class.
 
     Parameters
@@ -149,6 +177,7 @@ def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data i
         a.set_xlabel(names[0])
         a.set_ylabel(names[1])
         a.set_zlabel(names[2])
+        a.set_box_aspect((1, 1, 1))  # a cube, as the plotly scene
         a.legend(loc="upper left", fontsize=8)
         if title:
             a.set_title(title)
@@ -168,12 +197,14 @@ def hidden_space(activations, y, *, units=(0, 1, 2), title: str | None = "Data i
     fig.update_layout(
         title=dict(text=title) if title else None, template="plotly_white", autosize=True,
         margin=dict(l=0, r=0, t=50 if title else 0, b=0), legend=dict(x=0.01, y=0.98),
-        scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2]),
+        scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2], aspectmode="cube"),
     )
     return attach_mpl(fig, lambda: (draw_mpl().figure, None), size=(900, 800))
 
 
-def thresholded(prediction, y=None, *, ax=None, title: str | None = "Hidden units switched on/off vs smooth"):
+@displays
+def thresholded(prediction, y=None, *, ax=None,
+                title: str | None = "Hidden units switched on/off vs smooth") -> Axes:
     """A 1-D regression net's prediction with its hidden units thresholded, next to the smooth one.
 
     Parameters

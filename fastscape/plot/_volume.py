@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._common import (
@@ -16,7 +18,13 @@ from ._common import (
     new_axes,
     require,
     resolve_value,
+    use_log,
 )
+from ._display import displays
+
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
+    from matplotlib.axes import Axes
 
 __all__ = ["volume", "VOLUME_KINDS", "shell_levels"]
 
@@ -29,9 +37,11 @@ def shell_levels(lo: float, hi: float, n: int) -> np.ndarray:
     return lo + (hi - lo) * np.arange(1, n + 1) / (n + 1)
 
 
-def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = False, levels: int = 6,
+@displays
+def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = True, levels: int = 6,
            opacity: float = 0.3, at=None, zmax="auto", axis_labels=None, explained_variance=None,
-           title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly", ax=None):
+           title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly",
+           ax=None) -> go.Figure | Axes:
     """A value along three directions, as nested shells of equal value or as three orthogonal slices.
 
     Parameters
@@ -49,7 +59,8 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
         Either way the best grid point (the lowest loss, the highest accuracy)
         is marked and labelled with its value.
     log : bool
-        Colour by log10 of a loss (colour-bar ticks still read in loss units).
+        Colour by log10 of a loss spanning more than 20 times (the rule every
+        view shares; colour-bar ticks still read in loss units).
     levels : int
         Number of shells.
     opacity : float
@@ -74,7 +85,7 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
     if not isinstance(levels, (int, np.integer)) or isinstance(levels, bool) or levels < 1:
         raise ValueError(f"`levels` must be a positive integer; got {levels!r}.")
     val = resolve_value(surface, value)
-    log = bool(log) and val.is_loss
+    log = use_log(val.array, log, val.is_loss)
     v = log10_floor(val.array) if log else finite(val.array)
     if not np.isfinite(v).any():
         raise ValueError(f"`surface` has no finite {val.label} to draw; every grid point diverged.")

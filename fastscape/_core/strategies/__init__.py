@@ -20,12 +20,13 @@ from .base import Context, NotApplicable, PointLoss, Strategy, compiler_availabl
 from .compiled import AffineCompiled, VmapCompiled
 from .loop import LoopStrategy
 from .mlp import MlpStrategy
+from .prefix import PrefixStrategy
 from .quadratic import QuadraticStrategy
 from .vmap import VmapStrategy
 
 __all__ = ["STRATEGIES", "Strategy", "Context", "PointLoss", "NotApplicable", "make_strategy", "strategy_names",
            "compiler_available", "LoopStrategy", "VmapStrategy", "AffineStrategy", "MlpStrategy",
-           "QuadraticStrategy", "VmapCompiled", "AffineCompiled"]
+           "QuadraticStrategy", "PrefixStrategy", "VmapCompiled", "AffineCompiled"]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "vmap": VmapStrategy,
@@ -35,6 +36,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "affine_compiled": AffineCompiled,
     "mlp": MlpStrategy,
     "quadratic": QuadraticStrategy,
+    "prefix": PrefixStrategy,
 }
 
 

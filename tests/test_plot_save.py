@@ -140,3 +140,45 @@ def test_save_rejects_bad_input(tmp_path):
         plot.save(go.Figure(), tmp_path / "x.gif")
     with pytest.raises(ValueError, match="`frame_ms` must be a positive number"):
         plot.save(ax, tmp_path / "x.gif", frame_ms=0)
+
+
+# --------------------------------------------------------------------------- a 3-D view with nothing finite
+
+
+def _surface3d(surface):
+    import fastscape
+
+    plot = getattr(fastscape, "plot", None)
+    fn = getattr(fastscape, "plot_surface3d", None) or getattr(plot, "surface3d")
+    return fn(surface)
+
+
+def _save(fig, path):
+    import fastscape
+
+    plot = getattr(fastscape, "plot", None)
+    fn = getattr(fastscape, "save_figure", None) or getattr(plot, "save")
+    return fn(fig, path)
+
+
+@pytest.mark.parametrize("suffix, fill", [(".png", np.inf), (".svg", np.nan)])
+def test_saving_the_3d_plot_of_an_all_diverged_surface_writes_a_file_or_raises(tmp_path, suffix, fill):
+    import warnings
+    from pathlib import Path
+
+    x = np.linspace(-1, 1, 5)
+    surface = Surface(coords=[x, x], loss=np.full((5, 5), fill))
+    path = tmp_path / f"s{suffix}"
+    fig = _surface3d(surface)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            written = _save(fig, path)
+    except (ValueError, RuntimeError) as err:  # a refusal that says why
+        assert "finite" in str(err)
+        assert not path.exists()
+        return
+    # or a file that says why it is empty
+    assert any("finite" in str(w.message) for w in caught)
+    assert Path(written) == path
+    assert path.is_file() and path.stat().st_size > 0

@@ -1,7 +1,9 @@
-"""A plane of the landscape: filled contours (matplotlib) and the 3-D surface
-(plotly, or matplotlib for a static picture), with a path and named positions."""
+"""The 3-D view of a plane: plotly by default, matplotlib for a static picture, with the path
+and named positions lifted onto the surface."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,219 +20,21 @@ from ._common import (
     new_axes,
     require,
     resolve_value,
+    use_log,
 )
+from ._contour import round_ticks, tick_text
+from ._marks import POINT_COLORS, best_label, best_point, draw_points, path_heights, stored_path
+from ._display import displays
 
-__all__ = ["contour", "surface3d", "path_heights", "draw_path", "draw_points", "auto_camera", "legend_below"]
+if TYPE_CHECKING:  # the return annotations only
+    import plotly.graph_objects as go
+    from matplotlib.axes import Axes
 
-#: colours of named positions: dark, saturated, distinct from viridis and plasma.
-POINT_COLORS = ("#e41a1c", "#ff7f00", "#f781bf", "#a65628", "#984ea3", "#ffffff")
-POINT_MARKERS = ("D", "s", "^", "v", "P", "X")
+__all__ = ["surface3d", "auto_camera", "LIFT"]
 
-
-def stored_path(surface, path):
-    """``path`` as given; None: the path stored with the surface (``surface.path``), if any; False: no path."""
-    if path is False:
-        return None
-    if path is None:
-        return getattr(surface, "path", None)
-    return path
-
-
-def path_heights(surface, path, value: str = "loss") -> np.ndarray:
-    """``value`` at plane coordinates ``path`` (T, 2), bilinearly interpolated from the grid.
-
-    Points outside the grid take the value at its nearest edge; a NaN/inf corner
-    makes the height NaN (drawn as a gap).
-    """
-    check_surface(surface, 2, "path_heights")
-    path = check_path(path)
-    x, y = surface.coords
-    z = finite(resolve_value(surface, value).array)
-
-    def locate(c, v):
-        i = np.clip(np.searchsorted(c, v) - 1, 0, max(len(c) - 2, 0))
-        if len(c) == 1:
-            return i, np.zeros_like(v)
-        t = (v - c[i]) / (c[i + 1] - c[i])
-        return i, np.clip(t, 0.0, 1.0)
-
-    i, tx = locate(x, path[:, 0])
-    j, ty = locate(y, path[:, 1])
-    i1 = np.minimum(i + 1, len(x) - 1)
-    j1 = np.minimum(j + 1, len(y) - 1)
-    return ((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i1, j]
-            + (1 - tx) * ty * z[i, j1] + tx * ty * z[i1, j1])
-
-
-# ----------------------------------------------------------------------------- shared drawing on 2-D Axes
-
-
-def legend_below(ax, handles=None, labels=None, *, ncols=None, fontsize=8):
-    """A legend under the Axes, outside the data area, so it never covers what is drawn."""
-    if handles is None:
-        handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return None
-    n = len(handles) if ncols is None else ncols
-    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=min(n, 4),
-                     fontsize=fontsize, frameon=False)
-
-
-def draw_path(ax, path, *, cmap="plasma", colorbar=True, label="path", path_label=PATH_LABEL):
-    """A (T, 2) path on 2-D Axes: a line, markers coloured by snapshot number, start and end marked.
-
-    The colour bar says what the colour counts (``path_label``: by default the
-    recorded snapshots, which are epochs for :func:`fastscape.train`, not
-    optimizer steps).
-    """
-    steps = np.arange(len(path))
-    ax.plot(path[:, 0], path[:, 1], color="crimson", linewidth=1.2, zorder=3, label=label)
-    sc = ax.scatter(path[:, 0], path[:, 1], c=steps, cmap=cmap, s=16, zorder=4, edgecolors="none")
-    if colorbar and len(path) > 1:
-        from matplotlib.ticker import MaxNLocator
-
-        cb = ax.figure.colorbar(sc, ax=ax, label=path_label)
-        cb.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole numbers
-    ax.scatter(*path[0], marker="o", s=70, facecolors="white", edgecolors="k", zorder=5, label="start")
-    ax.scatter(*path[-1], marker="*", s=150, color="k", zorder=5, label="end")
-    return sc
-
-
-def draw_points(ax, points, *, z=None):
-    """Named positions: each its own marker and colour, labelled beside it (no path, no colour bar)."""
-    from matplotlib import patheffects
-
-    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
-    for i, (name, c) in enumerate(points):
-        color, marker = POINT_COLORS[i % len(POINT_COLORS)], POINT_MARKERS[i % len(POINT_MARKERS)]
-        if z is None:
-            ax.scatter(*c, marker=marker, s=90, color=color, edgecolors="k", linewidths=1.2, zorder=6, label=name)
-            ax.annotate(name, c, textcoords="offset points", xytext=(7, 7), fontsize=9, fontweight="bold",
-                        color="k", path_effects=halo, zorder=7)
-        else:
-            ax.scatter([c[0]], [c[1]], [z[i]], marker=marker, s=70, color=color, edgecolors="k", depthshade=False,
-                       label=name)
-            ax.text(c[0], c[1], z[i], f"  {name}", fontsize=9, fontweight="bold", path_effects=halo, zorder=10)
-
-
-def _levels(lo: float, hi: float, levels, log: bool):
-    """(levels, norm, is_log): log-spaced when asked and the positive range spans > 20x."""
-    from matplotlib.colors import LogNorm
-
-    if not isinstance(levels, (int, np.integer)):
-        lv = np.unique(np.asarray(levels, dtype=float))
-        if lv.ndim != 1 or lv.size < 2:
-            raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
-        is_log = log and lv[0] > 0 and lv[-1] > 20 * lv[0]
-        return lv, (LogNorm(lv[0], lv[-1]) if is_log else None), is_log
-    if levels < 2:
-        raise ValueError(f"`levels` must be an int >= 2 or at least two level values; got {levels!r}.")
-    if log and lo > 0 and hi > 20 * lo:
-        return np.geomspace(lo, hi, levels), LogNorm(vmin=lo, vmax=hi), True
-    return np.linspace(lo, hi if hi > lo else lo + 1.0, levels), None, False
-
-
-def _tidy_colorbar(cb, lv):
-    """About eight ticks at level values, printed with 3 significant digits."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    cb.ax.yaxis.set_major_locator(FixedLocator(lv[:: max(1, len(lv) // 8)]))
-    cb.ax.yaxis.set_minor_locator(NullLocator())
-    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
-
-
-def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
-            filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
-            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
-            colorbar: bool = True, legend: bool = True):
-    """Contours of a plane, with a path coloured by snapshot and named positions.
-
-    Parameters
-    ----------
-    surface : Surface along two directions
-        Drawn with ``coords[0]`` along x (matplotlib gets the array transposed).
-    value : str
-        What to draw: ``"loss"`` or a metric of the surface (``"accuracy"``,
-        ``"test/accuracy"``); it names the colour bar, and only a loss gets log levels.
-    path : array of shape (T, 2), None or False
-        Plane coordinates of a trajectory (e.g. from :func:`fastscape.project`):
-        a line with markers coloured by snapshot, start (circle) and end (star).
-        None (default): the path stored with the surface (``surface.path``),
-        if any; False: no path.
-    points : dict label -> (x, y), or array of shape (n, 2), optional
-        Named positions (e.g. the models of :func:`fastscape.interpolation_plane`;
-        rows of an array are labelled "A", "B", ...): each drawn with its own
-        marker and label.
-    ax : matplotlib Axes, optional
-        Drawn into when given; otherwise a new figure is made (no pyplot).
-    levels : int or 1-D array
-        Number of levels (log-spaced when ``log``, the value is a loss, and it
-        spans more than a factor 20) or the level values themselves.
-    filled : bool
-        Filled contours with a few labelled black lines; False draws coloured lines only.
-    labels : bool
-        Label the lines with their value.
-    axis_labels, explained_variance :
-        Axis titles; PCA explained-variance ratios (given, or read from
-        ``surface.meta["directions"]``) are appended, e.g. "PC1 (87.3% of variance)".
-    path_label : str
-        Title of the path's colour bar: what the colour counts (default
-        "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
-    legend : bool
-        Put a legend for the path and points under the Axes.
-
-    Returns
-    -------
-    matplotlib.axes.Axes
-        NaN/inf regions are left blank (masked).
-    """
-    require("matplotlib", "`fastscape.plot.contour`")
-    check_surface(surface, 2, "contour")
-    v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
-    pts = check_points(points)
-    if ax is None:
-        ax = new_axes((6.4, 5.6))
-    z = finite(v.array).T  # matplotlib wants (y, x)
-    xl, yl = axis_titles(surface, axis_labels, explained_variance)
-    ax.set_xlabel(xl)
-    ax.set_ylabel(yl)
-    if title:
-        ax.set_title(title)
-    vals = z[np.isfinite(z)]
-    if vals.size == 0:
-        ax.text(0.5, 0.5, f"no finite {v.label} on this grid", transform=ax.transAxes, ha="center")
-        return ax
-    lv, norm, is_log = _levels(float(vals.min()), float(vals.max()), levels, log and v.is_loss)
-    if norm is None and v.limits is not None:  # a fixed colour range (accuracy: 0 to 1)
-        from matplotlib.colors import Normalize
-
-        norm = Normalize(*v.limits)
-    X, Y = surface.coords
-    zm = np.ma.masked_invalid(z)
-    fmt_level = (lambda q: f"{q:.2g}") if is_log else (lambda q: f"{q:.3g}")
-    cbar_label = v.label + (" (log scale)" if is_log else "")
-    if filled:
-        cs = ax.contourf(X, Y, zm, levels=lv, cmap=cmap, norm=norm, extend="neither")
-        lines = ax.contour(X, Y, zm, levels=lv[:: max(1, len(lv) // 8)], colors="k", linewidths=0.5)
-    else:
-        cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
-    if labels and len(lines.levels):
-        ax.clabel(lines, inline=True, fontsize=7, fmt=fmt_level)
-    ax.set_xlim(X[0], X[-1])
-    ax.set_ylim(Y[0], Y[-1])
-    if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
-        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
-    if colorbar:
-        _tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), lv)
-    if pts is not None:
-        draw_points(ax, pts)
-    if legend and (path is not None or pts is not None):
-        legend_below(ax)
-    return ax
-
-
-# ----------------------------------------------------------------------------- 3-D surface
+#: interpolated path and point heights are drawn this share of the height range above the
+#: surface: on it, the markers sink into the rendered mesh between grid nodes.
+LIFT = 0.02
 
 
 def _heights(z: np.ndarray, log: bool, zmax):
@@ -322,10 +126,12 @@ def _floor_levels(zt: np.ndarray, n: int = 24):
     return lo, hi, (hi - lo) / n
 
 
-def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = False,
+@displays
+def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = True,
               zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
               colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",
-              path_label: str = PATH_LABEL, backend: str = "plotly", ax=None):
+              path_label: str = PATH_LABEL, minimum: bool = True, backend: str = "plotly",
+              ax=None) -> go.Figure | Axes:
     """A 3-D view of a plane, with the optimiser's path and named positions on it.
 
     Parameters
@@ -342,12 +148,14 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         and labelled beside their markers. None (default): the path stored with
         the surface (``surface.path``), if any; False: no path.
     path_loss : array of shape (T,), optional
-        Height of each path point; default: interpolated from the surface so the
-        path lies on it (:func:`path_heights`).
+        Height of each path point; default: interpolated from the surface
+        (:func:`path_heights`) and lifted by :data:`LIFT` of the height range,
+        so the markers sit on the surface instead of sinking into it.
     points : dict label -> (x, y), or array of shape (n, 2), optional
         Named positions, each with its own marker and label (no colour bar).
     log : bool
-        Draw log10 of a loss (surfaces spanning decades; a deep basin).
+        Heights on a log scale for a loss spanning more than ``LOG_SPAN`` (20)
+        times (the rule every view shares); ticks read in loss values.
     zmax : float, None or "auto"
         Heights above ``zmax`` are drawn flat at ``zmax``; "auto" clips only
         huge peaks; None never clips. NaN/inf points are gaps whatever this is.
@@ -359,6 +167,9 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         "auto": look from the low side toward the high side, so the valley and
         the path's end are in view (:func:`auto_camera`); a plotly camera dict;
         None: plotly's default.
+    minimum : bool
+        Mark the grid's best point (lowest loss, highest accuracy), named with
+        its value and "(on the grid's edge)" where it lies on the border.
     backend : {"plotly", "matplotlib"}
         "matplotlib" draws the same view on a 3-D Axes (``ax=``) for static files.
 
@@ -366,8 +177,8 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     -------
     plotly.graph_objects.Figure, or matplotlib Axes (3-D) with ``backend="matplotlib"``
         The plotly figure has no fixed size (it fills the page or the notebook
-        cell); traces ``"loss"``, then ``"path"``, ``"start"``, ``"end"`` and
-        one per named point. ``fastscape.plot.save`` writes it as HTML, or as
+        cell); traces ``"loss"``, then ``"path"``, ``"start"``, ``"end"``,
+        one per named point, and the best point (named "grid min ..."). ``fastscape.plot.save`` writes it as HTML, or as
         PNG/SVG/PDF through kaleido and Chromium.
     """
     check_backend(backend, "surface3d")
@@ -376,28 +187,38 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     path = check_path(stored_path(surface, path))
     pts = check_points(points)
     raw = finite(v.array)
-    log = bool(log) and v.is_loss
+    log = use_log(raw, log, v.is_loss)
     transform, clip = _heights(raw, log, zmax)
     zt = transform(raw)
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
-    zlabel = f"log10 {v.label}" if log else v.label
+    zlabel = f"{v.label} (log scale)" if log else v.label
+    zticks = None
+    if log and np.isfinite(zt).any():  # log heights, read in loss values on round ticks
+        ticks = round_ticks(10.0 ** float(np.nanmin(zt)), 10.0 ** float(np.nanmax(zt)), True)
+        zticks = (np.log10(ticks).tolist(), [tick_text(t) for t in ticks])
     if clip is not None:
         zlabel += f" (clipped at {clip:.3g})"
     h = None
+    fin = zt[np.isfinite(zt)]
+    lift = LIFT * float(np.ptp(fin)) if fin.size else 0.0
     if path is not None:
         if path_loss is None:
-            h = path_heights(surface, path, value)
+            h = transform(path_heights(surface, path, value)) + lift
         else:
             h = np.asarray(path_loss, dtype=float).reshape(-1)
             if h.shape[0] != path.shape[0]:
                 raise ValueError(
                     f"`path_loss` must hold one loss per path point ({path.shape[0]}); got {h.shape[0]}."
                 )
-        h = transform(h)
-    ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value))
+            h = transform(h)
+    ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value)) + lift
+    best = best_point(surface, v) if minimum else None
+    best = None if best is None else (best["xy"], float(transform(np.array(best["value"]))) + lift,
+                                      best_label(best, v))
     limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
-                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits)
+                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits,
+                best=best, zticks=zticks)
     if isinstance(camera, str):
         if camera != "auto":
             raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
@@ -412,7 +233,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera, limits):
+                      path_label, camera, limits, best=None, zticks=None):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
     lo, hi, size = _floor_levels(zt)
@@ -420,7 +241,8 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     fig.add_trace(go.Surface(
         x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name=zlabel,
         cmin=None if limits is None else limits[0], cmax=None if limits is None else limits[1],
-        colorbar=dict(title=dict(text=zlabel), x=0.86, xanchor="left", len=0.8),
+        colorbar=dict(title=dict(text=zlabel, side="right"), x=0.86, xanchor="left", len=0.8,
+                      **({} if zticks is None else dict(tickvals=zticks[0], ticktext=zticks[1]))),
         contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
                              usecolormap=True, highlightcolor="white", width=1)),
         hovertemplate="%{x:.3g}, %{y:.3g}<br>" + zlabel + " %{z:.4g}<extra></extra>",
@@ -452,7 +274,12 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
                             line=dict(width=2, color="black")),
             ))
             annotations.append(_label3d(c[0], c[1], z, name))
-    scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis_title=zlabel, aspectmode="manual",
+    if best is not None:
+        fig.add_trace(go.Scatter3d(x=[best[0][0]], y=[best[0][1]], z=[best[1]], mode="markers", name=best[2],
+                                   marker=dict(size=7, color="#00e5ff", symbol="x", line=dict(width=1, color="black"))))
+    zaxis = dict(title=dict(text=zlabel)) if zticks is None else dict(title=dict(text=zlabel), tickvals=zticks[0],
+                                                                      ticktext=zticks[1])
+    scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis=zaxis, aspectmode="manual",
                  aspectratio=dict(x=1, y=1, z=0.6), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
     if camera is not None:
         scene["camera"] = camera
@@ -472,7 +299,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None, limits=None):
+                   camera=None, limits=None, best=None, zticks=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
@@ -505,7 +332,14 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="k", lw=0.6, alpha=0.85))
     if pts is not None:
         draw_points(ax, pts, z=ph)
-    ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
+    if best is not None:
+        ax.scatter([best[0][0]], [best[0][1]], [best[1]], marker="X", s=80, color="#00e5ff", edgecolors="k",
+                   depthshade=False, zorder=12, label=best[2])
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    cb = ax.figure.colorbar(surf, ax=ax, label=zlabel, shrink=0.6, pad=0.12)  # last: next to the Axes
+    if zticks is not None:
+        cb.set_ticks(zticks[0], labels=zticks[1])
+        ax.set_zticks(zticks[0], labels=zticks[1])
     eye = (camera or {}).get("eye")
     if eye is not None:
         ax.view_init(elev=float(np.degrees(np.arctan2(eye["z"], np.hypot(eye["x"], eye["y"])))),

@@ -1,0 +1,128 @@
+"""Curvature benchmarks: the batched curvature map against a per-point loop of
+``hessian_eigenpairs``, and Monte-Carlo sharpness sampling against a set-weights loop.
+
+    PYTHONPATH=. python benchmarks/curvature.py [--grid 21] [--samples 256] [--loop-points 6]
+
+Model: the digits CNN of ``scripts/_digits.py`` (Conv-BN-ReLU x2, max-pool, linear;
+3.9k parameters), seeded, BatchNorm statistics from one pass in train mode, eval mode
+for every measurement; data: the first ``--samples`` digits training images. Both sides get
+the same weights, directions, data, ``tol`` and ``max_iter``. The per-point loop is what a
+user writes with the single-point API: load ``theta0 + a d1 + b d2`` into a copy of the model,
+``hessian_eigenpairs(which="largest")``, ``hessian_eigenpairs(which="smallest")`` and
+``hessian_trace`` with as many probes; it runs on a random subset of the grid
+(``--loop-points``) and its time per point is scaled to the grid. The ratio is measured
+in the same run. Numbers go to benchmarks/README.md ("Curvature").
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import fastscape  # noqa: E402
+from fastscape.curvature import (curvature_surface, hessian_eigenpairs, hessian_trace,  # noqa: E402
+                                 mc_sharpness)
+from _digits import DigitsCNN, load_digits_tensors  # noqa: E402
+
+
+def _setup(samples: int):
+    torch.manual_seed(0)
+    xtr, ytr, _, _ = load_digits_tensors(0)
+    x, y = xtr[:samples], ytr[:samples]
+    model = DigitsCNN()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval(), (x, y)
+
+
+def _at(model, dirs, a, b):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            p += a * dirs[0][k] + b * dirs[1][k]
+    return m
+
+
+def curvature_map(args, model, data, dirs) -> dict:
+    kw = dict(loss_fn=F.cross_entropy, device="cpu")
+    t0 = time.perf_counter()
+    s = curvature_surface(model, data, dirs, grid=(-1, 1, args.grid), max_iter=args.max_iter, tol=args.tol,
+                          trace_probes=args.probes, chunk_size=args.chunk, **kw)
+    batched = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    picks = rng.choice(args.grid ** 2, size=args.loop_points, replace=False)
+    dev = {"lambda_max": [], "lambda_min": []}
+    t0 = time.perf_counter()
+    for p in picks:
+        i, j = divmod(int(p), args.grid)
+        m = _at(model, dirs, s.coords[0][i], s.coords[1][j])
+        top = hessian_eigenpairs(m, data, n=1, tol=args.tol, max_iter=args.max_iter, **kw)[1][0]
+        low = hessian_eigenpairs(m, data, n=1, tol=args.tol, max_iter=args.max_iter, which="smallest", **kw)[1][0]
+        hessian_trace(m, data, tol=1e9, min_iter=max(2, args.probes), max_iter=max(2, args.probes),
+                      block=args.probes, **kw)
+        for name, ref in (("lambda_max", top), ("lambda_min", low)):
+            dev[name].append(abs(s.metrics[name][i, j] - ref) / max(abs(top), abs(low)))
+    loop = (time.perf_counter() - t0) / args.loop_points * args.grid ** 2
+    return {"points": args.grid ** 2, "batched_s": batched, "loop_s_scaled": loop, "ratio": loop / batched,
+            "mean_steps": s.meta["curvature"]["mean_steps"], "unconverged": s.meta["curvature"]["unconverged"],
+            "max_rel_dev": {k: float(max(v)) for k, v in dev.items()}}
+
+
+def sharpness_sampling(args, model, data) -> dict:
+    n = sum(p.numel() for p in model.parameters())
+    x, y = data
+    mc_sharpness(model, data, loss_fn=F.cross_entropy, sigma=1e-2, samples=8, device="cpu")  # warm
+    t0 = time.perf_counter()
+    mc_sharpness(model, data, loss_fn=F.cross_entropy, sigma=1e-2, samples=args.mc_samples, device="cpu")
+    batched = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(0)
+    m = copy.deepcopy(model)
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(args.mc_samples):  # the set-weights loop
+            torch.nn.utils.vector_to_parameters(theta + 1e-2 * torch.randn(n, generator=g), m.parameters())
+            F.cross_entropy(m(x), y).item()
+    loop = time.perf_counter() - t0
+    return {"samples": args.mc_samples, "batched_s": batched, "loop_s": loop, "ratio": loop / batched}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", type=int, default=21)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--loop-points", type=int, default=6)
+    p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--probes", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=32)
+    p.add_argument("--mc-samples", type=int, default=256)
+    args = p.parse_args(argv)
+    model, data = _setup(args.samples)
+    dirs = fastscape.random_directions(model, 2, seed=0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; digits CNN "
+          f"{sum(q.numel() for q in model.parameters())} parameters, {args.samples} images")
+    cm = curvature_map(args, model, data, dirs)
+    print(f"curvature map {args.grid}x{args.grid}: batched {cm['batched_s']:.1f} s, per-point loop "
+          f"{cm['loop_s_scaled']:.1f} s (scaled from {args.loop_points} points): {cm['ratio']:.1f}x; "
+          f"mean Lanczos steps {cm['mean_steps']:.1f}, unconverged {cm['unconverged']}, "
+          f"max relative deviation from the loop {cm['max_rel_dev']}")
+    sh = sharpness_sampling(args, model, data)
+    print(f"MC sharpness, {sh['samples']} samples: batched {sh['batched_s']:.2f} s, set-weights loop "
+          f"{sh['loop_s']:.2f} s: {sh['ratio']:.1f}x")
+    return {"curvature_map": cm, "sharpness": sh}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Curvature views: what they draw is the data they were given."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastscape
+from fastscape.curvature import SpectralDensity
+
+
+def _density():
+    values = np.array([[-1.0, 0.5, 3.0], [-0.8, 0.2, 2.9]])
+    weights = np.array([[0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
+    grid = np.linspace(-2, 4, 200)
+    return SpectralDensity(grid, np.full(200, 0.1), values, weights, 0.05, 10)
+
+
+def _curvature_surface():
+    x, y = np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    lam_max, lam_min = 2.0 + X ** 2, X - 0.2  # lambda_min changes sign at x = 0.2
+    return fastscape.Surface(coords=[x, y], loss=X ** 2 + Y ** 2,
+                             metrics={"lambda_max": lam_max, "lambda_min": lam_min,
+                                      "ratio": np.abs(lam_min / lam_max), "trace": lam_max + lam_min})
+
+
+def test_spectral_density_marks_the_top_ritz_values():
+    d = _density()
+    ax = fastscape.plot.spectral_density(d, top=2)
+    assert ax.get_yscale() == "log"
+    marked = sorted(line.get_xdata()[0] for line in ax.lines[1:])
+    assert marked == [0.5, 3.0]  # the two largest of the run reaching the largest value
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), d.grid)
+
+
+def test_curvature_map_draws_the_zero_line_of_lambda_min():
+    s = _curvature_surface()
+    ax = fastscape.plot.curvature_map(s)
+    zero = [c for c in ax.collections if list(getattr(c, "levels", [])) == [0.0]]
+    assert len(zero) == 1
+    xs = np.concatenate([p.vertices[:, 0] for p in zero[0].get_paths()])
+    np.testing.assert_allclose(xs, 0.2, atol=1e-9)
+    assert ax.figure.axes[-1].get_ylabel() == "|λ_min / λ_max|"
+    for value in ("lambda_max", "lambda_min", "ratio", "trace"):  # every view draws these by name
+        fastscape.plot.contour(s, value=value)
+        fastscape.plot.surface3d(s, value=value)
+
+
+def test_sharpness_generalization_places_each_model():
+    ax = fastscape.plot.sharpness_generalization({"small": 1.0, "large": 3.0}, {"small": 0.02, "large": 0.05})
+    pts = sorted(tuple(c.get_offsets()[0]) for c in ax.collections)
+    assert pts == [(1.0, 0.02), (3.0, 0.05)]
+    with pytest.raises(ValueError, match="same labels; unmatched: \\['b'\\]"):
+        fastscape.plot.sharpness_generalization({"a": 1.0, "b": 2.0}, {"a": 0.1})
+
+
+def test_edge_of_stability_draws_two_over_lr():
+    ax = fastscape.plot.edge_of_stability([0, 10, 20], [1.0, 5.0, 9.0], lr=0.25)
+    assert ax.lines[1].get_ydata()[0] == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="`lr` must be a positive number"):
+        fastscape.plot.edge_of_stability([0], [1.0], lr=0)
+    with pytest.raises(ValueError, match="same length"):
+        fastscape.plot.edge_of_stability([0, 1], [1.0], lr=0.1)
+
+
+def test_spectral_density_refuses_other_objects():
+    with pytest.raises(TypeError, match="`density` must be a SpectralDensity"):
+        fastscape.plot.spectral_density(torch.zeros(3))
