@@ -27,6 +27,11 @@ def _case(name, gen):
         model = MLP()
         x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
         return model, x, y, F.cross_entropy, _dirs(model, gen), None
+    if name == "mlp_head":  # directions that move the last layer only: the rest is the same at every point
+        model, x, y, loss_fn, dirs, _ = _case("mlp", gen)
+        last = [n for n, _ in model.named_parameters()][-2:]
+        return model, x, y, loss_fn, [{k: (v if k in last else torch.zeros_like(v)) for k, v in d.items()}
+                                      for d in dirs], None
     if name == "cnn_bn":
         model = SmallCNN()
         x, y = torch.randn(24, 1, 8, 8, generator=gen), torch.randint(0, 4, (24,), generator=gen)
@@ -61,7 +66,7 @@ def _refused(err: ValueError) -> bool:
 NAMES = [pytest.param(n, marks=pytest.mark.skipif(n in STRATEGIES and STRATEGIES[n].compiled
                                                   and not compiler_available(), reason="needs a C++ compiler"))
          for n in strategy_names()]
-CASES = ["mlp", "cnn_bn", "seed000"]
+CASES = ["mlp", "cnn_bn", "seed000", "mlp_head"]
 
 
 @pytest.mark.parametrize("strategy", NAMES)
