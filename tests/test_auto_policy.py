@@ -124,9 +124,13 @@ def test_a_candidate_that_fails_is_skipped_not_taken_for_a_model_vmap_cannot_bat
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom: this path cannot run here")
 
+    from tests.fake_clock import FakeClock
+
+    # injected timings: vmap 2 us and the loop 5 us per point, a compile estimated at 1.5 s per leaf
+    # module at load 3: compiling cannot pay for this 441-point job, so neither compiled form runs
+    FakeClock({"vmap": 2e-6, "loop": 5e-6}).install(monkeypatch, load=3.0)
     monkeypatch.setattr(strategies.AffineStrategy, "run", broken)
     monkeypatch.setattr(strategies.MlpStrategy, "run", broken)
-    auto.AUTO_CHOICES.clear()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
     x, y = torch.randn(400, 6), torch.randint(0, 3, (400,))
@@ -136,7 +140,7 @@ def test_a_candidate_that_fails_is_skipped_not_taken_for_a_model_vmap_cannot_bat
         surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=(-1, 1, 21),
                                       chunk_size=8, device="cpu", progress=False)
     assert surf.meta["fallback"] is False
-    assert surf.meta["strategy"] in ("vmap", "loop")
+    assert surf.meta["strategy"] == "vmap", surf.meta["notes"]
     assert any(n.startswith("auto: affine failed (boom") for n in surf.meta["notes"]), surf.meta["notes"]
     assert any(n.startswith("auto: mlp failed (boom") for n in surf.meta["notes"]), surf.meta["notes"]
     # the values are the model's: a plain per-point loop in float64
@@ -200,3 +204,34 @@ def test_a_one_time_cost_of_the_first_vmap_call_is_not_vmaps_time(monkeypatch):
     note = next(n for n in surf.meta["notes"] if n.startswith("auto: vmap"))
     vmap_us = float(note.split("auto: vmap ")[1].split(" us")[0])
     assert vmap_us < 0.3e6 / 9 / 2, note  # far below the delay spread over the chunk's 9 points
+
+
+def test_a_dearer_path_wins_only_when_it_wins_every_round():
+    """The rule of auto.pick on injected round timings (seconds per point): the cheaper path
+    (lower rank) is kept on a disturbed probe, where the dearer one's rounds straddle it."""
+    from fastscape._core.auto import TIE, pick
+
+    rank = {"quadratic": 0, "affine": 1, "loop": 4}
+    steady = {"quadratic": [1.0, 1.0, 1.0], "affine": [0.5, 0.5, 0.5], "loop": [9.0, 9.0, 9.0]}
+    assert pick(steady, rank) == "affine"  # 0.5 * TIE < 1.0 in every round
+    disturbed = {**steady, "affine": [0.5, 0.6, 2.5]}  # its fastest round still wins, its slowest does not
+    assert pick(disturbed, rank) == "quadratic"
+    # within one step of rank a faster dearer path loses even on a steady probe
+    assert pick({"quadratic": [1.0], "affine": [1.0 / TIE]}, rank) == "quadratic"
+    assert pick({"quadratic": [1.0], "affine": [0.99 / TIE]}, rank) == "affine"
+    # the loop (rank 4) cannot displace quadratic on one lucky round
+    assert pick({"quadratic": [1.0, 1.0], "loop": [0.1, 5.0]}, rank) == "quadratic"
+
+
+def test_a_compile_is_estimated_in_the_seconds_of_a_loaded_machine(monkeypatch):
+    """The compile estimate scales with the machine's load, like the job's measured time: on a
+    machine 4x loaded a compile is estimated at 4x the quiet estimate (injected load)."""
+    from fastscape._core import auto
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))  # 3 leaf modules
+    base, per_module = auto.COMPILE_SECONDS["cpu"]
+    monkeypatch.setattr(auto, "load", lambda: 1.0)
+    quiet = auto.compile_cost(model, torch.device("cpu"))
+    assert quiet == base + 3 * per_module
+    monkeypatch.setattr(auto, "load", lambda: 4.0)
+    assert auto.compile_cost(model, torch.device("cpu")) == 4 * quiet

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
+from fastscape._core.strategies import STRATEGIES
 from tests.models import MLP, SmallCNN, trained_bn_stats
 
 PACKAGE = Path(fastscape.__file__).resolve().parent
@@ -62,16 +63,24 @@ def _case(name):
     return model, (torch.randn(24, 5), torch.randint(0, 3, (24,))), F.cross_entropy
 
 
-@pytest.mark.parametrize("strategy,case", [("vmap", "mlp"), ("loop", "mlp"), ("affine", "mlp"),
-                                           ("mlp", "mlp"), ("mlp", "mse"), ("vmap", "cnn"), ("loop", "cnn"),
-                                           ("affine", "cnn")])
+#: the registry's eager strategies (a compiled one calls the loss only while it traces)
+EAGER = [name for name, cls in STRATEGIES.items() if not cls.compiled]
+
+
+@pytest.mark.parametrize("case", ["mlp", "mse", "cnn"])
+@pytest.mark.parametrize("strategy", EAGER)
 @pytest.mark.parametrize("to_file", [False, True])
 def test_loss_fn_is_three_hops_from_loss_surface(strategy, case, to_file, tmp_path):
     model, data, fn = _case(case)
     loss = RecordingLoss(fn)
     dirs = fastscape.random_directions(model, n=2, seed=1)
-    fastscape.loss_surface(model, data, dirs, loss_fn=loss, grid=(-1, 1, 5), strategy=strategy, chunk_size=4,
-                           batch_size=8, out=tmp_path / "s.h5" if to_file else None)
+    try:
+        fastscape.loss_surface(model, data, dirs, loss_fn=loss, grid=(-1, 1, 5), strategy=strategy, chunk_size=4,
+                               batch_size=8, out=tmp_path / "s.h5" if to_file else None)
+    except ValueError as err:  # the strategy refuses this model (or loss): nothing to trace
+        if "cannot evaluate this model" not in str(err):
+            raise
+        pytest.skip(str(err))
     assert loss.calls
     chains = [_hops(frames) for frames in loss.calls]
     # the values of the grid: every chunk's calls go through the strategy's run

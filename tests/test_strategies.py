@@ -14,12 +14,9 @@ from fastscape._core.points import AffinePoints
 from fastscape._core.grid import mesh
 from fastscape._core.params import model_parameters
 from fastscape._core.auto import AUTO_CHOICES
-from fastscape._core.strategies import STRATEGIES, compiler_available
+from fastscape._core.strategies import STRATEGIES, compiler_available, strategy_names
 from tests.models import MLP, SmallCNN, WithBuffer, assert_unchanged, snapshot, trained_bn_stats
 from tests.reference import loop_surface
-
-EAGER = ["vmap", "loop", "affine"]
-
 
 def _dirs(model, gen, k=2):
     return [{n: torch.randn(p.shape, generator=gen) * 0.3 for n, p in model.named_parameters()} for _ in range(k)]
@@ -30,6 +27,11 @@ def _case(name, gen):
         model = MLP()
         x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
         return model, x, y, F.cross_entropy, _dirs(model, gen), None
+    if name == "mlp_head":  # directions that move the last layer only: the rest is the same at every point
+        model, x, y, loss_fn, dirs, _ = _case("mlp", gen)
+        last = [n for n, _ in model.named_parameters()][-2:]
+        return model, x, y, loss_fn, [{k: (v if k in last else torch.zeros_like(v)) for k, v in d.items()}
+                                      for d in dirs], None
     if name == "cnn_bn":
         model = SmallCNN()
         x, y = torch.randn(24, 1, 8, 8, generator=gen), torch.randint(0, 4, (24,), generator=gen)
@@ -55,23 +57,50 @@ def _surface(model, x, y, loss_fn, dirs, origin, axes, **kw):
 AXES = [np.linspace(-1, 1, 5), np.linspace(-0.5, 1.5, 4)]
 
 
-@pytest.mark.parametrize("strategy", EAGER)
-@pytest.mark.parametrize("case", ["mlp", "cnn_bn", "seed000"])
-def test_strategy_matches_loop_reference(case, strategy, gen):
-    model, x, y, loss_fn, dirs, origin = _case(case, gen)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    children = [id(m) for m in model.modules()]
-    loss, report = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy=strategy, chunk_size=6,
-                            data={"batch_size": 16})
-    assert report.strategy == strategy
-    ref = loop_surface(model, x, y, loss_fn, origin if origin is not None else model_parameters(model), dirs, AXES,
-                       batch_size=16)
-    np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
-    plain, _ = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy="vmap", chunk_size=6)
-    np.testing.assert_allclose(loss, plain, rtol=1e-4, atol=1e-6)
-    # the model is left alone: weights, and its module tree (the affine path swaps a layer in a clone)
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert [id(m) for m in model.modules()] == children
+def _refused(err: ValueError) -> bool:
+    """A strategy's refusal of a model it cannot evaluate (its NotApplicable, said as ValueError)."""
+    return "cannot evaluate this model" in str(err)
+
+
+#: every registered name and "auto"; a compiled one where torch.compile can build kernels
+NAMES = [pytest.param(n, marks=pytest.mark.skipif(n in STRATEGIES and STRATEGIES[n].compiled
+                                                  and not compiler_available(), reason="needs a C++ compiler"))
+         for n in strategy_names()]
+CASES = ["mlp", "cnn_bn", "seed000", "mlp_head"]
+
+
+@pytest.mark.parametrize("strategy", NAMES)
+def test_every_registered_strategy_matches_a_per_point_loop(strategy, gen):
+    """Each name of the registry, on every case it applies to (a refusal is a skip, but a name must
+    apply to one case at least), against the float64 per-point loop of tests/reference.py, and
+    against plain vmap; the model is left alone. A strategy is tested here by registering it.
+    A compiled one is checked on the first case it applies to (a compilation costs seconds)."""
+    compiled = strategy in STRATEGIES and STRATEGIES[strategy].compiled
+    applied = []
+    for case in CASES[::-1] if compiled else CASES:
+        if compiled and applied:
+            break
+        model, x, y, loss_fn, dirs, origin = _case(case, gen)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        children = [id(m) for m in model.modules()]
+        try:
+            loss, report = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy=strategy, chunk_size=6,
+                                    data={"batch_size": 16})
+        except ValueError as err:
+            if not _refused(err):
+                raise
+            continue
+        applied.append(case)
+        assert strategy == "auto" or report.strategy == strategy
+        center = origin if origin is not None else model_parameters(model)
+        ref = loop_surface(model, x, y, loss_fn, center, dirs, AXES, batch_size=16)
+        np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5, err_msg=f"{strategy} on {case}")
+        plain, _ = _surface(model, x, y, loss_fn, dirs, origin, AXES, strategy="vmap", chunk_size=6)
+        np.testing.assert_allclose(loss, plain, rtol=1e-4, atol=1e-6, err_msg=f"{strategy} on {case}")
+        # the model is left alone: weights, and its module tree (the affine path swaps a layer in a clone)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert [id(m) for m in model.modules()] == children
+    assert applied, f"{strategy!r} applies to none of {CASES}: add a case it evaluates"
 
 
 def test_affine_folds_activation_and_deduplicates(gen):
@@ -152,18 +181,6 @@ def test_auto_probes_remembers_and_matches_reference(gen):
     ref = loop_surface(model, x, y, loss_fn, model_parameters(model), dirs, axes)
     np.testing.assert_allclose(first.loss, ref, rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(second.loss, ref, rtol=2e-4, atol=1e-5)
-
-
-@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
-def test_compiled_strategies_match_reference(gen):
-    # one tiny model, both compiled strategies; the last chunk (5 of 8 points) is padded
-    model, x, y, loss_fn, dirs, origin = _case("seed000", gen)
-    axes = [np.linspace(-2, 2, 4), np.linspace(-2, 2, 5)]
-    ref = loop_surface(model, x, y, loss_fn, origin, dirs, axes)
-    for strategy in ("affine_compiled", "vmap_compiled"):
-        loss, report = _surface(model, x, y, loss_fn, dirs, origin, axes, strategy=strategy, chunk_size=8)
-        assert report.strategy == strategy
-        np.testing.assert_allclose(loss, ref, rtol=2e-4, atol=1e-5)
 
 
 class _SeqOverTokens(nn.Module):
