@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._surface_file import NOT_HDF5, file_path, read_surface_file, surface_image, write_file
+from ._paths import file_path
+from ._surface_file import NOT_HDF5, read_surface_file, surface_image, write_file
 
 __all__ = ["Surface", "SurfaceValue", "load_surface", "check_shapes"]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["USER_BLOCK", "NotASurfaceFile", "surface_image", "read_surface_file", "file_path", "write_file",
+__all__ = ["USER_BLOCK", "NotASurfaceFile", "surface_image", "read_surface_file", "write_file",
            "NOT_HDF5"]
 
 _AXIS_KEYS = ("xcoordinates", "ycoordinates", "zcoordinates")
@@ -76,21 +76,6 @@ def _write_h5(self, f) -> None:
         g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
     f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
     f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
-
-
-def file_path(path, name: str) -> Path:
-    """``path`` as a Path to write, or an error naming the argument: not a path (``out=123``), or
-    under a "folder" that is a file."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`{name}` must be a file path (str or os.PathLike); got {type(path).__name__} {path!r}.")
-    path = Path(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"`{name}` {str(path)!r} cannot be written: {str(parent)!r} is a file, "
-                                         "not a folder.")
-            break
-    return path
 
 
 def write_file(path: Path, data: bytes, *, sync: bool = False) -> None:

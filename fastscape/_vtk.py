@@ -22,7 +22,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ._surface import check_shapes
-from ._surface_file import file_path
+from ._paths import file_path
 
 __all__ = ["save_vtp"]
 

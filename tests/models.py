@@ -88,3 +88,19 @@ def assert_unchanged(model: nn.Module, snap) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"{k} changed"
     assert [mod.training for mod in model.modules()] == flags
+
+
+class SmallTanhNet(nn.Module):
+    def __init__(self, d_in=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, 4), nn.Tanh(), nn.Linear(4, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def small_tanh_setup(n=8, d_in=3):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = SmallTanhNet()
+    return model, torch.randn(n, d_in, generator=g), torch.randn(n, 1, generator=g)

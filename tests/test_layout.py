@@ -164,7 +164,7 @@ def test_compute_modules_do_not_import_plot():
 
 
 #: what the drawing layer may import from the package: itself and the optional-import helper
-PLOT_MAY_IMPORT = ("fastscape.plot", "fastscape._optional")
+PLOT_MAY_IMPORT = ("fastscape.plot", "fastscape._optional", "fastscape._paths")
 
 
 def test_plot_imports_no_compute_module():

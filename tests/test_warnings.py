@@ -9,27 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fastscape
 from tests.integrity_case import make_case
-from tests.models import MLP, LSTMRegressor
+from tests.models import MLP, LSTMRegressor, small_tanh_setup
 
-
-class _SmallNet(nn.Module):
-    def __init__(self, d_in=3):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, 4), nn.Tanh(), nn.Linear(4, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def _small_setup(n=8, d_in=3):
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    model = _SmallNet()
-    return model, torch.randn(n, d_in, generator=g), torch.randn(n, 1, generator=g)
 
 
 def _target_size_warnings(record):
@@ -39,7 +23,7 @@ def _target_size_warnings(record):
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "affine", "mlp", "auto"])
 def test_mse_broadcast_warning_reaches_the_user_once(strategy):
     """Output (N, 1) against target (N,) broadcasts to (N, N): PyTorch warns; the user must see it once."""
-    model, x, y = _small_setup()
+    model, x, y = small_tanh_setup()
     dirs = fastscape.random_directions(model, 2, seed=0)
     with pytest.warns(UserWarning, match="target size") as record:
         fastscape.loss_surface(model, (x, y[:, 0]), dirs, loss_fn=F.mse_loss, grid=5, device="cpu", chunk_size=4,
@@ -48,7 +32,7 @@ def test_mse_broadcast_warning_reaches_the_user_once(strategy):
 
 
 def test_mse_broadcast_warning_reaches_the_user_once_from_the_hessian():
-    model, x, y = _small_setup()
+    model, x, y = small_tanh_setup()
     with pytest.warns(UserWarning, match="target size") as record:
         fastscape.curvature.hessian_eigenpairs(model, (x, y[:, 0]), loss_fn=F.mse_loss, n=1, device="cpu", batch_size=3)
     assert len(_target_size_warnings(record)) == 1
@@ -56,7 +40,7 @@ def test_mse_broadcast_warning_reaches_the_user_once_from_the_hessian():
 
 def test_user_warning_filters_still_apply():
     """Once, not forced: a user who ignores the warning does not see it."""
-    model, x, y = _small_setup()
+    model, x, y = small_tanh_setup()
     dirs = fastscape.random_directions(model, 1, seed=0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from .._surface import load_surface
-from .._surface_file import NotASurfaceFile, file_path, surface_image, write_file
+from .._paths import file_path
+from .._surface_file import NotASurfaceFile, surface_image, write_file
 from .fingerprint import check_settings, differing, manifest_digest, values_digest
 
 __all__ = ["SurfaceStore", "unit_len"]

@@ -26,6 +26,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+from .._paths import file_path
 from ._common import mpl_form, require
 
 __all__ = ["save", "find_chrome", "StaticExportWarning", "SUFFIXES"]
@@ -186,15 +187,7 @@ def save(fig, out, *, dpi: int = 150, scale: float = 2.0, fallback: bool = True,
     Path
         The file written.
     """
-    if not isinstance(out, (str, os.PathLike)):
-        raise TypeError(f"`out` must be a file path (str or os.PathLike); got {type(out).__name__} {out!r}.")
-    out = Path(out)
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"`out` {str(out)!r} cannot be written: {str(parent)!r} is a file, not a "
-                                         "folder.")
-            break
+    out = file_path(out, "out")
     suffix = out.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"`out` must end in one of {list(SUFFIXES)}; got {out.name!r}.")
