@@ -46,17 +46,17 @@ __all__ = ["select", "pick", "compile_cost", "AUTO_CHOICES", "auto_key", "clock"
 AUTO_CHOICES: dict[tuple, tuple[str, float]] = {}
 #: the weight per step of structural rank: a path that does less work per point is kept unless
 #: one further down the order is faster by 25% per step (measured cases: benchmarks/README.md,
-#: "auto's weights")
+#: "The constants of auto")
 TIE = 1.25
 #: timing rounds of the probe: every candidate once per round, interleaved so that a burst
 #: of load hits all of them. At least MIN_ROUNDS and PROBE_SECONDS of timed work, when the
 #: job is long enough to afford it.
 MIN_ROUNDS, MAX_ROUNDS, PROBE_SECONDS = 3, 7, 0.1
 #: how much faster a compiled strategy may be than its eager form, at best (benchmarks/README.md,
-#: "auto's weights"): compiling is tried only when that best case saves more than it costs
+#: "The constants of auto"): compiling is tried only when that best case saves more than it costs
 COMPILE_SPEEDUP = 6.0
 #: estimated seconds to compile a chunk function with a warm on-disk cache on a quiet machine:
-#: a base plus a cost per leaf module (benchmarks/README.md, "auto's weights")
+#: a base plus a cost per leaf module (benchmarks/README.md, "The constants of auto")
 COMPILE_SECONDS = {"cpu": (1.0, 0.5), "cuda": (2.0, 0.5)}
 
 
