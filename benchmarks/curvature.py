@@ -56,27 +56,42 @@ def _at(model, dirs, a, b):
 
 def curvature_map(args, model, data, dirs) -> dict:
     kw = dict(loss_fn=F.cross_entropy, device="cpu")
-    t0 = time.perf_counter()
-    s = curvature_surface(model, data, dirs, grid=(-1, 1, args.grid), max_iter=args.max_iter, tol=args.tol,
-                          trace_probes=args.probes, chunk_size=args.chunk, **kw)
-    batched = time.perf_counter() - t0
+    axis = np.linspace(-1, 1, args.grid)
+    lo, hi = (int(v) for v in args.rows.split(":")) if args.rows else (0, args.grid)
+    grid = [axis[lo:hi], axis]  # a band of rows of the grid keeps its spacing (the warm starts' step)
+    t0, c0 = time.perf_counter(), time.process_time()
+    s = curvature_surface(model, data, dirs, grid=grid, max_iter=args.max_iter, tol=args.tol,
+                          trace_probes=args.probes, chunk_size=args.chunk, plan=args.plan,
+                          warm_start=not args.cold, **kw)
+    batched, batched_cpu = time.perf_counter() - t0, time.process_time() - c0
+    n_points = s.loss.size
     rng = np.random.default_rng(0)
-    picks = rng.choice(args.grid ** 2, size=args.loop_points, replace=False)
-    dev = {"lambda_max": [], "lambda_min": []}
-    t0 = time.perf_counter()
+    picks = rng.choice(n_points, size=args.loop_points, replace=False)
+    dev = {"lambda_max": [], "lambda_min": [], "trace": []}
+    stderr = {"batched": [], "loop": []}
+    t0, c0 = time.perf_counter(), time.process_time()
     for p in picks:
-        i, j = divmod(int(p), args.grid)
+        i, j = divmod(int(p), s.loss.shape[1])
         m = _at(model, dirs, s.coords[0][i], s.coords[1][j])
         top = hessian_eigenpairs(m, data, n=1, tol=args.tol, max_iter=args.max_iter, **kw)[1][0]
         low = hessian_eigenpairs(m, data, n=1, tol=args.tol, max_iter=args.max_iter, which="smallest", **kw)[1][0]
-        hessian_trace(m, data, tol=1e9, min_iter=max(2, args.probes), max_iter=max(2, args.probes),
-                      block=args.probes, **kw)
+        trace, err = hessian_trace(m, data, tol=1e9, min_iter=max(2, args.probes), max_iter=max(2, args.probes),
+                                   block=args.probes, **kw)
         for name, ref in (("lambda_max", top), ("lambda_min", low)):
             dev[name].append(abs(s.metrics[name][i, j] - ref) / max(abs(top), abs(low)))
-    loop = (time.perf_counter() - t0) / args.loop_points * args.grid ** 2
-    return {"points": args.grid ** 2, "batched_s": batched, "loop_s_scaled": loop, "ratio": loop / batched,
-            "mean_steps": s.meta["curvature"]["mean_steps"], "unconverged": s.meta["curvature"]["unconverged"],
-            "max_rel_dev": {k: float(max(v)) for k, v in dev.items()}}
+        dev["trace"].append(abs(s.metrics["trace"][i, j] - trace) / np.hypot(err, s.metrics["trace_stderr"][i, j]))
+        stderr["batched"].append(float(s.metrics["trace_stderr"][i, j]))
+        stderr["loop"].append(err)
+    loop = (time.perf_counter() - t0) / args.loop_points * n_points
+    loop_cpu = (time.process_time() - c0) / args.loop_points * n_points
+    meta = s.meta["curvature"]
+    return {"points": n_points, "grid": f"{hi - lo}x{args.grid} of {args.grid}x{args.grid}", "batched_s": batched,
+            "loop_s_scaled": loop, "ratio": loop / batched, "cpu_ratio": loop_cpu / batched_cpu,
+            "batched_cpu_s": batched_cpu, "loop_cpu_s_scaled": loop_cpu, "mean_steps": meta["mean_steps"],
+            "unconverged": meta["unconverged"], "plan": meta["plan"], "plan_seconds": meta["plan_seconds"],
+            "max_rel_dev": {k: float(max(v)) for k, v in dev.items() if k != "trace"},
+            "max_trace_dev_in_stderr": float(max(dev["trace"])),
+            "mean_trace_stderr": {k: float(np.mean(v)) for k, v in stderr.items()}}
 
 
 def sharpness_sampling(args, model, data) -> dict:
@@ -108,16 +123,28 @@ def main(argv=None) -> dict:
     p.add_argument("--probes", type=int, default=4)
     p.add_argument("--chunk", type=int, default=32)
     p.add_argument("--mc-samples", type=int, default=256)
+    p.add_argument("--rows", default="", help="a band of rows a:b of the grid only (same spacing), e.g. 8:11")
+    p.add_argument("--plan", default="auto", help="curvature_surface's plan: auto, vmap, per-point")
+    p.add_argument("--cold", action="store_true", help="no warm starts (every point from a random vector)")
+    p.add_argument("--skip-sharpness", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, data = _setup(args.samples)
     dirs = fastscape.random_directions(model, 2, seed=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; digits CNN "
           f"{sum(q.numel() for q in model.parameters())} parameters, {args.samples} images")
     cm = curvature_map(args, model, data, dirs)
-    print(f"curvature map {args.grid}x{args.grid}: batched {cm['batched_s']:.1f} s, per-point loop "
-          f"{cm['loop_s_scaled']:.1f} s (scaled from {args.loop_points} points): {cm['ratio']:.1f}x; "
-          f"mean Lanczos steps {cm['mean_steps']:.1f}, unconverged {cm['unconverged']}, "
-          f"max relative deviation from the loop {cm['max_rel_dev']}")
+    print(f"curvature map {cm['grid']} ({cm['points']} points; plan {cm['plan']}, warm starts {not args.cold}): "
+          f"batched {cm['batched_s']:.1f} s, per-point loop {cm['loop_s_scaled']:.1f} s (scaled from "
+          f"{args.loop_points} points): {cm['ratio']:.1f}x; CPU seconds {cm['batched_cpu_s']:.1f} vs "
+          f"{cm['loop_cpu_s_scaled']:.1f}: {cm['cpu_ratio']:.1f}x; mean Lanczos steps {cm['mean_steps']:.1f}, "
+          f"unconverged {cm['unconverged']}, max deviation from the loop {cm['max_rel_dev']} of max|lambda|, "
+          f"trace {cm['max_trace_dev_in_stderr']:.2f} combined stderr; mean trace stderr "
+          f"{cm['mean_trace_stderr']}; plan probe {cm['plan_seconds']}")
+    if args.skip_sharpness:
+        return {"curvature_map": cm}
     sh = sharpness_sampling(args, model, data)
     print(f"MC sharpness, {sh['samples']} samples: batched {sh['batched_s']:.2f} s, set-weights loop "
           f"{sh['loop_s']:.2f} s: {sh['ratio']:.1f}x")

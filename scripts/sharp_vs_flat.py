@@ -178,11 +178,22 @@ def _density_figure(densities):
 
 
 def _curvature_figure(maps):
+    """The two convexity maps on ONE colour scale (shared levels and norm) with one colour bar,
+    so that one colour means one value of |lambda_min / lambda_max| in both panels."""
+    from matplotlib.colors import Normalize
+    from matplotlib.contour import QuadContourSet
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.2 * len(maps), 4.6), layout="constrained")
-    for ax, (label, s) in zip(np.atleast_1d(fig.subplots(1, len(maps))), maps.items()):
-        fastscape.plot.curvature_map(s, ax=ax, title=f"{label}: |λ_min / λ_max|")
+    ratios = np.concatenate([np.ravel(s.metrics["ratio"]) for s in maps.values()])
+    ratios = ratios[np.isfinite(ratios)]
+    levels = np.linspace(float(ratios.min()), float(ratios.max()), 21)
+    norm = Normalize(levels[0], levels[-1])
+    fig = Figure(figsize=(4.6 * len(maps) + 1.2, 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(maps)))
+    for ax, (label, s) in zip(axes, maps.items()):
+        fastscape.plot.curvature_map(s, ax=ax, levels=levels, norm=norm, colorbar=False, title=label)
+    filled = next(c for c in axes[0].collections if isinstance(c, QuadContourSet) and c.filled)
+    fig.colorbar(filled, ax=axes.tolist(), label=r"$|\lambda_{\min} / \lambda_{\max}|$", shrink=0.9)
     fig.suptitle("convexity map over a filter-normalised random plane through each solution (Li et al. 2018, Fig. 9)")
     return fig
 

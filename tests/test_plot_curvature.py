@@ -40,10 +40,31 @@ def test_curvature_map_draws_the_zero_line_of_lambda_min():
     assert len(zero) == 1
     xs = np.concatenate([p.vertices[:, 0] for p in zero[0].get_paths()])
     np.testing.assert_allclose(xs, 0.2, atol=1e-9)
-    assert ax.figure.axes[-1].get_ylabel() == "|λ_min / λ_max|"
+    assert ax.figure.axes[-1].get_ylabel() == r"$|\lambda_{\min} / \lambda_{\max}|$"  # mathtext, not "λ_min"
     for value in ("lambda_max", "lambda_min", "ratio", "trace"):  # every view draws these by name
         fastscape.plot.contour(s, value=value)
         fastscape.plot.surface3d(s, value=value)
+
+
+def test_curvature_map_panels_share_one_colour_scale():
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    a = _curvature_surface()
+    b = _curvature_surface()
+    b.metrics["ratio"] = 3.0 * a.metrics["ratio"]  # another range: on its own scale it would look the same
+    levels = np.linspace(0.0, float(np.nanmax(b.metrics["ratio"])), 11)
+    norm = Normalize(levels[0], levels[-1])
+    fig = Figure()
+    axes = fig.subplots(1, 2)
+    for ax, s in zip(axes, (a, b)):
+        fastscape.plot.curvature_map(s, ax=ax, levels=levels, norm=norm, colorbar=False)
+    assert len(fig.axes) == 2  # no colour bar drawn by either panel
+    sets = [next(c for c in ax.collections if getattr(c, "filled", False)) for ax in axes]
+    for cs in sets:  # one value, one colour: the same bands and the same norm in both panels
+        np.testing.assert_allclose(cs.levels, levels)
+        assert (cs.norm.vmin, cs.norm.vmax) == (levels[0], levels[-1])
+    np.testing.assert_allclose(sets[0].to_rgba(0.5), sets[1].to_rgba(0.5))
 
 
 def test_sharpness_generalization_places_each_model():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Tridiagonal", "lockstep_lanczos", "ritz"]
+__all__ = ["Tridiagonal", "extreme_vectors", "lockstep_lanczos", "ritz"]
 
 
 @dataclass
@@ -39,6 +39,9 @@ class Tridiagonal:
         Whether a run stopped by ``tol``, by breakdown or by filling the space (exact).
     aux : object
         What ``matvec`` returned beside the products on its first call (all runs).
+    basis : Tensor of shape (runs, m, n)
+        The orthonormal Lanczos vectors ``Q_r`` (rows past ``sizes[r]`` are zero), so that
+        ``T_r = Q_r^T A_r Q_r``.
     """
 
     alphas: np.ndarray
@@ -46,6 +49,7 @@ class Tridiagonal:
     sizes: np.ndarray
     converged: np.ndarray
     aux: object = None
+    basis: torch.Tensor | None = None
 
 
 def ritz(tri: Tridiagonal) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +74,27 @@ def ritz(tri: Tridiagonal) -> tuple[np.ndarray, np.ndarray]:
         theta, s = np.linalg.eigh(t)
         values[r, :k], weights[r, :k] = theta, s[0] ** 2
     return values, weights
+
+
+def extreme_vectors(tri: Tridiagonal) -> torch.Tensor:
+    """The Ritz vectors of the largest and the smallest Ritz value of each run.
+
+    Returns
+    -------
+    Tensor of shape (runs, 2, n)
+        ``[:, 0]`` the largest's, ``[:, 1]`` the smallest's, unit norm (``Q_r s``); zero for a
+        run with no finite step.
+    """
+    runs, _, n = tri.basis.shape
+    out = torch.zeros(runs, 2, n, dtype=tri.basis.dtype, device=tri.basis.device)
+    for r in range(runs):
+        k = int(tri.sizes[r])
+        if k == 0:
+            continue
+        t = np.diag(tri.alphas[r, :k]) + np.diag(tri.betas[r, :k - 1], 1) + np.diag(tri.betas[r, :k - 1], -1)
+        s = np.linalg.eigh(t)[1][:, [-1, 0]]
+        out[r] = (tri.basis[r, :k].T @ torch.as_tensor(s, dtype=tri.basis.dtype, device=tri.basis.device)).T
+    return out
 
 
 def _extremes_converged(alphas: list, betas: list, beta: np.ndarray, tol: float) -> np.ndarray:
@@ -154,4 +179,4 @@ def lockstep_lanczos(matvec: Callable[[torch.Tensor, torch.Tensor], tuple[torch.
             break
         sel = torch.as_tensor(np.flatnonzero(keep), device=start.device)
         active, q, prev_beta = active[sel], (w[sel] / beta[sel, None]), beta[sel]
-    return Tridiagonal(alphas, betas, sizes, converged, aux)
+    return Tridiagonal(alphas, betas, sizes, converged, aux, basis)

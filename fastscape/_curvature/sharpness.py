@@ -29,7 +29,7 @@ from .._core.params import (flatten, model_buffers, model_state_guard, positive_
                             resolve_device, resolve_dtype, unflatten)
 from .._core.points import ExplicitPoints
 from .._directions import make_generator
-from .plane import flat_loss
+from .hvp import flat_loss
 
 __all__ = ["adaptive_sharpness", "epsilon_sharpness", "mc_sharpness"]
 

@@ -54,16 +54,21 @@ def spectral_density(density, *, ax=None, top: int = 5, floor: float = 1e-8, lab
         for i, lam in enumerate(density.top(top)):
             ax.axvline(lam, color=curve.get_color(), ls=":", lw=1.0,
                        label=f"top {top} Ritz values" if i == 0 and label is None else None)
-    ax.set_xlabel("eigenvalue λ of the Hessian")
+    ax.set_xlabel(r"eigenvalue $\lambda$ of the Hessian")
     ax.set_ylabel("density (log scale)")
     ax.set_ylim(bottom=floor)
     ax.legend(loc="upper center", fontsize=8)
     return ax
 
 
+#: colour-bar labels of the curvature values, in mathtext
+LABELS = {"ratio": r"$|\lambda_{\min} / \lambda_{\max}|$", "lambda_max": r"$\lambda_{\max}$",
+          "lambda_min": r"$\lambda_{\min}$", "trace": r"$\mathrm{tr}\,H$"}
+
+
 @displays
-def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, cmap: str = "viridis",
-                  zero_line: bool = True, title: str | None = None) -> Axes:
+def curvature_map(surface, *, value: str = "ratio", ax=None, levels=20, cmap: str = "viridis",
+                  zero_line: bool = True, title: str | None = None, norm=None, colorbar: bool = True) -> Axes:
     """A curvature value over a plane, with the line where the smallest eigenvalue crosses zero.
 
     Li et al. (NeurIPS 2018, Fig. 9) map ``|lambda_min / lambda_max|``: near 0 where the
@@ -78,10 +83,16 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, c
     value : str
         The value filled: ``"ratio"`` (default), ``"lambda_max"``, ``"lambda_min"``, ``"trace"``.
     ax : matplotlib Axes, optional
-    levels : int
-        Filled contour levels.
+    levels : int or array of float
+        Number of filled contour levels, or the level boundaries themselves (several panels
+        on one colour scale: pass the same boundaries and ``norm`` to each).
     zero_line : bool
         Draw ``lambda_min = 0`` (when the surface has ``lambda_min`` and it changes sign).
+    title : str, optional
+    norm : matplotlib Normalize, optional
+        A colour scale shared with other panels; default: this surface's own range.
+    colorbar : bool
+        Draw this panel's colour bar (False when one bar serves several panels).
 
     Returns
     -------
@@ -94,17 +105,18 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels: int = 20, c
         ax = new_axes((6.4, 5.4))
     X, Y = surface.coords
     z = np.ma.masked_invalid(np.asarray(v.data, dtype=float).T)
-    cs = ax.contourf(X, Y, z, levels=levels, cmap=cmap)
-    ax.figure.colorbar(cs, ax=ax, label="|λ_min / λ_max|" if value == "ratio" else v.label)
+    cs = ax.contourf(X, Y, z, levels=levels, cmap=cmap, norm=norm)
+    if colorbar:
+        ax.figure.colorbar(cs, ax=ax, label=LABELS.get(value, v.label))
     if zero_line and "lambda_min" in surface.metrics:
         lam = np.ma.masked_invalid(np.asarray(surface.metrics["lambda_min"], dtype=float).T)
         if lam.min() < 0 < lam.max():
             ax.contour(X, Y, lam, levels=[0.0], colors="w", linestyles="--", linewidths=1.5)
-            ax.plot([], [], "w--", label="λ_min = 0")
+            ax.plot([], [], "w--", label=r"$\lambda_{\min} = 0$")
             ax.legend(loc="upper right", fontsize=8, facecolor="0.5")
         elif lam.count():  # no zero line to draw: say why
             sign = "< 0" if lam.max() < 0 else "> 0" if lam.min() > 0 else "= 0"
-            ax.text(0.02, 0.02, f"λ_min {sign} at every point", transform=ax.transAxes, fontsize=8,
+            ax.text(0.02, 0.02, rf"$\lambda_{{\min}}$ {sign} at every point", transform=ax.transAxes, fontsize=8,
                     color="w", bbox={"facecolor": "0.3", "alpha": 0.6, "lw": 0})
     ax.plot(0, 0, "k+", ms=10)
     xl, yl = axis_titles(surface)
@@ -157,7 +169,7 @@ def sharpness_generalization(sharpness: Mapping[str, float], generalization: Map
 
 @displays
 def edge_of_stability(steps, top_eigenvalues, lr: float, *, ax=None, xlabel: str = "training step",
-                      label: str = "top Hessian eigenvalue λ_max") -> Axes:
+                      label: str = r"top Hessian eigenvalue $\lambda_{\max}$") -> Axes:
     """The top Hessian eigenvalue along training next to the ``2 / lr`` line.
 
     Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks

@@ -1,0 +1,266 @@
+"""Hessian-vector products at many points at once, and the timed choice of how to compute them.
+
+A chunk of points is computed one of two ways (its *plan*):
+
+- ``"vmap"``: every Lanczos step is one ``vmap`` over the chunk's (point, vector) pairs per
+  data batch (reverse-over-reverse, or forward-over-reverse where that fails);
+- ``"per-point"``: each point's linearisation (the ``vjp`` of its gradient, one forward and
+  backward with the graph kept) is built once per chunk and every later product at that point
+  is one double-backward through it (reused while the data is one batch; rebuilt per product
+  otherwise, so that memory never holds more than one point's graph per batch).
+
+On CPU the convolutions of a ``vmap`` over points become grouped kernels whose double
+backward costs several times one point's plain kernels, and reusing the linearisation saves
+the forward and backward of every later product; on a GPU one ``vmap`` over the chunk wins.
+Neither is right everywhere, so the first chunk's first product is computed both ways and
+timed (:func:`pick_plan`); the measured cases are in benchmarks/README.md, "Curvature".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+from .._core.auto import time_call
+from .._core.data import Batches, as_args
+from .._core.memory import is_out_of_memory
+from .._core.objective import check_scalar
+from .._core.params import unflatten
+
+__all__ = ["PointHVP", "flat_loss", "pick_plan", "PLANS", "PLAN_NAMES"]
+
+#: the ``plan=`` names of :func:`fastscape.curvature.curvature_surface`: "auto" times the other two
+PLAN_NAMES = ("auto", "vmap", "per-point")
+
+
+def flat_loss(model: nn.Module, buffers: dict, shapes: dict, loss_fn: Callable, args: tuple, y) -> Callable:
+    """``flat -> loss_fn(model(args; flat), y)``: one batch's loss at a flat parameter vector."""
+    def loss_at(flat):
+        out = functional_call(model, {**buffers, **unflatten(flat, shapes)}, args)
+        return check_scalar(loss_fn(out, y), "loss_fn")
+    return loss_at
+
+
+#: how a batch's products are computed, in the order tried: reverse-over-reverse (``vjp`` of
+#: ``grad``) under ``vmap`` over the points; forward-over-reverse (``jvp`` of ``grad``) under
+#: ``vmap`` (PyTorch's conv backward under vmap fails for some batch sizes with "NYI: querying
+#: is_contiguous inside of vmap"); then one point at a time, each way (``nn.LSTM``). One point at
+#: a time reverse-over-reverse keeps each point's linearisation for the chunk (the "per-point" plan).
+PLANS = (("reverse-over-reverse", True), ("forward-over-reverse", True),
+         ("reverse-over-reverse", False), ("forward-over-reverse", False))
+
+
+def pick_plan(seconds: dict[str, float], products: int) -> str:
+    """``"vmap"`` or ``"per-point"``: the plan that computes ``products`` Hessian-vector products
+    of a chunk sooner, from one product of the chunk timed each way.
+
+    ``seconds["vmap"]``: one vmapped product of the chunk; ``seconds["build"]``: building the
+    chunk's linearisations (once per chunk); ``seconds["pull"]``: one product of every point
+    through them. A tie keeps ``"vmap"`` (no graphs held).
+    """
+    vmapped = seconds["vmap"] * products
+    per_point = seconds["build"] + seconds["pull"] * products
+    return "per-point" if per_point < vmapped else "vmap"
+
+
+class AffineBatchNorm(TorchFunctionMode):
+    """Eval-mode batch normalisation as the affine map it is,
+    ``(x - running_mean) * weight / sqrt(running_var + eps) + bias``, written with elementwise ops.
+
+    The same function of the input and of ``weight`` and ``bias``, so the same Hessian (to
+    round-off); its second derivative is a few elementwise products, where PyTorch's
+    ``native_batch_norm_backward`` is differentiated by a composite that costs about a fifth
+    of a convolutional net's Hessian-vector product on CPU (benchmarks/README.md, "Curvature").
+    Training-mode calls (batch statistics) pass through unchanged.
+    """
+
+    NAMES = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            a = {**dict(zip(self.NAMES, args)), **kwargs}
+            if not a.get("training", False) and a.get("running_mean") is not None and a.get("running_var") is not None:
+                x = a["input"]
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                scale = torch.rsqrt(a["running_var"] + a.get("eps", 1e-5))
+                if a.get("weight") is not None:
+                    scale = scale * a["weight"]
+                out = (x - a["running_mean"].reshape(shape)) * scale.reshape(shape)
+                return out + a["bias"].reshape(shape) if a.get("bias") is not None else out
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _kernels():
+    """What every product here runs under: attention on the composite (math) kernel, whose second
+    derivative exists (the fused ones have none), and :class:`AffineBatchNorm`."""
+    with sdpa_kernel([SDPBackend.MATH]), AffineBatchNorm():
+        yield
+
+
+def _time(label: str, fn: Callable, device) -> tuple[float, object]:
+    """Seconds of one call of ``fn`` and its result (``label`` names the timing; tests replace this)."""
+    return time_call(fn, device)
+
+
+class PointHVP:
+    """``(P, V) -> (H(P_i) V_i for each row i, loss at each P_i)``: Hessian-vector products of
+    the whole-dataset loss at many points at once.
+
+    ``P`` and ``V`` have shape (B, n) over the model's parameters in order; batches are
+    weighted by their sample counts (float64 sums). :meth:`chunk` fixes the points and
+    returns the operator that :func:`fastscape._curvature.lanczos.lockstep_lanczos` calls.
+    ``plan`` is None until the first chunk of more than one point chose one
+    (:func:`pick_plan`, ``products`` per point expected), or the name it was given.
+    Must run inside ``model_state_guard(model)`` (eval mode).
+    """
+
+    def __init__(self, model: nn.Module, batches: Batches, loss_fn: Callable, buffers: dict, shapes: dict, *,
+                 products: int = 1, plan: str | None = None):
+        self.model, self.batches, self.loss_fn = model, batches, loss_fn
+        self.buffers, self.shapes = buffers, shapes
+        self.products, self.plan = products, plan
+        self.mode = PLANS[0]
+        self.seconds: dict[str, float] = {}
+
+    # -- one batch, the whole chunk vmapped (or one point at a time without a kept graph) --
+    def _one(self, args, y, mode: str):
+        loss_at = flat_loss(self.model, self.buffers, self.shapes, self.loss_fn, args, y)
+
+        def product(p, v):
+            if mode == "forward-over-reverse":
+                (_, value), (hv, _) = jvp(grad_and_value(loss_at), (p,), (v,))
+                return hv, value
+            (_, value), pull = vjp(grad_and_value(loss_at), p)
+            return pull((v, torch.zeros_like(value)))[0], value
+        return product
+
+    def _batch(self, args, y, P, V, vectorised_first: bool = True):
+        """One batch's products: the way that worked before first, then the others (:data:`PLANS`)."""
+        plans = sorted(PLANS, key=lambda plan: (plan != self.mode, plan[1] != vectorised_first))
+        errors = []
+        for mode, vectorised in plans:
+            fn = self._one(args, y, mode)
+            try:
+                if vectorised:
+                    out = vmap(fn)(P, V)
+                else:
+                    rows = [fn(p, v) for p, v in zip(P, V)]
+                    out = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+            except (RuntimeError, NotImplementedError) as err:
+                if is_out_of_memory(err):
+                    raise
+                errors.append(err)
+                continue
+            self.mode = (mode, vectorised)
+            return out
+        raise errors[-1]
+
+    def _sum(self, per_batch: Callable, B: int, like: torch.Tensor):
+        hv = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+        loss = torch.zeros(B, dtype=torch.float64, device=like.device)
+        with _kernels():
+            for b, (x, y, n) in enumerate(self.batches):
+                h, value = per_batch(b, as_args(x), y)
+                hv += h.double() * n
+                loss += value.double() * n
+        return (hv / self.batches.n_samples).to(like.dtype), loss / self.batches.n_samples
+
+    def __call__(self, P: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Products and losses at the rows of ``P`` (B, n) by the vmapped plan."""
+        return self._sum(lambda b, args, y: self._batch(args, y, P, V), P.shape[0], V)
+
+    def chunk(self, P: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``(rows, V) -> (H(P[rows]) V, loss at P[rows])`` for the points ``P`` (B, n) of one chunk."""
+        kept = _Linearised(self, P)
+
+        def matvec(rows: torch.Tensor, V: torch.Tensor):
+            if self.plan is None and P.shape[0] > 1:
+                return self._choose(kept, rows, V)
+            if self.plan == "per-point":
+                return kept(rows, V)
+            return self(P[rows], V)
+        return matvec
+
+    def _choose(self, kept: "_Linearised", rows: torch.Tensor, V: torch.Tensor):
+        """The first product of the first chunk both ways, timed; the plan picked from the timings.
+
+        Two points go through ``vmap`` untimed first: the first vmapped call of a process pays
+        one-time costs (decompositions built) that would stand for vmap's time otherwise."""
+        device, P = V.device, kept.P[rows]
+        try:
+            self(P[:2], V[:2])
+            t_vmap, _ = _time("vmap", lambda: self(P, V), device)
+        except (RuntimeError, NotImplementedError) as err:
+            if is_out_of_memory(err):
+                raise
+            t_vmap = float("inf")
+        t_build, _ = _time("build", lambda: kept.build(rows), device)
+        t_pull, out = _time("pull", lambda: kept(rows, V), device)
+        self.seconds = {"vmap": t_vmap, "build": t_build, "pull": t_pull}
+        self.plan = "vmap" if kept.failed else pick_plan(self.seconds, self.products)
+        return out
+
+
+class _Linearised:
+    """The per-point plan for the points ``P`` of one chunk: each point's ``vjp`` of its
+    gradient, built on first use and kept for the chunk while the data is one batch."""
+
+    def __init__(self, hvp: PointHVP, P: torch.Tensor):
+        self.hvp, self.P = hvp, P
+        self.keep = len(hvp.batches) == 1
+        self.pulls: dict[int, list] = {}
+        self.failed = False
+
+    def _pull(self, i: int, b: int, args, y):
+        h = self.hvp
+        if i in self.pulls:
+            return self.pulls[i][b]
+        loss_at = flat_loss(h.model, h.buffers, h.shapes, h.loss_fn, args, y)
+        (_, value), pull = vjp(grad_and_value(loss_at), self.P[i])
+        out = (pull, value)
+        if self.keep:
+            self.pulls[i] = [out]
+        return out
+
+    def build(self, rows: torch.Tensor) -> None:
+        """Build (and keep, for one batch) the linearisations of ``rows``."""
+        if not self.keep:
+            return
+        x, y, _ = self.hvp.batches.first()
+        with _kernels():
+            for i in rows.tolist():
+                try:
+                    self._pull(i, 0, as_args(x), y)
+                except (RuntimeError, NotImplementedError) as err:
+                    if is_out_of_memory(err):
+                        raise
+                    self.failed = True
+                    return
+
+    def __call__(self, rows: torch.Tensor, V: torch.Tensor):
+        if self.failed:
+            return self.hvp._sum(lambda b, args, y: self.hvp._batch(args, y, self.P[rows], V, False), len(rows), V)
+
+        def per_batch(b, args, y):
+            hs, values = [], []
+            for i, v in zip(rows.tolist(), V):
+                pull, value = self._pull(i, b, args, y)
+                hs.append(pull((v, torch.zeros_like(value)))[0])
+                values.append(value)
+            return torch.stack(hs), torch.stack(values)
+        try:
+            return self.hvp._sum(per_batch, len(rows), V)
+        except (RuntimeError, NotImplementedError) as err:
+            if is_out_of_memory(err):
+                raise
+            self.failed = True  # e.g. nn.LSTM: forward-over-reverse, one point at a time, no kept graph
+            return self(rows, V)
