@@ -183,17 +183,21 @@ def _curvature_figure(maps):
     from matplotlib.colors import Normalize
     from matplotlib.contour import QuadContourSet
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     ratios = np.concatenate([np.ravel(s.metrics["ratio"]) for s in maps.values()])
     ratios = ratios[np.isfinite(ratios)]
-    levels = np.linspace(float(ratios.min()), float(ratios.max()), 21)
+    levels = MaxNLocator(16).tick_values(float(ratios.min()), float(ratios.max()))  # round band edges
     norm = Normalize(levels[0], levels[-1])
     fig = Figure(figsize=(4.6 * len(maps) + 1.2, 4.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(maps)))
     for ax, (label, s) in zip(axes, maps.items()):
         fastscape.plot.curvature_map(s, ax=ax, levels=levels, norm=norm, colorbar=False, title=label)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
     filled = next(c for c in axes[0].collections if isinstance(c, QuadContourSet) and c.filled)
-    fig.colorbar(filled, ax=axes.tolist(), label=r"$|\lambda_{\min} / \lambda_{\max}|$", shrink=0.9)
+    fig.colorbar(filled, ax=axes.tolist(), label=r"$|\lambda_{\min} / \lambda_{\max}|$", shrink=0.9,
+                 ticks=MaxNLocator(6).tick_values(levels[0], levels[-1]))
     fig.suptitle("convexity map over a filter-normalised random plane through each solution (Li et al. 2018, Fig. 9)")
     return fig
 
