@@ -106,6 +106,11 @@ def _kernels():
         yield
 
 
+#: timed rounds of each plan on the first chunk (the fastest counts): each round costs one product
+#: of the chunk both ways, against the tens of products a chunk takes (benchmarks/README.md, "Curvature")
+ROUNDS = 2
+
+
 def _time(label: str, fn: Callable, device) -> tuple[float, object]:
     """Seconds of one call of ``fn`` and its result (``label`` names the timing; tests replace this)."""
     return time_call(fn, device)
@@ -193,18 +198,28 @@ class PointHVP:
     def _choose(self, kept: "_Linearised", rows: torch.Tensor, V: torch.Tensor):
         """The first product of the first chunk both ways, timed; the plan picked from the timings.
 
-        Two points go through ``vmap`` untimed first: the first vmapped call of a process pays
-        one-time costs (decompositions built) that would stand for vmap's time otherwise."""
+        Two points go through ``vmap`` untimed first, and one point's linearisation is built
+        untimed: the first call of a process pays one-time costs (decompositions built) that
+        would stand for a plan's time otherwise. Each
+        way is then timed :data:`ROUNDS` times, interleaved, and its fastest round kept, so that
+        a burst of load on a shared machine does not decide alone."""
         device, P = V.device, kept.P[rows]
+        kept.build(rows[:1])  # untimed too: the first linearisation of a process pays one-time costs
+        t_build, _ = _time("build", lambda: kept.build(rows[1:]), device)
+        t_build *= len(rows) / max(1, len(rows) - 1)
+        vmap_ok = True
         try:
             self(P[:2], V[:2])
-            t_vmap, _ = _time("vmap", lambda: self(P, V), device)
         except (RuntimeError, NotImplementedError) as err:
             if is_out_of_memory(err):
                 raise
-            t_vmap = float("inf")
-        t_build, _ = _time("build", lambda: kept.build(rows), device)
-        t_pull, out = _time("pull", lambda: kept(rows, V), device)
+            vmap_ok = False
+        t_vmap = t_pull = float("inf")
+        for _ in range(ROUNDS):
+            if vmap_ok:
+                t_vmap = min(t_vmap, _time("vmap", lambda: self(P, V), device)[0])
+            t, out = _time("pull", lambda: kept(rows, V), device)
+            t_pull = min(t_pull, t)
         self.seconds = {"vmap": t_vmap, "build": t_build, "pull": t_pull}
         self.plan = "vmap" if kept.failed else pick_plan(self.seconds, self.products)
         return out
