@@ -69,6 +69,7 @@ def curvature_map(args, model, data, dirs) -> dict:
     picks = rng.choice(n_points, size=args.loop_points, replace=False)
     dev = {"lambda_max": [], "lambda_min": [], "trace": []}
     stderr = {"batched": [], "loop": []}
+    loop_values = []
     t0, c0 = time.perf_counter(), time.process_time()
     for p in picks:
         i, j = divmod(int(p), s.loss.shape[1])
@@ -79,19 +80,30 @@ def curvature_map(args, model, data, dirs) -> dict:
                                    block=args.probes, **kw)
         for name, ref in (("lambda_max", top), ("lambda_min", low)):
             dev[name].append(abs(s.metrics[name][i, j] - ref) / max(abs(top), abs(low)))
+        loop_values.append((top, low, i, j))
         dev["trace"].append(abs(s.metrics["trace"][i, j] - trace) / np.hypot(err, s.metrics["trace_stderr"][i, j]))
         stderr["batched"].append(float(s.metrics["trace_stderr"][i, j]))
         stderr["loop"].append(err)
     loop = (time.perf_counter() - t0) / args.loop_points * n_points
     loop_cpu = (time.process_time() - c0) / args.loop_points * n_points
     meta = s.meta["curvature"]
+    ref_dev = {"batched": [], "loop": []}
+    for top, low, i, j in loop_values if args.reference else []:  # untimed: a 60-step, tol 1e-6 reference
+        m = _at(model, dirs, s.coords[0][i], s.coords[1][j])
+        r_top = hessian_eigenpairs(m, data, n=1, tol=1e-6, max_iter=60, **kw)[1][0]
+        r_low = hessian_eigenpairs(m, data, n=1, tol=1e-6, max_iter=60, which="smallest", **kw)[1][0]
+        scale = max(abs(r_top), abs(r_low))
+        ref_dev["batched"].append(max(abs(s.metrics["lambda_max"][i, j] - r_top),
+                                      abs(s.metrics["lambda_min"][i, j] - r_low)) / scale)
+        ref_dev["loop"].append(max(abs(top - r_top), abs(low - r_low)) / scale)
     return {"points": n_points, "grid": f"{hi - lo}x{args.grid} of {args.grid}x{args.grid}", "batched_s": batched,
             "loop_s_scaled": loop, "ratio": loop / batched, "cpu_ratio": loop_cpu / batched_cpu,
             "batched_cpu_s": batched_cpu, "loop_cpu_s_scaled": loop_cpu, "mean_steps": meta["mean_steps"],
             "unconverged": meta["unconverged"], "plan": meta["plan"], "plan_seconds": meta["plan_seconds"],
             "max_rel_dev": {k: float(max(v)) for k, v in dev.items() if k != "trace"},
             "max_trace_dev_in_stderr": float(max(dev["trace"])),
-            "mean_trace_stderr": {k: float(np.mean(v)) for k, v in stderr.items()}}
+            "mean_trace_stderr": {k: float(np.mean(v)) for k, v in stderr.items()},
+            "max_dev_from_reference": {k: float(max(v)) for k, v in ref_dev.items() if v}}
 
 
 def sharpness_sampling(args, model, data) -> dict:
@@ -127,6 +139,8 @@ def main(argv=None) -> dict:
     p.add_argument("--plan", default="auto", help="curvature_surface's plan: auto, vmap, per-point")
     p.add_argument("--cold", action="store_true", help="no warm starts (every point from a random vector)")
     p.add_argument("--skip-sharpness", action="store_true")
+    p.add_argument("--reference", action="store_true",
+                   help="also compare both sides with a 60-step Lanczos reference at the loop's points (untimed)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     args = p.parse_args(argv)
     if args.threads:
@@ -142,7 +156,9 @@ def main(argv=None) -> dict:
           f"{cm['loop_cpu_s_scaled']:.1f}: {cm['cpu_ratio']:.1f}x; mean Lanczos steps {cm['mean_steps']:.1f}, "
           f"unconverged {cm['unconverged']}, max deviation from the loop {cm['max_rel_dev']} of max|lambda|, "
           f"trace {cm['max_trace_dev_in_stderr']:.2f} combined stderr; mean trace stderr "
-          f"{cm['mean_trace_stderr']}; plan probe {cm['plan_seconds']}")
+          f"{cm['mean_trace_stderr']}; plan probe {cm['plan_seconds']}"
+          + (f"; max deviation of lambda_max/min from a 60-step reference at the loop's points, of max|lambda|: "
+             f"{cm['max_dev_from_reference']}" if args.reference else ""))
     if args.skip_sharpness:
         return {"curvature_map": cm}
     sh = sharpness_sampling(args, model, data)
