@@ -149,7 +149,7 @@ def test_surface3d_reads_at_a_glance():
     assert (c.end - c.start) / c.size >= 20
     assert c.start <= s.loss.min() + 1e-12 and c.end >= s.loss.max() - 1e-12
     # the colour bar of the path says what it counts
-    assert line.marker.colorbar.title.text == "recorded snapshot"
+    assert line.marker.colorbar.title.text.replace("<br>", " ") == "recorded snapshot"  # wrapped above the bar
     assert plot.surface3d(s, path=path, path_label="epoch").data[1].marker.colorbar.title.text == "epoch"
     # start and end are labelled beside their markers (offset in pixels), not on top of them
     notes = {a.text.replace("<b>", "").replace("</b>", ""): a for a in fig.layout.scene.annotations}
@@ -165,10 +165,12 @@ def test_surface3d_camera_looks_over_the_valley_not_the_plateau():
     bowl = 0.1 + 0.5 * (x[:, None] + 0.4) ** 2 + 0.3 * y[None, :] ** 2
     plateau = np.where(x[:, None] > 0.3, 50.0, bowl)  # a high wall on the +x side, valley at x = -0.4
     s = Surface(coords=[x, y], loss=plateau + 0 * y[None, :])
-    eye = plot.surface3d(s, zmax=None).layout.scene.camera.eye
-    assert eye.x < 0 and abs(eye.x) > abs(eye.y)  # the eye stands on the valley's side
+    cam = plot.surface3d(s, zmax=None).layout.scene.camera
+    # in front of the plane (the contour's orientation), swung to the valley's side, away from the wall
+    assert cam.eye.y < cam.center.y and cam.eye.x < cam.center.x
     mirrored = Surface(coords=[x, y], loss=s.loss[::-1].copy())
-    assert plot.surface3d(mirrored, zmax=None).layout.scene.camera.eye.x > 0
+    cam = plot.surface3d(mirrored, zmax=None).layout.scene.camera
+    assert cam.eye.y < cam.center.y and cam.eye.x > cam.center.x
     # the path's end decides when given: it ends on the -y side of a surface high at +y
     tilted = Surface(coords=[x, y], loss=np.exp(3 * y)[None, :] + 0 * x[:, None])
     end_low = np.array([[0.0, 0.9], [0.0, -0.8]])

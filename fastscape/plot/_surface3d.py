@@ -3,6 +3,7 @@ and named positions lifted onto the surface."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
     from matplotlib.axes import Axes
 
-__all__ = ["surface3d", "auto_camera", "LIFT"]
+__all__ = ["surface3d", "auto_camera", "frame_camera", "project_box", "LIFT"]
 
 #: interpolated path and point heights are drawn this share of the height range above the
 #: surface: on it, the markers sink into the rendered mesh between grid nodes.
@@ -58,15 +59,86 @@ def _heights(z: np.ndarray, log: bool, zmax):
     return transform, zmax
 
 
-def auto_camera(surface_coords, heights, target=None) -> dict:
-    """A plotly camera from which ``target`` (the path's end, else the lowest point) is in plain view.
+#: longest line of a colour bar's title (characters): two bars sit 0.08 of the page apart
+BAR_TITLE_CHARS = 12
+#: the scene's box in plotly's units (``aspectratio``): the contour's square plane, heights 0.6 of it
+BOX = (1.0, 1.0, 0.6)
+#: eye elevation above the plane, degrees: a landscape seen at a low angle without a path; with one,
+#: raised (in 5-degree steps, at most to the second) only as far as needed to see the path's end
+ELEVATION = (25.0, 45.0)
+#: the eye swings at most this many degrees either side of straight in front (below direction 2's low
+#: end): direction 1 then runs to the right and direction 2 away from the viewer, as on the contour
+SWING = 35.0
+#: share of the scene's height, and of its width at :data:`VIEW_ASPECT`, the box spans (the rest holds
+#: the tick labels and axis titles)
+FILL = 0.92
+#: narrowest width/height of the scene the box is framed to fit (a 1000 x 800 page, the legend and
+#: colour bars beside it); wider pages leave room at the sides
+VIEW_ASPECT = 1.25
+#: plotly's vertical field of view (gl-plot3d's default; the camera model is lookAt + perspective)
+FOVY = np.pi / 4
 
-    Looking over a plateau or a ridge hides the valley behind it. So, in the
-    scene's own units (the box is 1 x 1 x 0.6), every azimuth in steps of 15
-    degrees is tried: the line of sight from the target up to the eye is
-    compared with the surface under it, and the eye goes where that line
-    clears the surface by the widest margin (ties: the side away from the
-    highest fifth of the surface, then the usual corner view).
+
+def project_box(eye, center, box=BOX, view_aspect=VIEW_ASPECT) -> np.ndarray:
+    """Where plotly draws the 8 corners of the scene's box: (8, 2) normalised device coordinates, x right
+    and y up, the scene's viewport spanning [-1, 1] on each axis (a pinhole camera at ``eye`` looking at
+    ``center`` with z up, vertical field of view :data:`FOVY`)."""
+    eye, center = np.asarray(eye, dtype=float), np.asarray(center, dtype=float)
+    corners = (np.array(np.meshgrid([-0.5, 0.5], [-0.5, 0.5], [-0.5, 0.5], indexing="ij")).reshape(3, -1).T
+               * np.asarray(box, dtype=float))
+    forward = (center - eye) / np.linalg.norm(center - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    rel = corners - eye
+    depth = rel @ forward
+    t = np.tan(FOVY / 2)
+    return np.stack([rel @ right / (depth * t * view_aspect), rel @ up / (depth * t)], axis=1)
+
+
+def frame_camera(azimuth: float, elevation: float, box=BOX) -> dict:
+    """The eye along (azimuth, elevation) (degrees) at the distance, and the look-at point, at which the
+    box spans :data:`FILL` of the scene's height or width (whichever binds), centred."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    toward = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+    center = np.zeros(3)
+    dist = 2.0
+    for _ in range(4):  # alternate: distance for the size, then the look-at point for the centring
+        lo, hi = 0.5, 10.0
+        for _ in range(40):
+            dist = (lo + hi) / 2
+            p = project_box(center + dist * toward, center, box)
+            if max(np.ptp(p[:, 0]), np.ptp(p[:, 1])) > 2 * FILL:
+                lo = dist
+            else:
+                hi = dist
+        eye = center + dist * toward
+        p = project_box(eye, center, box)
+        mid = (p.min(axis=0) + p.max(axis=0)) / 2
+        forward = -toward
+        right = np.cross(forward, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        up = np.cross(right, forward)
+        t = np.tan(FOVY / 2)
+        center = center + dist * t * (mid[0] * VIEW_ASPECT * right + mid[1] * up)
+    eye = center + dist * toward
+    as_dict = lambda v: dict(x=float(v[0]), y=float(v[1]), z=float(v[2]))  # noqa: E731
+    return dict(eye=as_dict(eye), center=as_dict(center), up=dict(x=0.0, y=0.0, z=1.0))
+
+
+def auto_camera(surface_coords, heights, target=None) -> dict:
+    """A plotly camera in the contour's orientation, from which ``target`` (the path's end) is in view.
+
+    The eye stands in front of the plane, below direction 2's low end, swung at
+    most :data:`SWING` degrees to either side: direction 1 runs to the right and
+    direction 2 away from the viewer, as on :func:`contour`. Without a target it
+    looks from :data:`ELEVATION`'s low angle; the azimuth is the one from which
+    the lowest point is seen over the ground in front of it (ties: the side away
+    from the highest fifth of the surface, then 20 degrees right of straight
+    in front). With a target the elevation rises in 5-degree steps, at most to
+    :data:`ELEVATION`'s second value, until a line of sight from the target
+    clears the surface. The camera is then framed (:func:`frame_camera`) so that
+    the box fills the scene.
 
     Parameters
     ----------
@@ -74,15 +146,21 @@ def auto_camera(surface_coords, heights, target=None) -> dict:
     heights : ndarray of shape (n_x, n_y)
         As drawn (after clipping and log).
     target : (x, y), optional
+
+    Returns
+    -------
+    dict
+        ``eye``, ``center`` and ``up``, as plotly's ``scene.camera``.
     """
     x, y = (np.asarray(c, dtype=float) for c in surface_coords)
     h = np.asarray(heights, dtype=float)
     ok = np.isfinite(h)
-    default = dict(eye=dict(x=1.25, y=1.25, z=1.25))
+    straight = -90.0 + 20.0
     if ok.sum() < 4 or len(x) < 2 or len(y) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return default
+        return frame_camera(straight, ELEVATION[0])
     lo, hi = float(h[ok].min()), float(h[ok].max())
-    zs = np.where(ok, (h - lo) / (hi - lo if hi > lo else 1.0) * 0.6 - 0.3, -0.3)  # holes: the floor
+    top = BOX[2] / 2
+    zs = np.where(ok, (h - lo) / (hi - lo if hi > lo else 1.0) * 2 * top - top, -top)  # holes: the floor
     ux, uy = (x - x.min()) / np.ptp(x) - 0.5, (y - y.min()) / np.ptp(y) - 0.5
     if target is None:
         i, j = np.unravel_index(int(np.argmin(np.where(ok, h, np.inf))), h.shape)
@@ -100,20 +178,22 @@ def auto_camera(surface_coords, heights, target=None) -> dict:
     high = ok & (h >= np.quantile(h[ok], 0.8))
     away = t - np.array([X[high].mean(), Y[high].mean()])
     away = away / (np.hypot(*away) or 1.0)
-    r, ez = 1.7, 1.0
-    best, best_score = None, -np.inf
-    for az in np.radians(np.arange(0, 360, 15) + 45):
-        d = np.array([np.cos(az), np.sin(az)])
-        s = np.linspace(0.01, 1.5, 150)
-        px, py = t[0] + s * d[0], t[1] + s * d[1]
-        inside = (np.abs(px) <= 0.5) & (np.abs(py) <= 0.5)
-        run = np.hypot(*(r * d - t))
-        sight = zt + s[inside] * (ez - zt) / run
-        clearance = float(np.min(sight - height(px[inside], py[inside]))) if inside.any() else 1.0
-        score = min(clearance, 0.05) + 0.02 * float(d @ away) + 0.001 * float(d @ [0.7071, 0.7071])
-        if score > best_score:
-            best, best_score = d, score
-    return dict(eye=dict(x=float(r * best[0]), y=float(r * best[1]), z=ez), center=dict(x=0, y=0, z=-0.1))
+    s = np.linspace(0.01, 1.5, 150)
+    elevations = [ELEVATION[0]] if target is None else np.arange(ELEVATION[0], ELEVATION[1] + 1, 5.0)
+    for el in elevations:
+        best, best_score, best_clear = straight, -np.inf, -np.inf
+        for az in np.arange(-90.0 - SWING, -90.0 + SWING + 1, 5.0):
+            d = np.array([np.cos(np.radians(az)), np.sin(np.radians(az))])
+            px, py = t[0] + s * d[0], t[1] + s * d[1]
+            inside = (np.abs(px) <= 0.5) & (np.abs(py) <= 0.5)
+            sight = zt + s[inside] * np.tan(np.radians(el))
+            clear = float(np.min(sight - height(px[inside], py[inside]))) if inside.any() else 1.0
+            score = min(clear, 0.02) + 0.01 * float(d @ away) - 0.0001 * abs(az - straight)
+            if score > best_score:
+                best, best_score, best_clear = float(az), score, clear
+        if best_clear > 0:
+            break
+    return frame_camera(best, float(el))
 
 
 def _floor_levels(zt: np.ndarray, n: int = 24):
@@ -229,7 +309,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     if ax is not None:
         raise ValueError("`ax` is for backend='matplotlib'; a plotly view makes its own figure.")
     fig = _surface3d_plotly(**args)
-    return attach_mpl(fig, lambda: (_surface3d_mpl(ax=None, **args).figure, None), size=(1000, 800))
+    return attach_mpl(fig, lambda: (_surface3d_mpl(ax=None, **args).figure, None), size=(1280, 800))
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
@@ -241,7 +321,7 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     fig.add_trace(go.Surface(
         x=surface.coords[0], y=surface.coords[1], z=zt.T, colorscale=colorscale, name=zlabel,
         cmin=None if limits is None else limits[0], cmax=None if limits is None else limits[1],
-        colorbar=dict(title=dict(text=zlabel, side="right"), x=0.86, xanchor="left", len=0.8,
+        colorbar=dict(title=_bar_title(zlabel), x=0.86, xanchor="left", len=0.8,
                       **({} if zticks is None else dict(tickvals=zticks[0], ticktext=zticks[1]))),
         contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
                              usecolormap=True, highlightcolor="white", width=1)),
@@ -254,8 +334,7 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
             x=path[:, 0], y=path[:, 1], z=h, mode="lines+markers", name="path",
             line=dict(color="crimson", width=5),
             marker=dict(size=3.5, color=steps, colorscale="Plasma", showscale=True,
-                        colorbar=dict(title=dict(text=path_label, side="right"), x=0.94, xanchor="left",
-                                      len=0.5)),
+                        colorbar=dict(title=_bar_title(path_label), x=0.94, xanchor="left", len=0.5)),
             customdata=steps,
             hovertemplate=path_label + " %{customdata}<br>" + zlabel + " %{z:.4g}<extra></extra>",
         ))
@@ -280,7 +359,7 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     zaxis = dict(title=dict(text=zlabel)) if zticks is None else dict(title=dict(text=zlabel), tickvals=zticks[0],
                                                                       ticktext=zticks[1])
     scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis=zaxis, aspectmode="manual",
-                 aspectratio=dict(x=1, y=1, z=0.6), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
+                 aspectratio=dict(zip("xyz", BOX)), annotations=annotations, domain=dict(x=[0.0, 0.85], y=[0, 1]))
     if camera is not None:
         scene["camera"] = camera
     fig.update_layout(
@@ -289,6 +368,15 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
         legend=dict(x=0.01, y=0.98), scene=scene,
     )
     return fig
+
+
+def _bar_title(text: str) -> dict:
+    """A colour bar's title above the bar, in lines of at most :data:`BAR_TITLE_CHARS` characters: plotly
+    sets a title on the bar's side over the tick labels' column, and a long title above a narrow bar
+    spills onto its neighbour or off the page."""
+    parts = text.replace(" (", "\n(").split("\n")  # a parenthesis starts its own line
+    lines = [line for part in parts for line in textwrap.wrap(part, BAR_TITLE_CHARS, break_long_words=False)]
+    return dict(text="<br>".join(lines) or text, side="top")
 
 
 def _label3d(x, y, z, text):
@@ -341,9 +429,10 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
         cb.set_ticks(zticks[0], labels=zticks[1])
         ax.set_zticks(zticks[0], labels=zticks[1])
     eye = (camera or {}).get("eye")
-    if eye is not None:
-        ax.view_init(elev=float(np.degrees(np.arctan2(eye["z"], np.hypot(eye["x"], eye["y"])))),
-                     azim=float(np.degrees(np.arctan2(eye["y"], eye["x"]))))
+    if eye is not None:  # the direction from the look-at point to the eye
+        c = (camera or {}).get("center") or {}
+        dx, dy, dz = (eye[k] - c.get(k, 0.0) for k in "xyz")
+        ax.view_init(elev=float(np.degrees(np.arctan2(dz, np.hypot(dx, dy)))), azim=float(np.degrees(np.arctan2(dy, dx))))
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
     ax.set_zlabel(zlabel)

@@ -1,0 +1,126 @@
+"""Where the 3-D views put things on the page: the camera against the contour's orientation, the box
+against the page, colour-bar titles against their ticks, the volume's shells and slices against one
+colour scale. Checked on the figures' layout and data with a camera model written here (plotly's:
+a pinhole at ``eye`` looking at ``center`` with z up, 45-degree vertical field of view, the box
+``aspectratio`` wide and centred on the origin; it lands within a pixel of the corners Chromium
+draws), not with the views' own helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastscape import plot
+from fastscape._surface import Surface
+
+
+def _screen(fig, points, page=(1280, 713)):
+    """(n, 2) positions of 3-D scene points (in box units) on the scene's viewport, x right and y up,
+    the viewport spanning [-1, 1]; ``page`` is the browser window's inner size in pixels."""
+    lay = fig.layout
+    cam = lay.scene.camera
+    eye = np.array([cam.eye.x, cam.eye.y, cam.eye.z], dtype=float)
+    center = np.array([cam.center.x or 0.0, cam.center.y or 0.0, cam.center.z or 0.0], dtype=float)
+    m = lay.margin
+    width = (page[0] - m.l - m.r) * (lay.scene.domain.x[1] - lay.scene.domain.x[0])
+    height = (page[1] - m.t - m.b) * (lay.scene.domain.y[1] - lay.scene.domain.y[0])
+    f = (center - eye) / np.linalg.norm(center - eye)
+    r = np.cross(f, [0, 0, 1.0])
+    r /= np.linalg.norm(r)
+    u = np.cross(r, f)
+    rel = np.asarray(points, dtype=float) - eye
+    depth = rel @ f
+    t = np.tan(np.pi / 8)
+    return np.stack([rel @ r / (depth * t * width / height), rel @ u / (depth * t)], axis=1)
+
+
+def _box(fig):
+    a = fig.layout.scene.aspectratio
+    g = np.array(np.meshgrid([-0.5, 0.5], [-0.5, 0.5], [-0.5, 0.5], indexing="ij")).reshape(3, -1).T
+    return g * [a.x, a.y, a.z]
+
+
+def _elevation(fig):
+    cam = fig.layout.scene.camera
+    d = np.array([cam.eye.x - (cam.center.x or 0), cam.eye.y - (cam.center.y or 0), cam.eye.z - (cam.center.z or 0)])
+    return np.degrees(np.arctan2(d[2], np.hypot(d[0], d[1])))
+
+
+def _surfaces():
+    x = np.linspace(-1, 2, 31)
+    y = np.linspace(-1, 1, 25)
+    bowl = 0.1 + 0.5 * (x[:, None] - 0.4) ** 2 + 0.3 * y[None, :] ** 2
+    wall_right = np.where(x[:, None] > 1.2, 50.0, bowl)
+    wall_front = bowl + 40.0 * (y[None, :] < -0.5)  # a wall between the viewer and the valley
+    tilted = np.exp(3 * y)[None, :] + 0 * x[:, None]
+    return {name: Surface(coords=[x, y], loss=loss + 0 * y[None, :])
+            for name, loss in (("bowl", bowl), ("wall right", wall_right), ("wall front", wall_front),
+                               ("tilted", tilted))}
+
+
+SURFACES = _surfaces()
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+@pytest.mark.parametrize("with_path", [False, True])
+def test_surface3d_camera_keeps_the_contours_orientation(name, with_path):
+    """Direction 1 runs to the right and direction 2 away (up the page), as on the contour, whatever
+    the surface; the path's end or the valley only swings the eye within that."""
+    s = SURFACES[name]
+    path = np.array([[1.8, 0.9], [0.4, 0.0]]) if with_path else False
+    fig = plot.surface3d(s, path=path, zmax=None)
+    origin, e1, e2 = _screen(fig, [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0]])
+    d1, d2 = e1 - origin, e2 - origin
+    assert d1[0] > 0 and abs(np.degrees(np.arctan2(d1[1], d1[0]))) <= 40  # rightwards, near horizontal
+    assert d2[1] > 0  # direction 2 goes up the page: away from the viewer
+    assert abs(d2[0]) < d2[1] * 2  # more away than sideways
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+def test_surface3d_camera_is_low_without_a_path(name):
+    fig = plot.surface3d(SURFACES[name], path=False, zmax=None)
+    assert 15 <= _elevation(fig) <= 30
+
+
+def test_surface3d_camera_rises_only_to_see_a_hidden_path_end():
+    s = SURFACES["wall front"]
+    open_end = plot.surface3d(s, path=np.array([[-0.5, -0.9], [0.4, -0.9]]), zmax=None)  # ends in front of the wall
+    hidden_end = plot.surface3d(s, path=np.array([[-0.5, -0.9], [0.4, 0.6]]), zmax=None)  # ends behind it
+    assert _elevation(open_end) <= 30
+    assert 30 < _elevation(hidden_end) <= 46
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+def test_surface3d_box_fills_the_scene_without_clipping(name):
+    fig = plot.surface3d(SURFACES[name], path=np.array([[1.8, 0.9], [0.4, 0.0]]), zmax=None)
+    for page in ((1280, 713), (1920, 993), (1000, 713)):  # the windows of 1280x800, 1920x1080, 1000x800
+        p = _screen(fig, _box(fig), page)
+        assert np.abs(p).max() <= 0.95, page  # room for the tick labels and axis titles
+        assert np.abs(p.min(axis=0) + p.max(axis=0)).max() / 2 <= 0.05, page  # centred
+        if page[0] >= 1280:
+            assert np.ptp(p[:, 1]) / 2 >= 0.7, page  # the box's height spans most of the scene
+
+
+def test_surface3d_matplotlib_looks_from_the_same_side():
+    s = SURFACES["wall right"]
+    fig = plot.surface3d(s, zmax=None)
+    ax = plot.surface3d(s, zmax=None, backend="matplotlib")
+    cam = fig.layout.scene.camera
+    azim = np.degrees(np.arctan2(cam.eye.y - cam.center.y, cam.eye.x - cam.center.x))
+    assert ax.azim == pytest.approx(azim) and ax.elev == pytest.approx(_elevation(fig))
+
+
+@pytest.mark.parametrize("path_label", ["epoch", "recorded snapshot"])
+def test_surface3d_colour_bar_titles_sit_above_their_bars(path_label):
+    """Titles beside a bar overlap its tick labels' column; above it, each line must fit between the
+    bar's left edge and the next bar (or the page's edge) on a 1280-pixel page."""
+    fig = plot.surface3d(SURFACES["bowl"], path=np.array([[1.8, 0.9], [0.4, 0.0]]), path_label=path_label)
+    bars = [fig.data[0].colorbar, fig.data[1].marker.colorbar]
+    assert [b.title.side for b in bars] == ["top", "top"]
+    assert bars[0].x < bars[1].x
+    ends = [bars[1].x, 1.0]
+    usable = 1280 - fig.layout.margin.l - fig.layout.margin.r
+    for bar, end in zip(bars, ends):
+        widest = max(len(line) for line in bar.title.text.split("<br>"))
+        assert widest * 7.5 <= (end - bar.x) * usable, bar.title.text  # ~7.5 px a character at 12 px
+    assert fig.data[1].marker.colorbar.title.text.replace("<br>", " ") == path_label
