@@ -124,3 +124,18 @@ def test_surface3d_colour_bar_titles_sit_above_their_bars(path_label):
         widest = max(len(line) for line in bar.title.text.split("<br>"))
         assert widest * 7.5 <= (end - bar.x) * usable, bar.title.text  # ~7.5 px a character at 12 px
     assert fig.data[1].marker.colorbar.title.text.replace("<br>", " ") == path_label
+
+
+def test_surface3d_given_path_loss_is_lifted_and_hover_reads_values_not_logs():
+    x = np.linspace(-1, 1, 21)
+    y = np.linspace(-1, 1, 17)
+    loss = 0.01 + 100 * (x[:, None] ** 2 + y[None, :] ** 2)  # spans 1e4: a log view
+    s = Surface(coords=[x, y], loss=loss)
+    path = np.array([[0.8, 0.6], [0.0, 0.0]])
+    given = 0.01 + 100 * (path**2).sum(axis=1)  # the loss at the path's points, exactly on the surface
+    fig = plot.surface3d(s, path=path, path_loss=given, zmax=None)
+    surf, line = fig.data[:2]
+    assert np.all(np.asarray(line.z) > np.log10(given))  # above the mesh, not half sunk into it
+    np.testing.assert_allclose(np.asarray(line.customdata)[:, 1], given)  # hover: the loss, not log10
+    np.testing.assert_allclose(np.asarray(surf.customdata), loss.T)
+    assert "customdata" in surf.hovertemplate and "customdata[1]" in line.hovertemplate

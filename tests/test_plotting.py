@@ -129,7 +129,11 @@ def test_surface3d_holds_surface_and_path():
     np.testing.assert_array_equal(surf.x, s.coords[0])
     np.testing.assert_array_equal(surf.y, s.coords[1])
     np.testing.assert_array_equal(np.stack([line.x, line.y], axis=1), path)
-    np.testing.assert_array_equal(line.z, losses)
+    from fastscape.plot._surface3d import LIFT
+
+    # drawn a share of the height range above the surface; hover reads the losses themselves
+    np.testing.assert_allclose(line.z, losses + LIFT * (s.loss.max() - s.loss.min()))
+    np.testing.assert_array_equal(np.asarray(line.customdata)[:, 1], losses)
     np.testing.assert_array_equal(line.marker.color, np.arange(len(path)))
     assert "lines" in line.mode and "markers" in line.mode
     assert (start.x[0], start.y[0]) == tuple(path[0]) and (end.x[0], end.y[0]) == tuple(path[-1])

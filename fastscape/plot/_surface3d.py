@@ -228,9 +228,11 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         and labelled beside their markers. None (default): the path stored with
         the surface (``surface.path``), if any; False: no path.
     path_loss : array of shape (T,), optional
-        Height of each path point; default: interpolated from the surface
-        (:func:`path_heights`) and lifted by :data:`LIFT` of the height range,
-        so the markers sit on the surface instead of sinking into it.
+        Value at each path point; default: interpolated from the surface
+        (:func:`path_heights`). Drawn lifted by :data:`LIFT` of the height
+        range, so the markers sit on the surface instead of sinking into it;
+        hovering reads the value itself (the surface's too, in loss units on a
+        log view).
     points : dict label -> (x, y), or array of shape (n, 2), optional
         Named positions, each with its own marker and label (no colour bar).
     log : bool
@@ -281,16 +283,12 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     h = None
     fin = zt[np.isfinite(zt)]
     lift = LIFT * float(np.ptp(fin)) if fin.size else 0.0
+    hv = None  # the path's values, as hover reads them
     if path is not None:
-        if path_loss is None:
-            h = transform(path_heights(surface, path, value)) + lift
-        else:
-            h = np.asarray(path_loss, dtype=float).reshape(-1)
-            if h.shape[0] != path.shape[0]:
-                raise ValueError(
-                    f"`path_loss` must hold one loss per path point ({path.shape[0]}); got {h.shape[0]}."
-                )
-            h = transform(h)
+        hv = path_heights(surface, path, value) if path_loss is None else np.asarray(path_loss, float).reshape(-1)
+        if hv.shape[0] != path.shape[0]:
+            raise ValueError(f"`path_loss` must hold one loss per path point ({path.shape[0]}); got {hv.shape[0]}.")
+        h = transform(hv) + lift  # lifted like every mark: on the surface, not sunk into its mesh
     ph = None if pts is None else transform(path_heights(surface, np.array([c for _, c in pts]), value)) + lift
     best = best_point(surface, v) if minimum else None
     best = None if best is None else (best["xy"], float(transform(np.array(best["value"]))) + lift,
@@ -298,7 +296,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
                 colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits,
-                best=best, zticks=zticks)
+                best=best, zticks=zticks, hover=(raw if log or clip is not None else None, hv, v.label))
     if isinstance(camera, str):
         if camera != "auto":
             raise ValueError(f"`camera` must be 'auto', a plotly camera dict or None; got {camera!r}.")
@@ -313,9 +311,11 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera, limits, best=None, zticks=None):
+                      path_label, camera, limits, best=None, zticks=None, hover=(None, None, "")):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
+    raw, hv, value_name = hover  # hover reads the values themselves, not their log or clip
+    zhover = "%{z:.4g}" if raw is None else "%{customdata:.4g}"
     lo, hi, size = _floor_levels(zt)
     fig = go.Figure()
     fig.add_trace(go.Surface(
@@ -325,7 +325,8 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
                       **({} if zticks is None else dict(tickvals=zticks[0], ticktext=zticks[1]))),
         contours=dict(z=dict(show=floor_contours, start=lo, end=hi, size=size, project=dict(z=True),
                              usecolormap=True, highlightcolor="white", width=1)),
-        hovertemplate="%{x:.3g}, %{y:.3g}<br>" + zlabel + " %{z:.4g}<extra></extra>",
+        customdata=None if raw is None else raw.T,
+        hovertemplate="%{x:.3g}, %{y:.3g}<br>" + value_name + " " + zhover + "<extra></extra>",
     ))
     annotations = []
     if path is not None:
@@ -335,8 +336,8 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
             line=dict(color="crimson", width=5),
             marker=dict(size=3.5, color=steps, colorscale="Plasma", showscale=True,
                         colorbar=dict(title=_bar_title(path_label), x=0.94, xanchor="left", len=0.5)),
-            customdata=steps,
-            hovertemplate=path_label + " %{customdata}<br>" + zlabel + " %{z:.4g}<extra></extra>",
+            customdata=np.stack([steps, hv], axis=1),
+            hovertemplate=path_label + " %{customdata[0]}<br>" + value_name + " %{customdata[1]:.4g}<extra></extra>",
         ))
         for idx, label, color, symbol in ((0, "start", "white", "circle"), (-1, "end", "black", "diamond")):
             fig.add_trace(go.Scatter3d(
@@ -355,7 +356,7 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
             annotations.append(_label3d(c[0], c[1], z, name))
     if best is not None:
         fig.add_trace(go.Scatter3d(x=[best[0][0]], y=[best[0][1]], z=[best[1]], mode="markers", name=best[2],
-                                   marker=dict(size=7, color="#00e5ff", symbol="x", line=dict(width=1, color="black"))))
+                                   marker=dict(size=7, color="#00e5ff", symbol="square", line=dict(width=2, color="black"))))
     zaxis = dict(title=dict(text=zlabel)) if zticks is None else dict(title=dict(text=zlabel), tickvals=zticks[0],
                                                                       ticktext=zticks[1])
     scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis=zaxis, aspectmode="manual",
@@ -387,7 +388,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None, limits=None, best=None, zticks=None):
+                   camera=None, limits=None, best=None, zticks=None, hover=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
