@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     vol = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, 3, seed=1),
                                  loss_fn=F.cross_entropy, grid=(-1.0, 1.0, 13 if small else 31), progress=False)
     # log-spaced shells: nested around the minimum, where a linear spacing would put them all near the walls
-    save(plot.volume(vol, kind="isosurface", levels=5, log=True, title="Loss volume: shells of equal loss"),
+    save(plot.volume(vol, kind="isosurface", levels=4, log=True, title="Loss volume: shells of equal loss"),
          "volume.png")
     save(plot.volume(vol, kind="slices", title="Loss volume: slices through the minimum"), "volume_slices.png")
 
