@@ -26,7 +26,7 @@ from torch import nn
 __all__ = ["piecewise_data", "middle_piece", "TwoWeightNet", "run_demo", "CAPTION"]
 
 #: what the demo's picture shows, printed under it
-CAPTION = ("Seed article 000's net x \u2192 w2\u00b7tanh(w1\u00b7x) (two weights, no biases), SGD lr 0.01, batch 64, "
+CAPTION = ("Seed article 000's net x \u2192 w\u2082\u00b7tanh(w\u2081\u00b7x) (two weights, no biases), SGD lr 0.01, batch 64, "
            "from (\u22121, \u22121);\nthe article's data where y = 7.3 sin x + N(0, 1) noise (x in [\u22122, 2)). "
            "Test MSE in squared target units: 1 is the noise floor, {var:.0f} predicting 0.")
 

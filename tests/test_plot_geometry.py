@@ -139,3 +139,45 @@ def test_surface3d_given_path_loss_is_lifted_and_hover_reads_values_not_logs():
     np.testing.assert_allclose(np.asarray(line.customdata)[:, 1], given)  # hover: the loss, not log10
     np.testing.assert_allclose(np.asarray(surf.customdata), loss.T)
     assert "customdata" in surf.hovertemplate and "customdata[1]" in line.hovertemplate
+
+
+@pytest.mark.parametrize("span", [(-2.75, -0.5), (-9.25, 0.75), (-1.0, 1.0), (0.0, 0.03)])
+def test_contour_tick_labels_do_not_crowd(span):
+    """Tick labels along x keep a gap between them, at the demo's figure size and on a narrow panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    x = np.linspace(*span, 41)
+    y = np.linspace(-9.25, 0.75, 31)
+    s = Surface(coords=[x, y], loss=1 + (x[:, None] - x.mean()) ** 2 + 0 * y[None, :])
+    for size in ((7.6, 7.0), (5.0, 4.4)):
+        ax = plot.contour(s, path=np.array([[x[3], y[3]], [x[-3], y[-3]]]), path_label="epoch")
+        ax.figure.set_size_inches(*size)
+        canvas = FigureCanvasAgg(ax.figure)
+        canvas.draw()
+        r = canvas.get_renderer()
+        for axis in (ax.xaxis,):
+            boxes = sorted((t.get_window_extent(r) for t in axis.get_ticklabels()
+                            if t.get_visible() and t.get_text()), key=lambda b: b.x0)
+            assert len(boxes) >= 3
+            gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
+            assert min(gaps) >= 0.15 * ax.figure.dpi, (span, size, [t.get_text() for t in axis.get_ticklabels()])
+
+
+def test_contour_labels_stay_clear_of_the_edges():
+    """Level lines running off the frame (a valley across the plane) are labelled inside it: at the
+    edge, the stub of line before "20" reads as a minus sign."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    x = np.linspace(-2.75, -0.5, 61)
+    y = np.linspace(-9.25, 0.75, 61)
+    loss = 1 + 0.4 * (y[None, :] + 6) ** 2 + 0.2 * (x[:, None] + 1) ** 2  # lines cross the frame side to side
+    ax = plot.contour(Surface(coords=[x, y], loss=loss))
+    canvas = FigureCanvasAgg(ax.figure)
+    canvas.draw()
+    frame = ax.get_window_extent(canvas.get_renderer())
+    labels = [t for t in ax.texts if t.get_text()]
+    assert len(labels) >= 3
+    for t in labels:
+        box = t.get_window_extent(canvas.get_renderer())
+        assert box.x0 - frame.x0 >= 0.05 * frame.width and frame.x1 - box.x1 >= 0.05 * frame.width, t.get_text()
+        assert box.y0 - frame.y0 >= 0.02 * frame.height and frame.y1 - box.y1 >= 0.02 * frame.height, t.get_text()

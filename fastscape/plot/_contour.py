@@ -64,6 +64,54 @@ def round_ticks(lo: float, hi: float, is_log: bool) -> np.ndarray:
     return np.array([float(f"{q:.6g}") for q in t])
 
 
+#: room along x per tick label, in multiples of the label font size (a 5-character label and a gap)
+TICK_ROOM = 4.5
+
+
+def spaced_xticks(ax) -> None:
+    """Round x ticks no closer than :data:`TICK_ROOM` font sizes, however wide the Axes ends up:
+    matplotlib's default allows 3, and labels like "−2.75" then touch."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import MaxNLocator
+
+    size = FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points()
+
+    class _Spaced(MaxNLocator):
+        def __call__(self):
+            width = self.axis.axes.bbox.width * 72.0 / self.axis.axes.figure.dpi  # points
+            self.set_params(nbins=max(2, int(width // (TICK_ROOM * size))))
+            return super().__call__()
+
+    ax.xaxis.set_major_locator(_Spaced(steps=[1, 2, 2.5, 5, 10]))
+
+
+#: contour labels sit at least this share of the Axes away from its edges (at an edge, the stub of
+#: line before "20" reads as a minus sign)
+LABEL_MARGIN = 0.08
+
+
+def label_spots(ax, lines) -> list[tuple[float, float]]:
+    """Where to label each level of ``lines``: on its longest piece, at a point along it staggered from
+    level to level (half-way, 0.3, 0.7, ... of its length), never within :data:`LABEL_MARGIN` of the edges."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    spots = []
+    for k, path in enumerate(lines.get_paths()):
+        best = None
+        for seg in path.to_polygons(closed_only=False):
+            fx, fy = (seg[:, 0] - x0) / (x1 - x0), (seg[:, 1] - y0) / (y1 - y0)
+            inside = (fx > LABEL_MARGIN) & (fx < 1 - LABEL_MARGIN) & (fy > LABEL_MARGIN) & (fy < 1 - LABEL_MARGIN)
+            if len(seg) < 2 or not inside.any():
+                continue
+            arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(fx), np.diff(fy)))])
+            if best is None or arc[-1] > best[0]:
+                want = (0.5, 0.3, 0.7, 0.4, 0.6)[k % 5] * arc[-1]
+                best = (arc[-1], seg[int(np.argmin(np.where(inside, np.abs(arc - want), np.inf)))])
+        if best is not None:
+            spots.append((float(best[1][0]), float(best[1][1])))
+    return spots
+
+
 def tick_text(q: float) -> str:
     """A round value as printed on ticks and contour labels alike, with a true minus sign."""
     return f"{q:g}".replace("-", "\u2212")
@@ -165,10 +213,12 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         lines = ax.contour(X, Y, zm, levels=ticks, colors="k", linewidths=0.5)
     else:
         cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
-    if labels and len(lines.levels):
-        ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2)
     ax.set_xlim(X[0], X[-1])
     ax.set_ylim(Y[0], Y[-1])
+    spots = label_spots(ax, lines) if labels and len(lines.levels) else []
+    if spots:
+        ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
+    spaced_xticks(ax)
     if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
         draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
     if colorbar:
