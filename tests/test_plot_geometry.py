@@ -181,3 +181,26 @@ def test_contour_labels_stay_clear_of_the_edges():
         box = t.get_window_extent(canvas.get_renderer())
         assert box.x0 - frame.x0 >= 0.05 * frame.width and frame.x1 - box.x1 >= 0.05 * frame.width, t.get_text()
         assert box.y0 - frame.y0 >= 0.02 * frame.height and frame.y1 - box.y1 >= 0.02 * frame.height, t.get_text()
+
+
+def test_negative_numbers_in_view_text_use_a_minus_sign():
+    """An annotation or legend entry prints -8.56 as \u22128.56, as the ticks do (a hyphen reads as a dash)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import fastscape
+    from fastscape.plot._marks import best_label
+
+    x = torch.linspace(0, 2, 20).reshape(-1, 1)
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():  # far from the fit y = 2x + 1: both partial derivatives negative
+        model.weight.fill_(-0.5)
+        model.bias.fill_(0.5)
+    sections = fastscape.cross_sections(model, (x, 2 * x + 1), loss_fn=torch.nn.functional.mse_loss, span=3.0)
+    axes = np.atleast_1d(plot.cross_sections(sections))  # one Axes per parameter
+    texts = [t.get_text() for a in axes[0].figure.axes for t in a.texts if "gradient" in t.get_text()]
+    assert len(texts) == 2
+    assert all("\u2212" in t and "-" not in t for t in texts), texts
+    value = SimpleNamespace(best="max", label="test accuracy")
+    assert best_label(dict(value=-0.25, edge=False), value) == "grid max test accuracy \u22120.25"

@@ -282,7 +282,8 @@ def new_axes(figsize=(6.4, 5.0), projection=None):
 
 
 def fmt(v: float) -> str:
-    return f"{v:.3g}"
+    """A number as views print it: 3 significant digits, a true minus sign (as on the ticks)."""
+    return f"{v:.3g}".replace("-", "\u2212")
 
 
 # ----------------------------------------------------------------------------- the native form of a plotly view

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import PATH_LABEL, check_path, check_surface, finite, resolve_value
+from ._common import PATH_LABEL, check_path, check_surface, finite, fmt, resolve_value
 
 __all__ = ["stored_path", "path_heights", "legend_below", "draw_path", "draw_points", "POINT_COLORS", "POINT_MARKERS",
            "best_point", "best_label", "draw_best"]
@@ -126,7 +126,7 @@ def best_point(surface, v) -> dict | None:
 
 def best_label(best: dict, v) -> str:
     """Legend text of the best point: "grid min 0.0123", with "(on the grid's edge)" where it is."""
-    text = f"grid {v.best} {v.label} {best['value']:.3g}"
+    text = f"grid {v.best} {v.label} {fmt(best['value'])}"
     return text + (" (on the grid's edge)" if best["edge"] else "")
 
 
