@@ -204,3 +204,15 @@ def test_negative_numbers_in_view_text_use_a_minus_sign():
     assert all("\u2212" in t and "-" not in t for t in texts), texts
     value = SimpleNamespace(best="max", label="test accuracy")
     assert best_label(dict(value=-0.25, edge=False), value) == "grid max test accuracy \u22120.25"
+
+
+def test_animate_path_colour_bar_ticks_are_round_loss_values():
+    x = np.linspace(-1, 1, 31)
+    y = np.linspace(-1, 1, 21)
+    s = Surface(coords=[x, y], loss=0.0916 + 2.5 * (x[:, None] ** 2 + y[None, :] ** 2))  # the gallery's span
+    path = np.array([[0.9, 0.8], [0.3, 0.2], [0.0, 0.0]])
+    bar = plot.animate_path(s, path).data[0].colorbar
+    printed = np.array([float(t.replace("\u2212", "-")) for t in bar.ticktext])
+    mantissa = printed / 10 ** np.floor(np.log10(printed))
+    assert len(printed) >= 3 and set(np.round(mantissa, 9)) <= {1.0, 2.0, 5.0}
+    np.testing.assert_allclose(bar.tickvals, np.log10(printed))  # on the log10 heights the trace holds

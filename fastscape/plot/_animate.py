@@ -25,6 +25,7 @@ from ._common import (
     resolve_value,
 )
 from ._common import use_log as log_rule
+from ._contour import round_ticks, tick_text
 from ._display import displays
 from ._marks import path_heights, stored_path
 
@@ -119,9 +120,9 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     use_log = log_rule(vals, log, v.is_loss)
     zc = log10_floor(z) if use_log else z
     colorbar = dict(title=dict(text=f"{v.label} (log scale)" if use_log else v.label))
-    if use_log:  # ticks read in loss units, placed on the log10 heights
-        ticks = np.linspace(np.nanmin(zc), np.nanmax(zc), 7)
-        colorbar.update(tickvals=ticks.tolist(), ticktext=[f"{10.0**t:.3g}" for t in ticks])
+    if use_log:  # round ticks read in loss units, placed on the log10 heights
+        ticks = round_ticks(10.0 ** float(np.nanmin(zc)), 10.0 ** float(np.nanmax(zc)), True)
+        colorbar.update(tickvals=np.log10(ticks).tolist(), ticktext=[tick_text(t) for t in ticks])
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
 
     def caption(i):
