@@ -216,3 +216,15 @@ def test_animate_path_colour_bar_ticks_are_round_loss_values():
     mantissa = printed / 10 ** np.floor(np.log10(printed))
     assert len(printed) >= 3 and set(np.round(mantissa, 9)) <= {1.0, 2.0, 5.0}
     np.testing.assert_allclose(bar.tickvals, np.log10(printed))  # on the log10 heights the trace holds
+
+
+def test_contour_labels_every_level_line_that_crosses_the_frame():
+    """A tilted valley: every level has long open lines from edge to edge, and each is labelled once."""
+    w = np.linspace(-0.5, 1.5, 81)
+    b = np.linspace(0, 2, 81)
+    u = (w[:, None] - 0.5) * 2 + (b[None, :] - 1.1) * 0.9
+    loss = 0.028 + 3 * u**2 + 0.05 * ((w[:, None] - 0.5) - (b[None, :] - 1.1) * 2) ** 2
+    ax = plot.contour(Surface(coords=[w, b], loss=loss))
+    drawn = sorted(float(t.get_text()) for t in ax.texts if t.get_text())
+    inside = [q for q in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if loss.min() < q < loss.max()]
+    assert drawn == inside

@@ -98,7 +98,8 @@ def label_spots(ax, lines) -> list[tuple[float, float]]:
     spots = []
     for k, path in enumerate(lines.get_paths()):
         best = None
-        for seg in path.to_polygons(closed_only=False):
+        starts = np.flatnonzero(path.codes == 1) if path.codes is not None else np.array([0])  # MOVETO
+        for seg in np.split(path.vertices, starts[1:]):  # its pieces, unsimplified (to_polygons drops points)
             fx, fy = (seg[:, 0] - x0) / (x1 - x0), (seg[:, 1] - y0) / (y1 - y0)
             inside = (fx > LABEL_MARGIN) & (fx < 1 - LABEL_MARGIN) & (fy > LABEL_MARGIN) & (fy < 1 - LABEL_MARGIN)
             if len(seg) < 2 or not inside.any():
