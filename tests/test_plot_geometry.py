@@ -228,3 +228,18 @@ def test_contour_labels_every_level_line_that_crosses_the_frame():
     drawn = sorted(float(t.get_text()) for t in ax.texts if t.get_text())
     inside = [q for q in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if loss.min() < q < loss.max()]
     assert drawn == inside
+
+
+def test_contour_labels_keep_off_the_path_and_named_points():
+    w = np.linspace(-0.5, 1.5, 81)
+    b = np.linspace(0, 2, 81)
+    loss = 0.028 + 3 * ((w[:, None] - 0.5) * 2 + (b[None, :] - 1.1) * 0.9) ** 2
+    path = np.stack([np.linspace(-0.2, 0.55, 30), np.linspace(0.3, 1.05, 30)], axis=1)  # across every level
+    ax = plot.contour(Surface(coords=[w, b], loss=loss), path=path, points={"least squares": (0.5, 1.1)})
+    marks = np.concatenate([path, [[0.5, 1.1]]])
+    to_axes = lambda q: (np.asarray(q) - [w[0], b[0]]) / [w[-1] - w[0], b[-1] - b[0]]  # noqa: E731
+    labels = [t for t in ax.texts if t.get_text().replace(".", "").isdigit()]
+    assert len(labels) >= 5
+    for t in labels:
+        gap = np.hypot(*(to_axes(marks) - to_axes(t.get_position())).T).min()
+        assert gap >= 0.07, (t.get_text(), gap)

@@ -91,10 +91,14 @@ def spaced_xticks(ax) -> None:
 LABEL_MARGIN = 0.08
 
 
-def label_spots(ax, lines) -> list[tuple[float, float]]:
+def label_spots(ax, lines, avoid=None) -> list[tuple[float, float]]:
     """Where to label each level of ``lines``: on its longest piece, at a point along it staggered from
-    level to level (half-way, 0.3, 0.7, ... of its length), never within :data:`LABEL_MARGIN` of the edges."""
+    level to level (half-way, 0.3, 0.7, ... of its length), never within :data:`LABEL_MARGIN` of the edges
+    and, where the piece allows, not within :data:`LABEL_MARGIN` of any of the (n, 2) ``avoid`` points
+    (the path, named points: a label there hides under their markers)."""
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    away = np.empty((0, 2)) if avoid is None else (np.asarray(avoid, dtype=float).reshape(-1, 2) - [x0, y0]) / [
+        x1 - x0, y1 - y0]
     spots = []
     for k, path in enumerate(lines.get_paths()):
         best = None
@@ -107,7 +111,10 @@ def label_spots(ax, lines) -> list[tuple[float, float]]:
             arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(fx), np.diff(fy)))])
             if best is None or arc[-1] > best[0]:
                 want = (0.5, 0.3, 0.7, 0.4, 0.6)[k % 5] * arc[-1]
-                best = (arc[-1], seg[int(np.argmin(np.where(inside, np.abs(arc - want), np.inf)))])
+                gap = np.hypot(fx[:, None] - away[:, 0], fy[:, None] - away[:, 1]).min(axis=1, initial=np.inf)
+                clear = inside & (gap >= LABEL_MARGIN)
+                cost = np.where(clear if clear.any() else inside, np.abs(arc - want), np.inf)
+                best = (arc[-1], seg[int(np.argmin(cost))])
         if best is not None:
             spots.append((float(best[1][0]), float(best[1][1])))
     return spots
@@ -216,7 +223,8 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
     ax.set_xlim(X[0], X[-1])
     ax.set_ylim(Y[0], Y[-1])
-    spots = label_spots(ax, lines) if labels and len(lines.levels) else []
+    marks = [q for q in (path, None if pts is None else np.array([c for _, c in pts])) if q is not None]
+    spots = label_spots(ax, lines, np.concatenate(marks) if marks else None) if labels and len(lines.levels) else []
     if spots:
         ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
     spaced_xticks(ax)
