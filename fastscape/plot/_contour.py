@@ -223,7 +223,9 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
     ax.set_xlim(X[0], X[-1])
     ax.set_ylim(Y[0], Y[-1])
-    marks = [q for q in (path, None if pts is None else np.array([c for _, c in pts])) if q is not None]
+    along = None if path is None else np.concatenate([path[:1], *(  # the path's segments too, not only its dots
+        a + np.linspace(0, 1, 9)[1:, None] * (b - a) for a, b in zip(path[:-1], path[1:]))])
+    marks = [q for q in (along, None if pts is None else np.array([c for _, c in pts])) if q is not None]
     spots = label_spots(ax, lines, np.concatenate(marks) if marks else None) if labels and len(lines.levels) else []
     if spots:
         ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
