@@ -93,8 +93,9 @@ def main(argv=None) -> Path:
                                                                        "filter-normalised direction η")),
                   hess_title: dict(axis_labels=("eigenvector $v_1$ (model norm)", "eigenvector $v_2$ (model norm)")),
                   # the three trained models as named points (rows of `pos` are labelled A, B, C)
-                  "plane through three trained models": dict(axis_labels=("$e_1$: towards B (parameter distance)",
-                                                                                "$e_2$: towards C, $\\perp e_1$"), points=pos)})
+                  "plane through three trained models": dict(
+                      axis_labels=("$e_1$: towards B (parameter distance)", "$e_2$: towards C, $\\perp e_1$"),
+                      points=pos)})
     fig = axes[0, 0].figure
     out = fastscape.plot.save(fig, args.out)
     n = 3 * res * res

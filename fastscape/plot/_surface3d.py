@@ -356,7 +356,8 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
             annotations.append(_label3d(c[0], c[1], z, name))
     if best is not None:
         fig.add_trace(go.Scatter3d(x=[best[0][0]], y=[best[0][1]], z=[best[1]], mode="markers", name=best[2],
-                                   marker=dict(size=7, color="#00e5ff", symbol="square", line=dict(width=2, color="black"))))
+                                   marker=dict(size=7, color="#00e5ff", symbol="square",
+                                               line=dict(width=2, color="black"))))
     zaxis = dict(title=dict(text=zlabel)) if zticks is None else dict(title=dict(text=zlabel), tickvals=zticks[0],
                                                                       ticktext=zticks[1])
     scene = dict(xaxis_title=xl, yaxis_title=yl, zaxis=zaxis, aspectmode="manual",
@@ -433,7 +434,8 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
     if eye is not None:  # the direction from the look-at point to the eye
         c = (camera or {}).get("center") or {}
         dx, dy, dz = (eye[k] - c.get(k, 0.0) for k in "xyz")
-        ax.view_init(elev=float(np.degrees(np.arctan2(dz, np.hypot(dx, dy)))), azim=float(np.degrees(np.arctan2(dy, dx))))
+        ax.view_init(elev=float(np.degrees(np.arctan2(dz, np.hypot(dx, dy)))),
+                     azim=float(np.degrees(np.arctan2(dy, dx))))
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
     ax.set_zlabel(zlabel)
