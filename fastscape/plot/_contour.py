@@ -17,7 +17,7 @@ from ._common import (
     require,
     resolve_value,
 )
-from ._marks import draw_best, draw_path, draw_points, legend_below, stored_path
+from ._marks import best_point, draw_best, draw_path, draw_points, legend_below, stored_path
 from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
@@ -225,7 +225,9 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     ax.set_ylim(Y[0], Y[-1])
     along = None if path is None else np.concatenate([path[:1], *(  # the path's segments too, not only its dots
         a + np.linspace(0, 1, 9)[1:, None] * (b - a) for a, b in zip(path[:-1], path[1:]))])
-    marks = [q for q in (along, None if pts is None else np.array([c for _, c in pts])) if q is not None]
+    best_xy = best_point(surface, v) if minimum else None  # its cross is drawn last, over any label
+    marks = [q for q in (along, None if pts is None else np.array([c for _, c in pts]),
+                         None if best_xy is None else np.array([best_xy["xy"]])) if q is not None]
     spots = label_spots(ax, lines, np.concatenate(marks) if marks else None) if labels and len(lines.levels) else []
     if spots:
         ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
