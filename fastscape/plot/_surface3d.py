@@ -65,10 +65,10 @@ BAR_TITLE_CHARS = 12
 BOX = (1.0, 1.0, 0.6)
 #: eye elevation above the plane, degrees: a landscape seen at a low angle without a path; with one,
 #: raised (in 5-degree steps, at most to the second) only as far as needed to see the path's end
-ELEVATION = (25.0, 45.0)
+ELEVATION = (25.0, 60.0)
 #: the eye swings at most this many degrees either side of straight in front (below direction 2's low
 #: end): direction 1 then runs to the right and direction 2 away from the viewer, as on the contour
-SWING = 35.0
+SWING = 25.0
 #: share of the scene's height, and of its width at :data:`VIEW_ASPECT`, the box spans (the rest holds
 #: the tick labels and axis titles)
 FILL = 0.92
