@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import (
-    PATH_LABEL,
     attach_mpl,
     axis_titles,
     check_path,
@@ -21,6 +20,7 @@ from ._common import (
     finite,
     log10_floor,
     new_figure,
+    path_unit,
     require,
     resolve_value,
 )
@@ -34,8 +34,11 @@ if TYPE_CHECKING:  # the return annotations only
 __all__ = ["animate_path", "animate_fit", "frame_indices"]
 
 
-def _controls(fig, names, duration_ms, prefix):
+def _controls(fig, names, duration_ms, prefix, labels=None):
     """Play/pause buttons at the left and a slider to their right whose label sits at its right end.
+
+    ``names`` are the frames' names; ``labels`` what the slider prints for each
+    (default the names): the same count the frame's title prints.
 
     The slider starts at a fifth of the width, so the two buttons (about 120
     pixels together) never cover the slider's current-value label.
@@ -52,9 +55,9 @@ def _controls(fig, names, duration_ms, prefix):
         sliders=[dict(
             x=0.2, len=0.8, y=0.0, xanchor="left", yanchor="top", pad=dict(t=40, b=10),
             currentvalue=dict(prefix=prefix, xanchor="right", font=dict(size=13)),
-            steps=[dict(label=n, method="animate",
+            steps=[dict(label=lab, method="animate",
                         args=[[n], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
-                   for n in names],
+                   for n, lab in zip(names, names if labels is None else labels)],
         )],
         margin=dict(b=115),
     )
@@ -70,7 +73,7 @@ def frame_indices(t: int, max_frames: int) -> np.ndarray:
 @displays
 def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
                  explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
-                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL) -> go.Figure:
+                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str | None = None) -> go.Figure:
     """The optimiser's path crawling over a plane's contours, one frame per recorded snapshot.
 
     Parameters
@@ -90,8 +93,11 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
         what the contours read under the marker).
     max_frames : int
         At most this many frames (snapshots are subsampled evenly; the last is kept).
-    path_label : str
-        What one snapshot is, in the titles and the slider (default "recorded snapshot").
+    path_label : str, optional
+        What one snapshot is, in the titles and the slider. Default: the unit
+        the path carries ("epoch" for :func:`fastscape.project` of a
+        :func:`fastscape.train` trajectory, numbered by its epochs), else
+        "recorded snapshot".
 
     Returns
     -------
@@ -105,9 +111,12 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     go = require("plotly.graph_objects", "`fastscape.plot.animate_path`")
     check_surface(surface, 2, "animate_path")
     v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
+    path = stored_path(surface, path)
+    path_label, counts = path_unit(path, path_label)
+    path = check_path(path)
     if path is None:
         raise ValueError("`path` is required: pass the (T, 2) plane coordinates, or a surface with `surface.path`.")
+    counts = np.arange(len(path)) if counts is None else counts
     if path_loss is None:
         path_loss, which = path_heights(surface, path, value), f"{v.label} on the plane"
     else:
@@ -125,7 +134,7 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
 
     def caption(i):
-        return f"{title}: {path_label} {i}, {which} {path_loss[i]:.4g}"
+        return f"{title}: {path_label} {counts[i]}, {which} {path_loss[i]:.4g}"
 
     pad = 0.02 * (np.ptp(path, axis=0) + 1e-12)
     xr = [min(surface.coords[0].min(), path[:, 0].min() - pad[0]), max(surface.coords[0].max(), path[:, 0].max() + pad[0])]
@@ -151,7 +160,8 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
         xaxis=dict(title=dict(text=xl), range=xr), yaxis=dict(title=dict(text=yl), range=yr),
         legend=dict(x=0.01, y=0.99, bgcolor="rgba(255,255,255,0.7)"),
     )
-    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ")
+    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ",
+              labels=[str(counts[i]) for i in steps])
 
     def make():
         from ._contour import contour

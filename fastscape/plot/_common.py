@@ -18,11 +18,33 @@ from .. import _optional
 
 __all__ = ["require", "finite", "check_surface", "check_path", "check_points", "Value", "resolve_value",
            "axis_titles", "auto_zmax", "new_axes", "new_figure", "MplForm", "attach_mpl", "mpl_form",
-           "check_backend", "BACKENDS", "PATH_LABEL", "LOG_SPAN",
+           "check_backend", "BACKENDS", "PATH_LABEL", "path_unit", "LOG_SPAN",
            "use_log"]
 
-#: what the colour of a path's markers counts, unless the caller says otherwise.
+#: what the colour of a path's markers counts when neither the caller nor the path says
+#: (a path from ``fastscape.project`` of a ``train()`` trajectory says "epoch").
 PATH_LABEL = "recorded snapshot"
+
+
+def path_unit(path, path_label: str | None = None) -> tuple[str, np.ndarray | None]:
+    """What a path's points count, and each point's count: ``(label, counts)``.
+
+    The label is ``path_label`` when given; otherwise the unit the path carries
+    (``path.unit`` of what :func:`fastscape.project` returns: "epoch" for a
+    ``train()`` trajectory, "step"); otherwise :data:`PATH_LABEL`. ``counts``
+    are the path's own epoch or step numbers (``path.counts``) when it carries
+    them, else None (the views then number the points 0, 1, 2, ...). Read it
+    before :func:`check_path`, which keeps only the coordinates.
+    """
+    if path_label is not None and not isinstance(path_label, str):
+        raise TypeError(f"`path_label` must be a string such as 'epoch', or None to read it from the path; "
+                        f"got {path_label!r}.")
+    unit, counts = getattr(path, "unit", None), getattr(path, "counts", None)
+    if counts is not None:
+        counts = np.asarray(counts).reshape(-1)
+        if unit is None or len(counts) != len(path):
+            unit = counts = None
+    return (path_label or (f"{unit}" if unit else PATH_LABEL)), counts
 
 #: every view's ``log=True`` (the default) draws a loss on a log scale when its finite positive values
 #: span more than this factor; a narrower range, a metric or a non-positive value stays linear.
