@@ -59,12 +59,10 @@ def main(argv=None) -> int:
     origin = fastscape.axis_origin(model, names, at="zero")
     path = fastscape.project(traj, directions, origin=origin)  # = the raw (w1, w2) of each snapshot
     heights = fastscape.path_loss(model, test, traj, loss_fn=F.mse_loss, device="cpu")
-    # [-2, 2] on each axis, widened so the path keeps half a unit of landscape around it
-    lo = np.minimum(-2.0, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
-    hi = np.maximum(2.0, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
-    surface = fastscape.loss_surface(model, test, directions, origin=origin, loss_fn=F.mse_loss,
-                                     grid=[(float(a), float(b), res) for a, b in zip(lo, hi)], device="cpu",
-                                     progress=False)
+    # the article's [-2, 2] on each axis, widened where the path's frame (its extent and a quarter more) is wider
+    grid = [(min(-2.0, lo), max(2.0, hi), res) for lo, hi, _ in path.frame(res)]
+    surface = fastscape.loss_surface(model, test, directions, origin=origin, loss_fn=F.mse_loss, grid=grid,
+                                     device="cpu", progress=False)
 
     labels = ("w1 (hidden weight)", "w2 (output weight)")
     ax = fastscape.plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",

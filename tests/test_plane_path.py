@@ -80,6 +80,11 @@ def test_an_explicit_label_wins_and_an_unknown_unit_falls_back(trained):
     traj, path, _, _, surface = trained
     ax = plot.contour(surface, path=path, path_label="SGD epoch")
     assert "SGD epoch" in _colorbar_labels(ax.figure)
+    # a caller's own label numbers the points 0, 1, 2, ...: never epochs under another unit's name
+    fig = plot.animate_path(surface, path, path_label="snapshot")
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["0", "1", "2", "3"]
+    assert [s.label for s in plot.animate_path(surface, path, path_label="epoch").layout.sliders[0].steps] \
+        == ["0", "2", "4", "6"]
     plain = np.asarray(path)  # plane coordinates with no unit
     assert "recorded snapshot" in _colorbar_labels(plot.contour(surface, path=plain).figure)
     dicts = [traj[i] for i in range(len(traj))]  # snapshots as a list of dicts: nothing says what they count

@@ -32,8 +32,9 @@ def path_unit(path, path_label: str | None = None) -> tuple[str, np.ndarray | No
     The label is ``path_label`` when given; otherwise the unit the path carries
     (``path.unit`` of what :func:`fastscape.project` returns: "epoch" for a
     ``train()`` trajectory, "step"); otherwise :data:`PATH_LABEL`. ``counts``
-    are the path's own epoch or step numbers (``path.counts``) when it carries
-    them, else None (the views then number the points 0, 1, 2, ...). Read it
+    are the path's own epoch or step numbers (``path.counts``) when the label
+    is its unit, else None: the views then number the points 0, 1, 2, ..., so
+    a caller's own label never sits over numbers of another unit. Read it
     before :func:`check_path`, which keeps only the coordinates.
     """
     if path_label is not None and not isinstance(path_label, str):
@@ -42,7 +43,7 @@ def path_unit(path, path_label: str | None = None) -> tuple[str, np.ndarray | No
     unit, counts = getattr(path, "unit", None), getattr(path, "counts", None)
     if counts is not None:
         counts = np.asarray(counts).reshape(-1)
-        if unit is None or len(counts) != len(path):
+        if unit is None or len(counts) != len(path) or (path_label is not None and path_label != unit):
             unit = counts = None
     return (path_label or (f"{unit}" if unit else PATH_LABEL)), counts
 

@@ -118,7 +118,8 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         Title of the path's colour bar: what the colour counts. Default: the
         unit the path carries ("epoch" for :func:`fastscape.project` of a
         :func:`fastscape.train` trajectory, whose colours are then its epoch
-        numbers), else "recorded snapshot".
+        numbers), else "recorded snapshot". A label of your own numbers the
+        points 0, 1, 2, ... unless it is the path's own unit.
     legend : bool
         Put a legend for the path and points under the Axes.
     minimum : bool
