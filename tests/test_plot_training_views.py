@@ -1,0 +1,91 @@
+"""Views of training read as what they are, checked on the figure's data: learning-rate steps are
+alternatives from the current point (closed form of a linear regression), the fit animation shows
+only frames where the fit changes with the data over it, and several runs get distinct colours."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fastscape
+from fastscape import plot
+from fastscape._surface import Surface
+
+
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+# ----------------------------------------------------------------------------- learning-rate steps
+
+
+def _linreg():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(80, 1, generator=g) * 2
+    y = 2 * x + 1 + 0.2 * torch.randn(80, 1, generator=g)
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(-0.5)
+        model.bias.fill_(0.5)
+    return model, x, y
+
+
+def test_lr_steps_are_alternatives_from_now_each_landing_where_the_closed_form_puts_it():
+    model, x, y = _linreg()
+    names = ["weight", "bias"]
+    dirs, origin = fastscape.axis_directions(model, names), fastscape.axis_origin(model, names)
+    lrs = (0.05, 0.2, 0.4)
+    steps = fastscape.lr_steps(model, (x, y), dirs, origin=origin, loss_fn=F.mse_loss, lrs=lrs)
+    # the closed form: MSE of w x + b, gradient 2 mean(r x), 2 mean(r) at (w, b) = (-0.5, 0.5)
+    xn, yn = x.double().numpy().ravel(), y.double().numpy().ravel()
+    now = np.array([-0.5, 0.5])
+    r = now[0] * xn + now[1] - yn
+    g = np.array([2 * np.mean(r * xn), 2 * np.mean(r)])
+    landings = now - np.array(lrs)[:, None] * g
+    w, b = np.linspace(-1.5, 4.0, 23), np.linspace(-1.5, 3.5, 21)
+    surface = Surface(coords=[w, b], loss=np.array([[np.mean((wi * xn + bi - yn) ** 2) for bi in b] for wi in w]))
+    ax = plot.lr_steps(steps, surface)
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    assert len(arrows) == len(lrs)
+    r_ = _drawn(ax.figure)
+    to_px = ax.transData.transform
+    now_marker = next(c for c in ax.collections if c.get_label().startswith("now"))
+    radius = np.sqrt(now_marker.get_sizes()[0]) / 2 * ax.figure.dpi / 72  # marker radius in pixels
+    np.testing.assert_allclose(now_marker.get_offsets()[0], now, atol=1e-6)
+    for arrow, lr, land in zip(arrows, lrs, landings):
+        np.testing.assert_allclose(arrow.xy, land, rtol=1e-5, atol=1e-6)  # the tip: where this lr lands
+        # the tail inside the "now" marker, not at another step's landing: an alternative, not a chain
+        tail = np.asarray(arrow.xyann, dtype=float)
+        assert np.hypot(*(to_px(tail) - to_px(now))) < radius
+        others = [l for l in landings if not np.allclose(l, land)]
+        assert all(np.hypot(*(to_px(tail) - to_px(o))) > 3 * radius for o in others)
+    # each labelled with its learning rate next to its landing
+    texts = {t.get_text(): t for t in ax.texts if t.get_text().startswith("lr=")}
+    for lr, land in zip(lrs, landings):
+        np.testing.assert_allclose(texts[f"lr={lr:g}"].xy, land, rtol=1e-5, atol=1e-6)
+    # the arrows leave "now" side by side: no two tails in the same place
+    tails = np.array([to_px(np.asarray(a.xyann, float)) for a in arrows])
+    assert min(np.hypot(*(p - q)) for i, p in enumerate(tails) for q in tails[i + 1:]) > 4
+    del r_
+
+
+def test_a_step_off_the_grid_still_starts_at_now():
+    w, b = np.linspace(-1.5, 4, 23), np.linspace(-1.5, 3.5, 21)
+    surface = Surface(coords=[w, b], loss=1 + (w[:, None] - 2) ** 2 + (b[None, :] - 1) ** 2)
+    steps = SimpleNamespace(lrs=np.array([0.05, 2.0]), start=np.array([-0.5, 0.5]),
+                            ends=np.array([[0.0, 0.8], [9.5, 6.5]]), loss=12.4, losses=np.array([7.4, 400.0]))
+    ax = plot.lr_steps(steps, surface)
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    _drawn(ax.figure)
+    far = arrows[1]
+    assert far.xy[0] == pytest.approx(w[-1]) or far.xy[1] == pytest.approx(b[-1])  # clipped at the grid's edge
+    assert np.hypot(*(ax.transData.transform(far.xyann) - ax.transData.transform(steps.start))) < 10
