@@ -89,3 +89,71 @@ def test_a_step_off_the_grid_still_starts_at_now():
     far = arrows[1]
     assert far.xy[0] == pytest.approx(w[-1]) or far.xy[1] == pytest.approx(b[-1])  # clipped at the grid's edge
     assert np.hypot(*(ax.transData.transform(far.xyann) - ax.transData.transform(steps.start))) < 10
+
+
+# ----------------------------------------------------------------------------- the fit animation
+
+
+def _settling_fit(t=120, settle=20, n=50):
+    """A fit that moves from a line to a sine over the first ``settle`` snapshots and then stays put."""
+    x = np.linspace(-3, 3, n)
+    a = np.minimum(np.arange(t) / settle, 1.0)
+    curves = (1 - a)[:, None] * (0.2 * x)[None, :] + a[:, None] * np.sin(x)[None, :]
+    return SimpleNamespace(x=x, outputs=curves[:, :, None], steps=np.arange(t) * 10,
+                           losses=np.linspace(1.0, 0.01, t))
+
+
+def test_fit_animation_spends_its_frames_where_the_fit_changes(tmp_path):
+    import re
+
+    from PIL import Image
+
+    from fastscape.plot._animate import HOLD_MS
+    from fastscape.plot._common import mpl_form
+
+    pred = _settling_fit()
+    x = pred.x
+    fig = plot.animate_fit(pred, data=(x, np.sin(x)), max_frames=12)
+    idx = [int(f.name) for f in fig.frames]
+    assert idx[0] == 0 and idx[-1] == 119 and len(idx) <= 12  # the start and the end are always shown
+    assert all(i <= 20 for i in idx[:-1])  # every other frame where the fit still moves
+    assert len(idx) >= 8  # ... and not just the two ends
+    ys = [np.asarray(f.data[0].y, dtype=float) for f in fig.frames]
+    for i, (a, b) in enumerate(zip(ys, ys[1:])):  # no two frames alike
+        assert np.sqrt(np.mean((a - b) ** 2)) > 1e-3, (idx[i], idx[i + 1])
+        np.testing.assert_allclose(b, pred.outputs[idx[i + 1], :, 0])
+    # the slider and the title count the same thing: the snapshot's step
+    slider = fig.layout.sliders[0]
+    assert slider.currentvalue.prefix == "step "
+    for step, frame, i in zip(slider.steps, fig.frames, idx):
+        shown = re.search(r"step (\d+)", frame.layout.title.text).group(1)
+        assert step.label == shown == str(pred.steps[i])
+    # the data over the fit: in plotly and in the GIF's matplotlib drawing
+    data, fit = fig.data
+    assert data.name == "data" and fit.name == "fit" and data.zorder > fit.zorder
+    form = mpl_form(fig)
+    mfig, _ = form.make()
+    ax = mfig.axes[0]
+    fit_line = next(l for l in ax.lines if l.get_label() == "fit")
+    dots = next(c for c in ax.collections if c.get_label() == "data")
+    assert dots.get_zorder() > fit_line.get_zorder()
+    # the GIF: one frame per chosen snapshot, the last one held
+    out = plot.save(fig, tmp_path / "fit.gif", dpi=40, frame_ms=100)
+    with Image.open(out) as im:
+        assert im.n_frames == len(idx)
+        durations = []
+        for k in range(im.n_frames):
+            im.seek(k)
+            durations.append(im.info["duration"])
+    assert durations[:-1] == [100] * (len(idx) - 1) and durations[-1] == 100 + HOLD_MS
+
+
+def test_a_fit_that_changes_steadily_gets_evenly_spread_frames():
+    from fastscape.plot._animate import change_frames
+
+    t = np.arange(41)
+    curves = t[:, None] * np.ones((1, 5))  # the same change at every snapshot
+    np.testing.assert_array_equal(change_frames(curves, 11, 40.0), np.arange(0, 41, 4))
+    assert list(change_frames(np.ones((7, 5)), 5, 1.0)) == [6]  # nothing moves: the end alone
+    with pytest.raises(ValueError, match="`max_frames` must be a positive integer"):
+        change_frames(curves, 0, 1.0)

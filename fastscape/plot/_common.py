@@ -318,21 +318,23 @@ class MplForm:
     ``make()`` returns ``(figure, update)``: a new matplotlib Figure showing the
     view, and ``update(i)`` which redraws it as animation frame ``frames[i]``
     (None for a still view). ``size`` is the pixel size kaleido should use for
-    the plotly figure when the layout does not fix one.
+    the plotly figure when the layout does not fix one; ``hold_ms`` how much
+    longer a GIF shows its last frame (so its end can be read before it loops).
     """
 
     make: Callable[[], tuple[object, Callable[[int], None] | None]]
     frames: Sequence[int] = ()
     size: tuple[int, int] = (1000, 800)
+    hold_ms: int = 0
 
 
-def attach_mpl(fig, make, *, frames: Sequence[int] = (), size=(1000, 800)):
+def attach_mpl(fig, make, *, frames: Sequence[int] = (), size=(1000, 800), hold_ms: int = 0):
     """Record on plotly figure ``fig`` the matplotlib drawing of the same data; returns ``fig``.
 
     The record lives on the figure object the view returned (a copy made with
     ``go.Figure(fig)`` does not carry it).
     """
-    fig._fastscape_mpl = MplForm(make=make, frames=tuple(frames), size=tuple(size))
+    fig._fastscape_mpl = MplForm(make=make, frames=tuple(frames), size=tuple(size), hold_ms=int(hold_ms))
     return fig
 
 
