@@ -157,3 +157,40 @@ def test_a_fit_that_changes_steadily_gets_evenly_spread_frames():
     assert list(change_frames(np.ones((7, 5)), 5, 1.0)) == [6]  # nothing moves: the end alone
     with pytest.raises(ValueError, match="`max_frames` must be a positive integer"):
         change_frames(curves, 0, 1.0)
+
+
+# ----------------------------------------------------------------------------- several runs on one plane
+
+
+def test_each_run_gets_its_own_qualitative_colour_and_dash_over_a_grey_loss():
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+    from matplotlib.contour import QuadContourSet
+
+    t = np.linspace(0, 1, 12)[:, None]
+    names = ["SGD", "SGD + momentum", "Adam", "RMSprop", "Adagrad", "Nesterov"]
+    # SGD and momentum on the same track: the case where one used to hide the other
+    coords = {n: np.array([[-3.0, -1.5]]) + t * [2.5 + 0.02 * (k > 1) * k, 1.5 + 0.3 * (k > 1) * k]
+              for k, n in enumerate(names)}
+    cmp = SimpleNamespace(coords=coords, explained_variance_ratio=np.array([0.8, 0.1]))
+    x, y = np.linspace(-3.5, 1.5, 26), np.linspace(-2.0, 3.5, 24)
+    surface = Surface(coords=[x, y], loss=0.05 + 0.2 * x[:, None] ** 2 + 0.3 * y[None, :] ** 2)
+    ax = plot.optimizer_comparison(cmp, surface)
+    runs = [next(l for l in ax.lines if l.get_label() == n) for n in names]
+    colours = [np.array(to_rgb(l.get_color())) for l in runs]
+    # every pair of runs told apart by colour (RGB distance) and by dash pattern
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1:]) > 0.25
+    dashes = [str(l.get_linestyle()) + str(getattr(l, "_unscaled_dash_pattern", None)) for l in runs]
+    assert len(set(dashes)) == len(runs)
+    # the first run (drawn first, underneath) is wider, so it shows at the sides of one on its track
+    assert runs[0].get_linewidth() > runs[1].get_linewidth()
+    # the loss under them is grey: no run's colour is also a loss colour
+    filled = next(c for c in ax.collections if isinstance(c, QuadContourSet) and c.filled)
+    greys = filled.cmap(np.linspace(0, 1, 16))[:, :3]
+    assert np.allclose(greys, greys[:, :1], atol=0.02)
+    assert all(colorsys.rgb_to_hsv(*c)[1] > 0.4 for c in colours if not np.allclose(c, c[0], atol=0.05))
+    # a caller's colour map still wins
+    ax = plot.optimizer_comparison(cmp, surface, cmap="viridis")
+    filled = next(c for c in ax.collections if isinstance(c, QuadContourSet) and c.filled)
+    assert filled.cmap.name == "viridis"
