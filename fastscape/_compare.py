@@ -64,6 +64,10 @@ class OptimizerComparison:
 
         Extra keyword arguments go to :func:`fastscape.loss_surface`.
         """
+        if "num" in kwargs or "grid" in kwargs:
+            raise TypeError(f"`{'num' if 'num' in kwargs else 'grid'}` is not an argument of "
+                            "OptimizerComparison.loss_surface: the grid holds every path, with `n` points per axis "
+                            "(n=61) and `margin` around the paths.")
         grid = [(lo, hi, n) for lo, hi in self.span(margin)]
         model = self.models[self.origin_name]
         return loss_surface(model, data, self.directions, loss_fn=loss_fn, grid=grid, origin=self.origin,
