@@ -397,7 +397,7 @@ def _differences(model_a, others, states, params=None):
     template = next((m for m in [model_a, *(o for _, o in others)] if isinstance(m, nn.Module)), None)
     if template is None or not isinstance(model_a, (nn.Module, Mapping)):
         raise TypeError(f"`model_a` must be an nn.Module, or a state dict with another model given as an nn.Module "
-                        f"(its architecture); got {type(model_a).__name__} and no module.")
+                        f"(its architecture); got {type(model_a).__name__}{'' if template else ' and no nn.Module'}.")
     a = _perturbable(template, states)
     a = a if template is model_a else _model_state(model_a, a, "model_a")
     keep = chosen_names(a, params, model=template)
