@@ -269,6 +269,32 @@ def test_cosines_in_metadata_and_orthogonalize(gen):
     assert surf2.meta["directions"]["orthogonalized"] is True
 
 
+def test_cosines_of_subset_directions_count_every_entry(gen):
+    """Directions over a subset (zeros elsewhere, some zero in one direction only): the recorded
+    cosines are numpy's over the whole flattened vectors."""
+    model = MLP()
+    x, y = torch.randn(10, 5, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    a = fastscape.random_directions(model, 2, seed=1, params=["net.0", "net.2"])
+    b = fastscape.random_directions(model, 1, seed=2, params="net.2")[0]
+    dirs = [a[0], {k: a[1][k] + b[k] + a[0][k] for k in b}]
+    dirs[1]["net.0.weight"] = torch.zeros_like(dirs[1]["net.0.weight"])  # zero in one direction only
+    mat = np.stack([np.concatenate([d[k].double().numpy().ravel() for k in d]) for d in dirs])
+    unit = mat / np.linalg.norm(mat, axis=1, keepdims=True)
+    surf = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=2, device="cpu")
+    np.testing.assert_allclose(surf.meta["cosines"], unit @ unit.T, rtol=1e-12, atol=1e-12)
+    assert 0.05 < abs(surf.meta["cosines"][0][1]) < 0.95
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_nonfinite_entry_anywhere_in_a_direction_is_named(gen, bad):
+    model = MLP()
+    x, y = torch.randn(10, 5, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    dirs = fastscape.random_directions(model, 2, seed=1)
+    dirs[1]["net.2.weight"].view(-1)[7] = bad
+    with pytest.warns(UserWarning, match=r"`directions\[1\]\['net.2.weight'\]` holds (NaN|inf)"):
+        fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=2, device="cpu")
+
+
 # ---------------------------------------------------------------- axes
 
 

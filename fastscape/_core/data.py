@@ -66,6 +66,17 @@ def _like(t, values):
     return KeywordInputs(values, t.names) if isinstance(t, KeywordInputs) else tuple(values)
 
 
+def head_samples(args: tuple, k: int) -> tuple:
+    """The first ``k`` samples of a batch's model inputs (same kind of tuple): every tensor whose
+    first dimension is the sample count of the first such tensor is cut; other inputs (a mask shared
+    by every sample) are kept whole. For checks that look at structure, not at values."""
+    n = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    if n is None or n <= k:
+        return args
+    return _like(args, [a[:k] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
+                        for a in args])
+
+
 def _cast(t, device, dtype, non_blocking=False):
     if isinstance(t, torch.Tensor):
         t = t.detach()

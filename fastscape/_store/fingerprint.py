@@ -27,6 +27,7 @@ import hashlib
 import json
 import random
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -192,13 +193,18 @@ def request_settings(model, given, batches, orig, buffers, directions, axes, dt,
             metrics_fp[name], reason = callable_fingerprint(fn, name=f"metrics[{name!r}]")
             if reason:
                 why[f"metrics[{name!r}]"] = reason
+    # the three tensor fingerprints hash the model's bytes about four times over (45 MB each for
+    # resnet18): hashlib releases the GIL on large buffers, so they run side by side
+    tensors = ({**dict(model.named_parameters()), **dict(model.named_buffers())}, {**orig, **(buffers or {})},
+               {f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()})
+    with ThreadPoolExecutor(max_workers=len(tensors)) as pool:
+        model_fp, origin_fp, directions_fp = pool.map(fingerprint, tensors)
     settings = {
         "format": FORMAT,
-        "model_fingerprint": fingerprint({**{n: p for n, p in model.named_parameters()},
-                                          **{n: b for n, b in model.named_buffers()}}),
+        "model_fingerprint": model_fp,
         "model_code_fingerprint": code_fp,
-        "origin_fingerprint": fingerprint({**orig, **(buffers or {})}),
-        "directions_fingerprint": fingerprint({f"{i}/{n}": t for i, d in enumerate(directions) for n, t in d.items()}),
+        "origin_fingerprint": origin_fp,
+        "directions_fingerprint": directions_fp,
         "grid_shape": [len(a) for a in axes],
         "grid_fingerprint": grid_fingerprint(axes),
         # several datasets: samples per name, so that another split is another request

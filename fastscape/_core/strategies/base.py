@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
+from ..data import head_samples
 from ..points import AffinePoints
 from ..rewrite import fold_batchnorm
 
@@ -27,6 +28,8 @@ __all__ = ["Strategy", "Context", "PointLoss", "NotApplicable", "compiler_availa
 
 #: F.linear with at most this many weights and a 1-wide side is broadcast (eager strategies)
 TINY_LINEAR = 16
+#: samples of the probe batch that BatchNorm folding's structural probe forward runs on
+FOLD_SAMPLES = 8
 #: bytes of cached per-batch tensors (first-layer outputs, channels-last inputs) kept
 #: across chunks by one strategy, i.e. per evaluate call
 AFFINE_CACHE_BYTES = 512 << 20
@@ -222,7 +225,8 @@ class Context:
         Returns the folded BatchNorm paths; idempotent."""
         if self.model is self.user_model:
             p0 = self.first_point()
-            self.model, self.folded = fold_batchnorm(self.user_model, self.args0, p0)
+            # the fold's probe looks at which module feeds which: a few samples tell as much as all
+            self.model, self.folded = fold_batchnorm(self.user_model, head_samples(self.args0, FOLD_SAMPLES), p0)
         return self.folded
 
 

@@ -26,11 +26,12 @@ import torch
 from torch import fx, nn
 from torch.func import functional_call, vmap
 
+from ..data import head_samples
 from ..guards import values_agree
 from ..plan import CPU_TARGET_BYTES, CUDA_TARGET_BYTES
 from .base import NotApplicable, PerBatch, PointLoss, Strategy, math_attention
 
-__all__ = ["PrefixStrategy", "split_graph"]
+__all__ = ["PrefixStrategy", "rename", "split_graph"]
 
 #: bytes of one intermediate of the moving part that a chunk aims at: the plan's targets, applied to
 #: the moving part's activations instead of the whole model's
@@ -146,7 +147,7 @@ def _aliases(part: nn.Module, model: nn.Module) -> dict[str, list[str]]:
     return {name: where[id(t)][:1] for name, t in model_named if id(t) in where}
 
 
-def _rename(values: dict, aliases: dict[str, list[str]]) -> dict:
+def rename(values: dict, aliases: dict[str, list[str]]) -> dict:
     return {alias: v for k, v in values.items() for alias in aliases.get(k, ())}
 
 
@@ -185,8 +186,8 @@ class PrefixStrategy(Strategy):
         missing = [k for k in moving_names if k not in self.post_alias]
         if missing:
             raise NotApplicable(f"the moving tensors {missing[:3]} are not reached by the graph's moving part")
-        self.pre_shared = _rename(ctx.shared, self.pre_alias)
-        self.post_shared = _rename(ctx.shared, self.post_alias)
+        self.pre_shared = rename(ctx.shared, self.pre_alias)
+        self.post_shared = rename(ctx.shared, self.post_alias)
         self.point = PointLoss(self.post, ctx.loss_fn, ctx.metrics)
         self.fn = vmap(self.point, in_dims=(None, 0, None, None))
         self._boundaries = PerBatch()  # the boundary values of each data batch, kept across chunks
@@ -194,7 +195,7 @@ class PrefixStrategy(Strategy):
         if self.out_kind is not None:
             self.post = _Rewrap(self.post, self.out_kind)
             self.post_alias = _aliases(self.post, model)
-            self.post_shared = _rename(ctx.shared, self.post_alias)
+            self.post_shared = rename(ctx.shared, self.post_alias)
             self.point = PointLoss(self.post, ctx.loss_fn, ctx.metrics)
             self.fn = vmap(self.point, in_dims=(None, 0, None, None))
 
@@ -207,10 +208,8 @@ class PrefixStrategy(Strategy):
         """Run the split once on a few of the probe's samples at the first point and compare with the
         model's own output; returns the largest intermediate of the moving part, in bytes per sample."""
         c = self.ctx
-        n = _samples(c.args0)
         # CHECK_SAMPLES of them: the split is per sample, and a full probe would cost resnet18 three forwards
-        args = tuple(a[:CHECK_SAMPLES] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
-                     for a in c.args0)
+        args = head_samples(c.args0, CHECK_SAMPLES)
         point = {k: v[0] for k, v in c.points.stack(0, 1).items()}
         largest = [0]
 
@@ -224,7 +223,7 @@ class PrefixStrategy(Strategy):
         try:
             with torch.no_grad(), math_attention():
                 bound = tuple(functional_call(self.pre, self.pre_shared, args))
-                got = functional_call(self.post, {**self.post_shared, **_rename(point, self.post_alias)}, bound)
+                got = functional_call(self.post, {**self.post_shared, **rename(point, self.post_alias)}, bound)
                 Measure(self.post).run(*bound)  # the same shapes with the model's own tensors
                 want = functional_call(model, {**c.shared, **point}, args)
         except Exception as err:  # noqa: BLE001 - a graph that does not run is not applicable
@@ -250,7 +249,7 @@ class PrefixStrategy(Strategy):
     def run(self, start, stop, moving, batch_index, args, y):
         bound = self._boundary(batch_index, args)
         with math_attention():  # the fused attention kernels have no batching rule
-            return self.fn(self.post_shared, _rename(moving, self.post_alias), bound, y)
+            return self.fn(self.post_shared, rename(moving, self.post_alias), bound, y)
 
 
 def _itemsize(ctx) -> int:
