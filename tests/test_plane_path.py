@@ -155,3 +155,17 @@ def test_frame_of_a_path_that_does_not_move_says_so():
         _plane_path(np.ones((4, 2))).frame()
     with pytest.raises(ValueError, match="finite coordinates"):
         _plane_path(np.array([[0.0, np.nan], [1.0, 1.0]])).frame()
+
+
+def test_a_stored_path_keeps_its_unit_in_the_surface_file(trained, tmp_path):
+    pytest.importorskip("h5py")
+    _, path, _, _, surface = trained
+    surface.path = path
+    try:
+        back = fastscape.load_surface(surface.save(tmp_path / "s.h5"))
+    finally:
+        surface.path = None
+    assert back.path.unit == "epoch"
+    np.testing.assert_array_equal(back.path.counts, [0, 2, 4, 6])
+    np.testing.assert_array_equal(np.asarray(back.path), np.asarray(path))
+    assert "epoch" in _colorbar_labels(plot.contour(back).figure)
