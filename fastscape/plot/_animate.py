@@ -263,7 +263,6 @@ def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: in
     pred = out.reshape(out.shape[0], len(xs), -1)[:, :, 0]
     order = np.argsort(xs, kind="stable")
     xs, pred = xs[order], pred[:, order]
-    t = pred.shape[0]
     steps = list(predictions.steps)
     losses = getattr(predictions, "losses", None)
     if data is not None:
