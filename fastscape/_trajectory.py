@@ -18,7 +18,7 @@ a file on disk for models too large to keep many copies of in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.data import Batches, as_args, as_pair, warn_nonfinite
+from ._core.objective import scalar_of
+from ._core.data import Batches, batch_args, warn_nonfinite
 from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_parameters, positive_int,
                            resolve_dtype, unflatten)
 
@@ -358,9 +359,13 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
         eval mode and keeps its running statistics, the rest trains in train
         mode; a model entirely in eval mode (``model.eval()``) is switched to
         train mode for the steps. Every flag is as given when ``train`` returns.
-    data : iterable of (inputs, targets) batches, or one (inputs, targets) pair of tensors
-        Walked once per epoch (a shuffling DataLoader reshuffles each time); a
-        pair of tensors is one full batch per epoch.
+    data : iterable of batches, or one (inputs, targets) pair of tensors
+        The batch forms :func:`fastscape.loss_surface` takes: ``(inputs, targets)``
+        pairs, inputs given by name (``({"input_ids": ids, "attention_mask": mask},
+        targets)``) or a Hugging Face collator's dicts (``"labels"`` the targets, the
+        other entries passed to the forward by name). Walked once per epoch (a
+        shuffling DataLoader reshuffles each time); a pair of tensors is one full
+        batch per epoch.
     loss_fn : callable ``(output, target) -> scalar tensor``
     optimizer : torch.optim.Optimizer
         Built over ``model.parameters()``.
@@ -395,10 +400,11 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     if first is None:
         raise ValueError(f"`model` has no parameters ({type(model).__name__}); there is nothing to train.")
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
-            and isinstance(data[0], (torch.Tensor, tuple)):
+            and isinstance(data[0], (torch.Tensor, tuple, Mapping)):
         data = [tuple(data)]  # one (inputs, targets) pair: the whole data as one batch
     device = first.device
-    eval_batches = Batches(eval_data if eval_data is not None else data, device=device, dtype=first.dtype)
+    eval_batches = Batches(eval_data if eval_data is not None else data, device=device,
+                           dtype=first.dtype).bind(model)  # inputs given by name, in the forward's places
     warn_nonfinite(eval_batches, "the loss stored with every snapshot will be NaN (or inf)")
 
     def mean_loss():
@@ -415,10 +421,9 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     try:
         for epoch in range(1, epochs + 1):
             for i, item in enumerate(data):
-                x, y = as_pair(item, i)
-                x = tuple(t.to(device) for t in x) if isinstance(x, (tuple, list)) else x.to(device)
+                args, y = batch_args(model, item, i, device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(*as_args(x)), y.to(device))
+                loss = scalar_of(loss_fn, model(*args), y, "loss_fn")
                 loss.backward()
                 optimizer.step()
                 rec.step()

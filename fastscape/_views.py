@@ -57,7 +57,8 @@ __all__ = [
 def _batches(model, data, batch_size):
     params = model_parameters(model)
     dtype = next(iter(params.values())).dtype
-    return params, Batches(data, batch_size=batch_size, device=model_device(model), dtype=dtype)
+    batches = Batches(data, batch_size=batch_size, device=model_device(model), dtype=dtype)
+    return params, batches.bind(model)  # inputs given by name, in the forward's positional places
 
 
 def loss_and_gradient(model: nn.Module, data, *, loss_fn: Callable,

@@ -81,9 +81,10 @@ def draw(surfaces: dict, lora, out: Path) -> None:
     lo = min(float(np.nanmin(s.loss)) for s in surfaces.values())
     hi = max(float(np.nanmax(s.loss)) for s in surfaces.values())
     levels = np.geomspace(lo, hi, 30)  # one colour scale for the three resnet18 panels
-    for ax, (title, s) in zip(axes, surfaces.items()):
+    for ax, (title, s) in zip(axes, surfaces.items()):  # each panel's own range in its title: a flat one is
+        span = f"loss {np.nanmin(s.loss):.3f}-{np.nanmax(s.loss):.3f}"  # read as flat, not as empty
         fastscape.plot.contour(s, ax=ax, levels=levels, colorbar=title == "all parameters",
-                               title=f"resnet18, {title}\n({s.meta['strategy']}, {s.meta['seconds']:.1f} s)")
+                               title=f"resnet18, {title}: {span}\n({s.meta['strategy']}, {s.meta['seconds']:.1f} s)")
     if lora is not None:
         s, seconds, moving = lora
         fastscape.plot.contour(s, ax=axes[3], title=f"tiny GPT-2, LoRA adapter only ({moving:,} weights)\n"

@@ -1,5 +1,6 @@
 """Models from the zoos as given: a Hugging Face causal LM fed dict batches, a LoRA adapter made
-with peft, timm and torchvision models. Skipped where the package is absent (CI installs `.[test]`).
+with peft (timm and torchvision models: ``test_zoo_vision.py``). Skipped where the package is absent
+(CI installs `.[test]`).
 
 Reference: a per-point loop that loads each grid point into a copy of the model and calls it
 directly, the Hugging Face way (``model(**inputs)``), sample-weighted over the batches.
@@ -113,22 +114,3 @@ def test_hessian_of_the_lora_adapter():
     vecs, vals = fastscape.curvature.hessian_eigenpairs(model, _loader(), loss_fn=lm_loss, n=1, max_iter=20, tol=1e-2)
     assert all(not bool(v.any()) for k, v in vecs[0].items() if "lora_" not in k)
     assert np.isfinite(vals).all()
-
-
-@pytest.mark.parametrize("zoo", ["timm", "torchvision"])
-def test_zoo_resnet18_head_plane_unchanged(zoo):
-    lib = pytest.importorskip(zoo)
-    torch.manual_seed(0)
-    model = (lib.create_model("resnet18", pretrained=False, num_classes=5) if zoo == "timm"
-             else lib.models.resnet18(num_classes=5)).eval()
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g)
-    name = "fc"
-    dirs = fastscape.random_directions(model, 2, seed=0, params=name)
-    s = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.cross_entropy, grid=AXES, strategy="prefix",
-                               progress=False)
-    from tests.reference import loop_surface
-    from fastscape._core.params import model_parameters
-
-    ref = loop_surface(model, x, y, F.cross_entropy, model_parameters(model), dirs, AXES)
-    np.testing.assert_allclose(s.loss, ref, rtol=5e-5, atol=5e-5)

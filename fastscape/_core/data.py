@@ -436,6 +436,16 @@ def as_args(inputs) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
+def batch_args(model, item, i: int, device) -> tuple[tuple, torch.Tensor]:
+    """``(args, targets)`` of batch ``i`` as a loader yields it, for calling ``model(*args)`` directly (a
+    training step): the same batch forms as :class:`Batches` (:func:`as_pair`; inputs given by name bound
+    by :func:`bind_inputs`), on ``device`` in their own dtypes."""
+    x, y = as_pair(item, i)
+    x = _cast(_inputs(x, i), device, None)
+    y = torch.as_tensor(y).to(device)
+    return (bind_inputs(model, x) if isinstance(x, KeywordInputs) else as_args(x)), y
+
+
 def warn_nonfinite(batches, consequence: str = "the loss will be NaN (or inf) at every point",
                    stacklevel: int = 3) -> None:
     """Warn once, naming where, when ``batches`` hold NaN or inf (what ``loss_surface`` says too)."""

@@ -84,7 +84,7 @@ def batch_loss(model: nn.Module, params: ParamDict, args: tuple, y, loss_fn: Cal
     ``buffers``, then from the model itself.
     """
     out = functional_call(model, {**(buffers or {}), **params}, args)
-    return check_scalar(loss_fn(out, y), "loss_fn")
+    return scalar_of(loss_fn, out, y, "loss_fn")
 
 
 def sample_mean(per_batch: Callable[[tuple, object], torch.Tensor], batches: Batches, *,
