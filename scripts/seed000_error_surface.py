@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape._demo import CAPTION, TwoWeightNet, frame, middle_piece, piecewise_data
+from fastscape._demo import CAPTION, TwoWeightNet, middle_piece, piecewise_data
 
 
 def main(argv=None) -> int:
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     origin = fastscape.axis_origin(model, names, at="zero")
     path = fastscape.project(traj, directions, origin=origin)  # = the raw (w1, w2) of each snapshot
     heights = fastscape.path_loss(model, test, traj, loss_fn=F.mse_loss, device="cpu")
-    # the path and the basin around it, as the demo frames them
+    # the path and the basin around it, framed as the demo frames them
     surface = fastscape.loss_surface(model, test, directions, origin=origin, loss_fn=F.mse_loss,
-                                     grid=[(a, b, res) for a, b in frame(path)], device="cpu", progress=False)
+                                     grid=path.frame(res), device="cpu", progress=False)
 
     labels = ("w\u2081 (hidden weight)", "w\u2082 (output weight)")
     ax = fastscape.plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import (
-    PATH_LABEL,
     axis_titles,
     check_path,
     check_points,
     check_surface,
     finite,
     new_axes,
+    path_unit,
     require,
     resolve_value,
 )
@@ -138,7 +138,7 @@ def tidy_colorbar(cb, ticks):
 @displays
 def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
             filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
-            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
+            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str | None = None,
             colorbar: bool = True, legend: bool = True, minimum: bool = True, norm=None) -> Axes:
     """Contours of a plane, with a path coloured by snapshot and named positions.
 
@@ -170,9 +170,12 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     axis_labels, explained_variance :
         Axis titles; PCA explained-variance ratios (given, or read from
         ``surface.meta["directions"]``) are appended, e.g. "PC1 (87.3% of variance)".
-    path_label : str
-        Title of the path's colour bar: what the colour counts (default
-        "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
+    path_label : str, optional
+        Title of the path's colour bar: what the colour counts. Default: the
+        unit the path carries ("epoch" for :func:`fastscape.project` of a
+        :func:`fastscape.train` trajectory, whose colours are then its epoch
+        numbers), else "recorded snapshot". A label of your own numbers the
+        points 0, 1, 2, ... unless it is the path's own unit.
     legend : bool
         Put a legend for the path and points under the Axes.
     minimum : bool
@@ -190,7 +193,9 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     require("matplotlib", "`fastscape.plot.contour`")
     check_surface(surface, 2, "contour")
     v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
+    path = stored_path(surface, path)
+    path_label, counts = path_unit(path, path_label)
+    path = check_path(path)
     pts = check_points(points)
     if ax is None:
         ax = new_axes((6.4, 5.6))
@@ -233,7 +238,7 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
     spaced_xticks(ax)
     if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
-        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
+        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label, counts=counts)
     if colorbar:
         tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), ticks)
     if pts is not None:
