@@ -76,6 +76,24 @@ def test_views_label_a_train_path_in_epochs_read_from_the_figure(trained):
     np.testing.assert_array_equal(right.lines[0].get_xdata(), [0, 2, 4, 6])
 
 
+def test_the_3d_view_labels_and_colours_a_train_path_in_epochs(trained):
+    traj, path, _, _, surface = trained
+    fig = plot.surface3d(surface, path=path)
+    trace = next(t for t in fig.data if t.name == "path")
+    assert "epoch" in trace.marker.colorbar.title.text and "snapshot" not in trace.marker.colorbar.title.text
+    np.testing.assert_array_equal(trace.marker.color, [0, 2, 4, 6])  # the epochs, not the snapshot index
+    assert trace.hovertemplate.startswith("epoch ")
+    np.testing.assert_array_equal(np.asarray(trace.customdata)[:, 0], [0, 2, 4, 6])
+    ax = plot.surface3d(surface, path=path, backend="matplotlib")
+    assert "epoch" in _colorbar_labels(ax.figure)
+    marks = next(c for c in ax.collections if c.get_array() is not None and len(c.get_array()) == len(path))
+    np.testing.assert_array_equal(marks.get_array(), [0, 2, 4, 6])
+    # an explicit label wins, numbering the points 0, 1, 2, ...
+    own = next(t for t in plot.surface3d(surface, path=path, path_label="SGD step").data if t.name == "path")
+    assert "SGD step" in own.marker.colorbar.title.text
+    np.testing.assert_array_equal(own.marker.color, [0, 1, 2, 3])
+
+
 def test_an_explicit_label_wins_and_an_unknown_unit_falls_back(trained):
     traj, path, _, _, surface = trained
     ax = plot.contour(surface, path=path, path_label="SGD epoch")

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import (
-    PATH_LABEL,
     attach_mpl,
     auto_zmax,
     axis_titles,
@@ -19,6 +18,7 @@ from ._common import (
     check_surface,
     finite,
     new_axes,
+    path_unit,
     require,
     resolve_value,
     use_log,
@@ -210,7 +210,7 @@ def _floor_levels(zt: np.ndarray, n: int = 24):
 def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points=None, log: bool = True,
               zmax="auto", title: str | None = "Loss surface", axis_labels=None, explained_variance=None,
               colorscale: str = "Viridis", floor_contours: bool = True, camera="auto",
-              path_label: str = PATH_LABEL, minimum: bool = True, backend: str = "plotly",
+              path_label: str | None = None, minimum: bool = True, backend: str = "plotly",
               ax=None) -> go.Figure | Axes:
     """A 3-D view of a plane, with the optimiser's path and named positions on it.
 
@@ -249,6 +249,11 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
         "auto": look from the low side toward the high side, so the valley and
         the path's end are in view (:func:`auto_camera`); a plotly camera dict;
         None: plotly's default.
+    path_label : str, optional
+        What the path's colours count. Default: the path's own unit ("epoch" for a
+        :func:`fastscape.train` trajectory projected by :func:`fastscape.project`,
+        coloured by its epoch numbers), else "recorded snapshot"; a label given
+        here numbers the points 0, 1, 2, ...
     minimum : bool
         Mark the grid's best point (lowest loss, highest accuracy), named with
         its value and "(on the grid's edge)" where it lies on the border.
@@ -266,7 +271,9 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
     check_backend(backend, "surface3d")
     check_surface(surface, 2, "surface3d")
     v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
+    path = stored_path(surface, path)
+    path_label, counts = path_unit(path, path_label)  # before check_path keeps only the coordinates
+    path = check_path(path)
     pts = check_points(points)
     raw = finite(v.array)
     log = use_log(raw, log, v.is_loss)
@@ -295,7 +302,8 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
                                       best_label(best, v))
     limits = None if (log or v.limits is None) else tuple(float(q) for q in v.limits)
     args = dict(surface=surface, zt=zt, labels=(xl, yl, zlabel), path=path, h=h, pts=pts, ph=ph, title=title,
-                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, limits=limits,
+                colorscale=colorscale, floor_contours=floor_contours, path_label=path_label, counts=counts,
+                limits=limits,
                 best=best, zticks=zticks, hover=(raw if log or clip is not None else None, hv, v.label))
     if isinstance(camera, str):
         if camera != "auto":
@@ -311,7 +319,7 @@ def surface3d(surface, *, value: str = "loss", path=None, path_loss=None, points
 
 
 def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours,
-                      path_label, camera, limits, best=None, zticks=None, hover=(None, None, "")):
+                      path_label, camera, limits, counts=None, best=None, zticks=None, hover=(None, None, "")):
     go = require("plotly.graph_objects", "`fastscape.plot.surface3d`")
     xl, yl, zlabel = labels
     raw, hv, value_name = hover  # hover reads the values themselves, not their log or clip
@@ -330,7 +338,7 @@ def _surface3d_plotly(*, surface, zt, labels, path, h, pts, ph, title, colorscal
     ))
     annotations = []
     if path is not None:
-        steps = np.arange(len(path))
+        steps = np.arange(len(path)) if counts is None else counts  # the path's epochs or steps
         fig.add_trace(go.Scatter3d(
             x=path[:, 0], y=path[:, 1], z=h, mode="lines+markers", name="path",
             line=dict(color="crimson", width=5),
@@ -389,7 +397,7 @@ def _label3d(x, y, z, text):
 
 
 def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorscale, floor_contours, path_label,
-                   camera=None, limits=None, best=None, zticks=None, hover=None):
+                   camera=None, limits=None, counts=None, best=None, zticks=None, hover=None):
     require("matplotlib", "`fastscape.plot.surface3d(backend='matplotlib')`")
     xl, yl, zlabel = labels
     if ax is None:
@@ -410,7 +418,7 @@ def _surface3d_mpl(*, ax, surface, zt, labels, path, h, pts, ph, title, colorsca
     ax.set_zlim(floor, hi + 0.05 * (hi - lo))
     rise = 0.06 * (hi - lo)
     if path is not None:
-        steps = np.arange(len(path))
+        steps = np.arange(len(path)) if counts is None else counts  # the path's epochs or steps
         ax.plot(path[:, 0], path[:, 1], h, color="crimson", linewidth=2, zorder=10, label="path")
         sc = ax.scatter(path[:, 0], path[:, 1], h, c=steps, cmap="plasma", s=14, depthshade=False, zorder=11)
         if len(path) > 1:
