@@ -16,6 +16,7 @@ from torch import nn
 from ._core.params import ParamDict
 from ._landscape import loss_surface
 from ._pca import pca_directions, project
+from ._plane_path import PlanePath
 from ._trajectory import Trajectory, train
 
 __all__ = ["OptimizerComparison", "compare_optimizers"]
@@ -53,17 +54,20 @@ class OptimizerComparison:
     residuals: dict[str, np.ndarray] = field(default_factory=dict)
 
     def span(self, margin: float = 0.25) -> list[tuple[float, float]]:
-        """Per-axis (min, max) that holds every path, widened by ``margin`` of its extent."""
-        allc = np.concatenate(list(self.coords.values()))
-        lo, hi = allc.min(axis=0), allc.max(axis=0)
-        pad = margin * np.maximum(hi - lo, 1e-12)
-        return [(float(a - p), float(b + p)) for a, b, p in zip(lo, hi, pad)]
+        """Per-axis (min, max) that holds every path, widened by ``margin`` of its extent on each side
+        (:meth:`PlanePath.frame` of all paths pooled)."""
+        pooled = PlanePath(np.concatenate([np.asarray(c) for c in self.coords.values()]))
+        return [(lo, hi) for lo, hi, _ in pooled.frame(pad=margin, min_width=0.0)]
 
     def loss_surface(self, data, *, loss_fn: Callable, n: int = 41, margin: float = 0.25, **kwargs):
         """The loss on the shared plane over :meth:`span` (``n`` points per axis).
 
         Extra keyword arguments go to :func:`fastscape.loss_surface`.
         """
+        if "num" in kwargs or "grid" in kwargs:
+            raise TypeError(f"`{'num' if 'num' in kwargs else 'grid'}` is not an argument of "
+                            "OptimizerComparison.loss_surface: the grid holds every path, with `n` points per axis "
+                            "(n=61) and `margin` around the paths.")
         grid = [(lo, hi, n) for lo, hi in self.span(margin)]
         model = self.models[self.origin_name]
         return loss_surface(model, data, self.directions, loss_fn=loss_fn, grid=grid, origin=self.origin,

@@ -26,7 +26,7 @@ from torch import nn
 __all__ = ["piecewise_data", "middle_piece", "TwoWeightNet", "run_demo", "CAPTION"]
 
 #: what the demo's picture shows, printed under it
-CAPTION = ("Seed article 000's net x \u2192 w2\u00b7tanh(w1\u00b7x) (two weights, no biases), SGD lr 0.01, batch 64, "
+CAPTION = ("Seed article 000's net x \u2192 w\u2082\u00b7tanh(w\u2081\u00b7x) (two weights, no biases), SGD lr 0.01, batch 64, "
            "from (\u22121, \u22121);\nthe article's data where y = 7.3 sin x + N(0, 1) noise (x in [\u22122, 2)). "
            "Test MSE in squared target units: 1 is the noise floor, {var:.0f} predicting 0.")
 
@@ -49,16 +49,6 @@ def middle_piece(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
     return x[keep], y[keep]
 
 
-def frame(path: np.ndarray, *, pad: float = 0.25, least: float = 0.5) -> list[tuple[float, float]]:
-    """(lo, hi) per axis around a (T, 2) path: its extent widened by ``pad`` of itself (at least ``least``),
-    rounded out to quarter units."""
-    span = np.ptp(path, axis=0)
-    margin = np.maximum(pad * span, least)
-    lo = np.floor((path.min(axis=0) - margin) * 4) / 4
-    hi = np.ceil((path.max(axis=0) + margin) * 4) / 4
-    return [(float(a), float(b)) for a, b in zip(lo, hi)]
-
-
 class TwoWeightNet(nn.Module):
     """x -> w2 * tanh(w1 * x): one hidden tanh neuron, no biases, two weights."""
 
@@ -77,7 +67,7 @@ def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr
     Returns a dict of what was written and measured.
     """
     # the demo is a user of the public API, nothing more
-    from fastscape import axis_directions, axis_origin, loss_surface, plot, train
+    from fastscape import axis_directions, axis_origin, loss_surface, plot, project, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,16 +89,16 @@ def run_demo(out="fastscape-out", *, resolution: int = 401, epochs: int = 25, lr
     t_train = time.perf_counter() - t0
 
     names = ["net.0.weight", "net.2.weight"]
-    path = traj.matrix().numpy()  # the two raw weights per epoch: already plane coordinates
-    surface = loss_surface(model, (x_test, y_test), axis_directions(model, names),
-                           origin=axis_origin(model, names, at="zero"), loss_fn=loss_fn,
-                           grid=[(a, b, resolution) for a, b in frame(path)], device="cpu", progress=False)
+    dirs, origin = axis_directions(model, names), axis_origin(model, names, at="zero")
+    path = project(traj, dirs, origin=origin)  # the two raw weights per epoch (it knows it counts epochs)
+    surface = loss_surface(model, (x_test, y_test), dirs, origin=origin, loss_fn=loss_fn,
+                           grid=path.frame(resolution), device="cpu", progress=False)
     labels = ("w\u2081 (hidden weight)", "w\u2082 (output weight)")
     caption = CAPTION.format(var=float((y_test**2).mean()))
     fig3d = plot.surface3d(surface, path=path, path_loss=np.array(traj.losses), axis_labels=labels,
                            path_label="epoch", log=True, title="Test MSE over the two raw weights, with the SGD path")
     html = plot.save(fig3d, out / "surface3d.html")
-    ax = plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",
+    ax = plot.contour(surface, path=path, axis_labels=labels,
                       title="Test MSE over the raw weights, SGD path (a dot per epoch)")
     ax.figure.set_size_inches(7.6, 7.0)
     ax.figure.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=7.5, wrap=True)

@@ -1,17 +1,16 @@
 """Directions in weight space: the coordinate systems a loss surface is drawn in.
 
-A direction is a dict keyed like ``model.named_parameters()`` with tensors of the parameters'
-shapes, on the model's device. A "states" direction also holds the model's floating-point buffers
-(BatchNorm running mean and variance), which then move with the coordinates. A :class:`Directions`
-list carries an ``info`` dict saying how it was made; surfaces copy it into their metadata.
+A direction is a dict keyed like ``model.named_parameters()`` with tensors of the parameters' shapes, on the
+model's device. A "states" direction also holds the model's floating-point buffers (BatchNorm running mean and
+variance), which then move with the coordinates. A :class:`Directions` list carries an ``info`` dict saying how
+it was made; surfaces copy it into their metadata.
 
 - :func:`random_directions`: Gaussian directions, normalised filter by filter (Li et al.,
   "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018); ``params=`` names the subset.
 - :func:`orthogonalize`: Gram-Schmidt of a set of directions.
 - :func:`axis_directions`, :func:`axis_origin`: the raw weights themselves as coordinates.
-- :func:`interpolation_directions`: the line through two models (Goodfellow,
-  Vinyals and Saxe, "Qualitatively characterizing neural network optimization
-  problems", ICLR 2015) or the affine plane through three.
+- :func:`interpolation_directions`: the line through two models (Goodfellow, Vinyals and Saxe, "Qualitatively
+  characterizing neural network optimization problems", ICLR 2015) or the affine plane through three.
 - :func:`interpolation_plane`: the orthonormal plane through three models with their positions
   in it (Garipov et al., "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs", NeurIPS 2018).
 - Top Hessian eigenvectors (:func:`fastscape.curvature.hessian_eigenpairs`) are directions too.
@@ -53,12 +52,7 @@ def _layer_norm(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 #: per-tensor normalisations; "model" and None act on the whole direction.
-NORMS: dict[str | None, Callable | None] = {
-    "filter": _filter_norm,
-    "layer": _layer_norm,
-    "model": None,
-    None: None,
-}
+NORMS: dict[str | None, Callable | None] = {"filter": _filter_norm, "layer": _layer_norm, "model": None, None: None}
 
 #: how 1-D tensors (biases, BatchNorm affine terms and statistics) are treated:
 #: "biasbn" gives them zero directions, None the tensors themselves.
@@ -397,20 +391,24 @@ def _model_state(obj, like: ParamDict, name: str) -> ParamDict:
 
 
 def _differences(model_a, others, states, params=None):
-    if not isinstance(model_a, nn.Module):
-        raise TypeError(f"`model_a` must be an nn.Module; got {type(model_a).__name__}.")
     if not isinstance(states, bool):
         raise TypeError(f"`states` must be True or False; got {states!r}.")
-    a = _perturbable(model_a, states)
-    keep = chosen_names(a, params, model=model_a)
+    # the architecture: model_a, or (a state dict: interpolation_directions(init_state, model)) the first module given
+    template = next((m for m in [model_a, *(o for _, o in others)] if isinstance(m, nn.Module)), None)
+    if template is None or not isinstance(model_a, (nn.Module, Mapping)):
+        raise TypeError(f"`model_a` must be an nn.Module, or a state dict with another model given as an nn.Module "
+                        f"(its architecture); got {type(model_a).__name__}{'' if template else ' and no nn.Module'}.")
+    a = _perturbable(template, states)
+    a = a if template is model_a else _model_state(model_a, a, "model_a")
+    keep = chosen_names(a, params, model=template)
     diffs = []
     for name, other in others:
         b = _model_state(other, a, name)
         diffs.append(restrict({k: b[k] - a[k] for k in a}, keep))
-    return diffs
+    return diffs, template
 
 
-def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
+def interpolation_directions(model_a: nn.Module | ParamDict, model_b, model_c=None, *,
                              states: bool = True, params: str | list[str] | None = None) -> Directions:
     """The line through two models, or the affine plane through three.
 
@@ -422,8 +420,8 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
 
     Parameters
     ----------
-    model_a : nn.Module
-        The origin; its parameter names, shapes, device and dtype are used.
+    model_a : nn.Module or state dict
+        The origin; its (or ``model_b``'s, for a state dict) parameter names, shapes, device and dtype are used.
     model_b, model_c : nn.Module or state dict
         Models of the same architecture (``model.state_dict()`` works too).
     states : bool
@@ -442,7 +440,7 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
         One or two dicts; ``.info`` holds ``kind="interpolation"``, ``states``, ``params``.
     """
     others = [("model_b", model_b)] + ([("model_c", model_c)] if model_c is not None else [])
-    diffs = _differences(model_a, others, states, params)
+    diffs, _ = _differences(model_a, others, states, params)
     for (name, _), d in zip(others, diffs):
         if not any(bool(t.any()) for t in d.values()):
             warnings.warn(f"`{name}` equals `model_a`: the direction from one to the other is zero, so every "
@@ -450,7 +448,7 @@ def interpolation_directions(model_a: nn.Module, model_b, model_c=None, *,
     return Directions(diffs, kind="interpolation", states=states, params=describe(params))
 
 
-def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
+def interpolation_plane(model_a: nn.Module | ParamDict, model_b, model_c, *,
                         states: bool = True) -> tuple[Directions, np.ndarray]:
     """The plane through three models, in orthonormal coordinates, with the
     models' positions in it (Garipov et al. 2018, Fig. 1 and sec. 4).
@@ -479,8 +477,8 @@ def interpolation_plane(model_a: nn.Module, model_b, model_c, *,
     """
     if model_c is None:
         raise TypeError("`model_c` is required: a plane needs three models.")
-    u, v = _differences(model_a, [("model_b", model_b), ("model_c", model_c)], states)
-    pkeys = [k for k, _ in model_a.named_parameters()]
+    (u, v), template = _differences(model_a, [("model_b", model_b), ("model_c", model_c)], states)
+    pkeys = [k for k, _ in template.named_parameters()]
     fu, fv = (flatten(t, pkeys, dtype=torch.float64, device="cpu") for t in (u, v))
     nu = float(fu.norm())
     if nu == 0.0:

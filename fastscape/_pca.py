@@ -21,6 +21,7 @@ from ._core.params import (ParamDict, check_loss_fn, check_model, as_param_dict,
                            flatten, positive_int, unflatten, resolve_device, resolve_dtype)
 from ._core.points import AffinePoints, ExplicitPoints
 from ._directions import Directions
+from ._plane_path import PlanePath
 from ._subset import chosen_names, describe
 from ._trajectory import Trajectory
 
@@ -182,7 +183,7 @@ def pca_directions(trajectory, n: int = 2, *, params: str | list[str] | None = N
 
 
 def project(trajectory, directions, *, origin=None,
-            return_residuals: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+            return_residuals: bool = False) -> PlanePath | tuple[PlanePath, np.ndarray]:
     """Least-squares coordinates of every snapshot in the coordinate system ``(origin, directions)``.
 
     Snapshot ``w_t`` gets the coordinates ``c_t`` minimising
@@ -203,7 +204,11 @@ def project(trajectory, directions, *, origin=None,
 
     Returns
     -------
-    coords : ndarray of shape (T, n)
+    coords : PlanePath, an ndarray of shape (T, n)
+        It knows what its points count (``coords.unit``: "epoch" for a
+        :func:`fastscape.train` trajectory, "step", or None for a list of
+        dicts; ``coords.counts``), which the views use as the path's label, and
+        frames a grid around itself: ``grid=coords.frame(81)``.
     residuals : ndarray of shape (T,), only with ``return_residuals=True``
         ``|| w_t - origin - sum_i c_t[i] d_i ||`` in parameter units; divide by
         ``|| w_t - origin ||`` for the share of each step the plane misses.
@@ -221,12 +226,15 @@ def project(trajectory, directions, *, origin=None,
     for a, b in path.chunks():
         rhs += (path.block(a, b).cpu() - o[a:b]) @ D[:, a:b].T
     coords = rhs @ torch.linalg.pinv(gram, hermitian=True)
+    counts = getattr(trajectory, "counts", None)  # a Trajectory knows whether it counts epochs or steps
+    unit = getattr(trajectory, "unit", None) if counts is not None else None
+    out = PlanePath(coords.numpy(), unit=unit, counts=counts)
     if not return_residuals:
-        return coords.numpy()
+        return out
     r2 = torch.zeros(path.n, dtype=torch.float64)
     for a, b in path.chunks():
         r2 += ((path.block(a, b).cpu() - o[a:b] - coords @ D[:, a:b]) ** 2).sum(dim=1)
-    return coords.numpy(), r2.sqrt().numpy()
+    return out, r2.sqrt().numpy()
 
 
 def path_loss(model: nn.Module, data, trajectory, *, loss_fn: Callable, directions=None, origin=None,

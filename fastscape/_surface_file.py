@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ._optional import require
+from ._plane_path import PlanePath
 
 __all__ = ["USER_BLOCK", "NotASurfaceFile", "surface_image", "read_surface_file", "write_file",
            "NOT_HDF5"]
@@ -73,7 +74,10 @@ def _write_h5(self, f) -> None:
     if self.metrics:
         g["metrics"].attrs["order"] = json.dumps(list(self.metrics))
     if self.path is not None:
-        g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
+        d = g.create_dataset("path", data=np.asarray(self.path, dtype=np.float64))
+        if getattr(self.path, "counts", None) is not None:  # what the path counts (a PlanePath of train())
+            d.attrs["unit"] = str(self.path.unit)
+            g.create_dataset("path_counts", data=np.asarray(self.path.counts))
     f.attrs["fastscape_meta"] = json.dumps(self.meta, default=str)
     f.attrs["fastscape_checksums"] = json.dumps(_checksums(f), sort_keys=True)
 
@@ -198,5 +202,7 @@ def _read(h5py, source, path: Path, digested: bool) -> dict:
             order = json.loads(g["metrics"].attrs.get("order", "[]"))
             metrics = {k: metrics[k] for k in [*order, *sorted(metrics)] if k in metrics}
         path_ = np.asarray(g["path"][()]) if "path" in g else None
+        if path_ is not None and "unit" in g["path"].attrs and "path_counts" in g:
+            path_ = PlanePath(path_, unit=str(g["path"].attrs["unit"]), counts=np.asarray(g["path_counts"][()]))
         meta = json.loads(f.attrs.get("fastscape_meta", "{}"))
     return {"coords": coords, "loss": loss, "metrics": metrics, "meta": meta, "path": path_}

@@ -60,6 +60,11 @@ class Trajectory:
         Training step (optimizer updates so far) of each snapshot.
     losses : list of float
         Loss recorded with each snapshot (NaN where none was given).
+    unit : {"step", "epoch"}
+        What the snapshots count, for the views' labels: ``"epoch"`` when
+        :func:`train` snapshots per epoch, ``"step"`` otherwise.
+    epochs : list of int
+        Epoch of each snapshot (filled by :func:`train`; empty for :func:`record`).
     """
 
     def __init__(self, model: nn.Module, *, out=None, device="cpu", dtype: torch.dtype = torch.float32):
@@ -82,6 +87,17 @@ class Trajectory:
         self._count = 0
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.unit = "step"
+        self.epochs: list[int] = []
+
+    @property
+    def counts(self) -> list[int] | None:
+        """The epoch (``unit == "epoch"``) or step of each snapshot, or None when they do not tell the
+        snapshots apart (snapshots taken by hand with no step counted between them)."""
+        counts = self.epochs if self.unit == "epoch" else self.steps
+        if len(counts) != self._count or any(b <= a for a, b in zip(counts, counts[1:])):
+            return None
+        return list(counts)
 
     # ------------------------------------------------------------------ writing
 
@@ -368,6 +384,8 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
     -------
     Trajectory
         With ``every=1``: ``epochs + 1`` snapshots, the first before training.
+        Its ``unit`` is ``"epoch"`` (``"step"`` with ``every_steps``), so
+        :func:`fastscape.project` and every view label the path in epochs.
     """
     check_model(model)
     check_loss_fn(loss_fn)
@@ -394,7 +412,9 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
             return float(objective.mean_loss(model, model_parameters(model), eval_batches, loss_fn))
 
     rec = Recorder(model, every=None, out=out)
-    rec.trajectory.losses[0] = mean_loss()
+    traj = rec.trajectory
+    traj.losses[0] = mean_loss()
+    traj.unit, traj.epochs = ("epoch" if every_steps is None else "step"), [0]
     flags = [(m, m.training) for m in model.modules()]
     if not any(flag for _, flag in flags):
         model.train()  # model.eval() on the whole: train it in train mode, as any loop would
@@ -409,10 +429,13 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
                 rec.step()
                 if every_steps is not None and rec.n_steps % every_steps == 0:
                     rec.snapshot(loss=mean_loss())
+                    traj.epochs.append(epoch)
             if every_steps is None and epoch % every == 0:
                 rec.snapshot(loss=mean_loss())
-        if rec.trajectory.steps[-1] != rec.n_steps:
+                traj.epochs.append(epoch)
+        if traj.steps[-1] != rec.n_steps:
             rec.snapshot(loss=mean_loss())
+            traj.epochs.append(epochs)
     finally:
         for m, flag in flags:
             m.training = flag

@@ -84,10 +84,14 @@ def main(argv=None) -> dict:
     s_hess = fastscape.loss_surface(model, train_data, hess, grid=(-0.25, 0.25, res), **common)
 
     written = []
-    views = [("random", s_rand, None, ("random direction 1", "random direction 2")),
+    # the Hessian axes are filter-normalised: lambda is the curvature along the unit eigenvector, not
+    # along these axes, and the labels say so
+    views = [("random", s_rand, None, ("filter-normalised random direction 1",
+                                       "filter-normalised random direction 2")),
              ("pca", s_pca, path, ("PC1", "PC2")),  # plot_contour adds the explained variance
-             ("hessian", s_hess, None, (f"Hessian eigenvector 1 (λ={float(evals[0]):.3g})",
-                                        f"Hessian eigenvector 2 (λ={float(evals[1]):.3g})"))]
+             ("hessian", s_hess, None, tuple(f"Hessian eigenvector {i + 1}, filter-normalised\n"
+                                             f"($\\lambda_{i + 1}$ = {float(evals[i]):.3g} along the unit eigenvector)"
+                                             for i in range(2)))]
     for name, surf, p, labels in views:
         ax = fastscape.plot.contour(surf, path=p, axis_labels=labels, path_label="epoch",
                                     title=f"training loss: {name} plane")

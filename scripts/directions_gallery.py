@@ -88,12 +88,14 @@ def main(argv=None) -> Path:
               "plane through three trained models": s_plane}
     hess_title = list(panels)[1]
     axes = fastscape.plot.contour_grid(
-        panels, labels=False, equal=True, figsize=(16, 5.2),
+        panels, equal=True, figsize=(16, 5.8),  # labelled lines; room under the panels for their legends
         panel_kw={"random plane, filter-normalised": dict(axis_labels=("filter-normalised direction δ",
                                                                        "filter-normalised direction η")),
                   hess_title: dict(axis_labels=("eigenvector $v_1$ (model norm)", "eigenvector $v_2$ (model norm)")),
                   # the three trained models as named points (rows of `pos` are labelled A, B, C)
-                  "plane through three trained models": dict(axis_labels=("$e_1$", "$e_2$"), points=pos)})
+                  "plane through three trained models": dict(
+                      axis_labels=("$e_1$: towards B (parameter distance)", "$e_2$: towards C, $\\perp e_1$"),
+                      points=pos)})
     fig = axes[0, 0].figure
     out = fastscape.plot.save(fig, args.out)
     n = 3 * res * res

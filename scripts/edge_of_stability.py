@@ -74,10 +74,15 @@ def main(argv=None) -> dict:
     for ax, lr in zip(axes, LRS):
         at, lam, losses = _run(x, ytr, lr, steps, every, args.seed)
         fastscape.plot.edge_of_stability(at, lam, lr, ax=ax)
-        ax.set_title(f"lr = {lr}: λ_max along training")
+        ax.set_title(f"lr = {lr}: $\\lambda_{{\\max}}$ along training")
         loss_ax = ax.twinx()
-        loss_ax.plot(np.arange(len(losses)), losses, color="0.6", lw=0.8)
+        loss_ax.plot(np.arange(len(losses)), losses, color="0.6", lw=0.8, label="training loss (right axis)")
         loss_ax.set_ylabel("training loss (grey)")
+        # one legend for both axes, under the plot: inside, the loss curve's spike ran through it
+        handles = [h for a in (ax, loss_ax) for h in a.get_legend_handles_labels()[0]]
+        ax.get_legend().remove()
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8,
+                  frameon=False)
         numbers[str(lr)] = {"steps": at.tolist(), "lambda_max": lam.tolist(), "final_loss": losses[-1]}
         lines.append(f"lr {lr}: 2/lr = {2 / lr:.2f}; lambda_max at steps {at[0]}, {at[len(at) // 2]}, {at[-1]}: "
                      f"{lam[0]:.2f}, {lam[len(lam) // 2]:.2f}, {lam[-1]:.2f} (max {lam.max():.2f}); "

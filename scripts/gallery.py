@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 import fastscape
 from fastscape import plot
-from fastscape._demo import TwoWeightNet, frame, middle_piece, piecewise_data
+from fastscape._demo import TwoWeightNet, middle_piece, piecewise_data
 
 
 def _loader(x, y, batch, seed):
@@ -45,11 +45,10 @@ def error_surface(small):
                            optimizer=torch.optim.SGD(model.parameters(), lr=1e-2), epochs=6 if small else 25,
                            eval_data=(x[n_train:], y[n_train:]))
     names = ["net.0.weight", "net.2.weight"]
-    path = traj.matrix().numpy()
-    n = 41 if small else 121
-    surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), fastscape.axis_directions(model, names),
-                                     origin=fastscape.axis_origin(model, names), loss_fn=F.mse_loss,
-                                     grid=[(a, b, n) for a, b in frame(path)], progress=False)
+    dirs, origin = fastscape.axis_directions(model, names), fastscape.axis_origin(model, names, at="zero")
+    path = fastscape.project(traj, dirs, origin=origin)  # the raw (w1, w2) of each epoch
+    surface = fastscape.loss_surface(model, (x[n_train:], y[n_train:]), dirs, origin=origin, loss_fn=F.mse_loss,
+                                     grid=path.frame(41 if small else 121), progress=False)
     return surface, path, np.array(traj.losses)
 
 
@@ -65,11 +64,8 @@ def pca_plane(small):
     dirs, ratio = fastscape.pca_directions(traj, n=4)
     dirs = dirs[:2]  # the plane; the other two components say how much of the path it misses
     path, off = fastscape.project(traj, dirs, return_residuals=True)  # origin: the final weights
-    lo, hi = path.min(axis=0), path.max(axis=0)
-    pad = 0.3 * (hi - lo)
-    n = 31 if small else 81
     surface = fastscape.loss_surface(model, (x, y), dirs, loss_fn=F.mse_loss, progress=False,
-                                     grid=[(lo[0] - pad[0], hi[0] + pad[0], n), (lo[1] - pad[1], hi[1] + pad[1], n)])
+                                     grid=path.frame(31 if small else 81, pad=0.3))
     return surface, path, (off, ratio)
 
 
@@ -104,7 +100,7 @@ def regression_net(small):
         model[0].bias.copy_(-model[0].weight.reshape(-1) * torch.linspace(-3.5, 3.5, 10))
     traj = fastscape.train(model, [(x, y)], loss_fn=F.mse_loss,
                            optimizer=torch.optim.Adam(model.parameters(), lr=0.03),
-                           epochs=600 if small else 2500, every=20 if small else 50)
+                           epochs=600 if small else 2500, every=5)  # fine early, where the fit changes
     return model, traj, x, y
 
 
@@ -145,12 +141,11 @@ def main(argv=None) -> int:
                         title="Test MSE over the two weights, with the SGD path"), "surface3d.png")
 
     pca_surface, pca_path, (off_plane, ratio) = pca_plane(small)
-    ax = plot.contour(pca_surface, path=pca_path, path_label="epoch",
-                      title="PCA plane of the training path (log levels)")
+    # the path from fastscape.project of a train() trajectory says it counts epochs: no path_label needed
+    ax = plot.contour(pca_surface, path=pca_path, title="PCA plane of the training path (log levels)")
     save(ax, "contour.png")
-    save(plot.animate_path(pca_surface, pca_path, path_label="epoch",
-                           max_frames=20 if small else 41), "path_animation.gif")
-    fig = plot.pca_fidelity(pca_path, off_plane, ratio, path_label="epoch")[0].figure
+    save(plot.animate_path(pca_surface, pca_path, max_frames=20 if small else 41), "path_animation.gif")
+    fig = plot.pca_fidelity(pca_path, off_plane, ratio)[0].figure
     save(fig, "pca_fidelity.png")
 
     model, init, x, y = classifier(small)
@@ -173,7 +168,7 @@ def main(argv=None) -> int:
     vol = fastscape.loss_surface(model, (x, y), fastscape.random_directions(model, 3, seed=1),
                                  loss_fn=F.cross_entropy, grid=(-1.0, 1.0, 13 if small else 31), progress=False)
     # log-spaced shells: nested around the minimum, where a linear spacing would put them all near the walls
-    save(plot.volume(vol, kind="isosurface", levels=5, log=True, title="Loss volume: shells of equal loss"),
+    save(plot.volume(vol, kind="isosurface", levels=4, log=True, title="Loss volume: shells of equal loss"),
          "volume.png")
     save(plot.volume(vol, kind="slices", title="Loss volume: slices through the minimum"), "volume_slices.png")
 

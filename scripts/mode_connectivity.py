@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         plot.save(plot.barriers([raw, aligned], value=f"test/{value}"), out / f"barrier_alignment_{value}.png")
     ax = plot.contour(surf, path=path, path_label="point on the Bezier curve (0 = A)",
                       points={"A": positions[0], "B": positions[1], "bend": positions[2]},
-                      axis_labels=["along B - A", "towards the bend"],
+                      axis_labels=["along B \u2212 A (parameter distance)", "towards the bend (parameter distance)"],
                       title="train loss, plane through A, B and the bend\n(BatchNorm recalibrated)")
     plot.save(ax, out / "curve_plane.png")
 

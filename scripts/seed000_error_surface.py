@@ -1,10 +1,13 @@
 """Seed article 000: the error surface of a two-weight tanh net, with the SGD path on it.
 
 The net is x -> w2 * tanh(w1 * x) (no biases), fitted with SGD from
-(w1, w2) = (-1, -1) to a noisy piecewise function. Its test MSE is computed
-over the raw weights on a fine grid; the path, recorded once per epoch with
-``fastscape.record``, is drawn on top with heights from ``fastscape.path_loss``
-(the same evaluator, so the path lies exactly on the surface).
+(w1, w2) = (-1, -1) to the article's noisy function where it is 7.3 sin x
+(x in [-2, 2), the middle piece, as ``fastscape demo`` does: over the whole
+data one tanh unit cannot fit the linear and cubic tails, and the surface is a
+shelf with no minimum in any frame). Its test MSE is computed over the raw
+weights on a grid framed around the path and the basin; the path, recorded once
+per epoch with ``fastscape.record``, is drawn on top with heights from
+``fastscape.path_loss`` (the same evaluator, so the path lies exactly on the surface).
 
     PYTHONPATH=. python scripts/seed000_error_surface.py --out out/seed000 [--small]
 """
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fastscape
-from fastscape._demo import TwoWeightNet, piecewise_data
+from fastscape._demo import CAPTION, TwoWeightNet, middle_piece, piecewise_data
 
 
 def main(argv=None) -> int:
@@ -28,10 +31,11 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", help="a quick, coarse run (for CI)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    n, epochs, res = (2_000, 4, 41) if args.small else (10_000, 25, 201)
+    n, epochs, res = (10_000, 25, 41) if args.small else (10_000, 25, 201)  # --small: a coarse grid only
 
     torch.manual_seed(0)
-    x, y = piecewise_data(n, seed=42)
+    x, y = middle_piece(*piecewise_data(n, seed=42))
+    n = len(x)
     split = int(0.8 * n)
     train, test = (x[:split], y[:split]), (x[split:], y[split:])
     model = TwoWeightNet()
@@ -59,26 +63,29 @@ def main(argv=None) -> int:
     origin = fastscape.axis_origin(model, names, at="zero")
     path = fastscape.project(traj, directions, origin=origin)  # = the raw (w1, w2) of each snapshot
     heights = fastscape.path_loss(model, test, traj, loss_fn=F.mse_loss, device="cpu")
-    # [-2, 2] on each axis, widened so the path keeps half a unit of landscape around it
-    lo = np.minimum(-2.0, np.floor((path.min(axis=0) - 0.5) * 4) / 4)
-    hi = np.maximum(2.0, np.ceil((path.max(axis=0) + 0.5) * 4) / 4)
+    # the path and the basin around it, framed as the demo frames them
     surface = fastscape.loss_surface(model, test, directions, origin=origin, loss_fn=F.mse_loss,
-                                     grid=[(float(a), float(b), res) for a, b in zip(lo, hi)], device="cpu",
-                                     progress=False)
+                                     grid=path.frame(res), device="cpu", progress=False)
 
-    labels = ("w1 (hidden weight)", "w2 (output weight)")
+    labels = ("w\u2081 (hidden weight)", "w\u2082 (output weight)")
     ax = fastscape.plot.contour(surface, path=path, axis_labels=labels, path_label="epoch",
-                                title="Test MSE over (w1, w2), SGD path per epoch")
+                                title="Test MSE over the raw weights, SGD path (a dot per epoch)")
+    ax.figure.set_size_inches(7.6, 7.0)
+    ax.figure.text(0.5, 0.005, CAPTION.format(var=float((test[1] ** 2).mean())), ha="center", va="bottom",
+                   fontsize=7.5, wrap=True)
+    ax.figure.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
     written = [fastscape.plot.save(ax, out / "error_surface_contour.png")]
     fig = fastscape.plot.surface3d(surface, path=path, path_loss=heights, axis_labels=labels, path_label="epoch",
                                    title="Error surface of the two-weight tanh net, with the SGD path")
     written.append(fastscape.plot.save(fig, out / "error_surface_3d.html"))
 
     w1, w2 = surface.argmin()
+    i, j = np.unravel_index(int(np.nanargmin(surface.loss)), surface.loss.shape)
+    where = "on the frame's edge" if i in (0, res - 1) or j in (0, res - 1) else "inside the frame"
     print(f"{len(traj)} snapshots over {rec.n_steps} SGD steps; final test MSE {heights[-1]:.4f} "
           f"at (w1, w2) = ({path[-1, 0]:.3f}, {path[-1, 1]:.3f})")
     print(f"surface {res}x{res}: {surface.meta['points_per_second']:,.0f} points/s; lowest grid point "
-          f"(w1, w2) = ({w1:.3f}, {w2:.3f}), MSE {np.nanmin(surface.loss):.4f}")
+          f"(w1, w2) = ({w1:.3f}, {w2:.3f}), MSE {np.nanmin(surface.loss):.4f}, {where}")
     for p in written:
         print(f"wrote {p}")
     return 0

@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     axis = cubed(res, 1.0)
     r_surf = fastscape.loss_surface(model, (x, y), rand, loss_fn=F.mse_loss, grid=[axis, axis],
                                     device="cpu", progress=False)
-    ax = fastscape.plot.contour(r_surf, path=r_path, axis_labels=("random direction 1", "random direction 2"),
-                                path_label="Adam step", title="Random slice (filter-normalised), cubed grid")
+    ax = fastscape.plot.contour(r_surf, path=r_path, path_label="Adam step", title="Random slice, cubed grid",
+                                axis_labels=("filter-normalised random direction 1",
+                                             "filter-normalised random direction 2"))
     written.append(fastscape.plot.save(ax, out / "random_slice.png"))
 
     # --- the PCA slice of the path

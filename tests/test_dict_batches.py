@@ -129,3 +129,22 @@ def test_cross_sections_from_named_input_pairs():
         with torch.no_grad():
             moved.transformer.ln_f.bias[3] += offset
         assert value == pytest.approx(_mean_loss(moved, [batch]), rel=1e-5)
+
+
+def test_train_curve_from_collator_dicts_keeps_its_ends():
+    """A curve trained on collator dicts (the attention mask reaches ``attention_mask``, not
+    GPT-2's second positional parameter): its ends are the two models, whose losses a direct
+    loop computes; neither model is modified."""
+    from fastscape.connect import evaluate_curve, train_curve
+
+    a = _gpt2()
+    torch.manual_seed(1)
+    b = transformers.GPT2LMHeadModel(a.config).eval()
+    snaps = snapshot(a), snapshot(b)
+    loader = _loader()
+    curve = train_curve(a, b, loader, loss_fn=lm_loss, epochs=1, batch_size=4, lr=0.01)
+    prof = evaluate_curve(curve, a, loader, loss_fn=lm_loss, n=3, line=False)
+    np.testing.assert_allclose(prof.curve["loss"][[0, -1]], [_mean_loss(a, loader), _mean_loss(b, loader)],
+                               rtol=2e-5)
+    assert_unchanged(a, snaps[0])
+    assert_unchanged(b, snaps[1])

@@ -424,8 +424,11 @@ def test_interpolation_errors(gen):
         sd = b.state_dict()
         del sd["net.4.bias"]
         fastscape.interpolation_directions(a, b, sd)
-    with pytest.raises(TypeError, match="`model_a` must be an nn.Module; got OrderedDict"):
-        fastscape.interpolation_directions(a.state_dict(), b)
+    with pytest.raises(TypeError, match="`model_a` must be an nn.Module, or a state dict with another model given "
+                                        "as an nn.Module .*; got OrderedDict and no nn.Module"):
+        fastscape.interpolation_directions(a.state_dict(), b.state_dict())  # a state dict alone: no architecture
+    with pytest.raises(TypeError, match="`model_a` must be an nn.Module, or a state dict .*; got int\\.$"):
+        fastscape.interpolation_directions(3, b)
     with pytest.raises(TypeError, match="`model_b` must be an nn.Module or a state dict; got int"):
         fastscape.interpolation_directions(a, 3)
     with pytest.raises(TypeError, match="`model_c` is required: a plane needs three models"):

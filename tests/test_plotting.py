@@ -129,7 +129,11 @@ def test_surface3d_holds_surface_and_path():
     np.testing.assert_array_equal(surf.x, s.coords[0])
     np.testing.assert_array_equal(surf.y, s.coords[1])
     np.testing.assert_array_equal(np.stack([line.x, line.y], axis=1), path)
-    np.testing.assert_array_equal(line.z, losses)
+    from fastscape.plot._surface3d import LIFT
+
+    # drawn a share of the height range above the surface; hover reads the losses themselves
+    np.testing.assert_allclose(line.z, losses + LIFT * (s.loss.max() - s.loss.min()))
+    np.testing.assert_array_equal(np.asarray(line.customdata)[:, 1], losses)
     np.testing.assert_array_equal(line.marker.color, np.arange(len(path)))
     assert "lines" in line.mode and "markers" in line.mode
     assert (start.x[0], start.y[0]) == tuple(path[0]) and (end.x[0], end.y[0]) == tuple(path[-1])
@@ -149,7 +153,7 @@ def test_surface3d_reads_at_a_glance():
     assert (c.end - c.start) / c.size >= 20
     assert c.start <= s.loss.min() + 1e-12 and c.end >= s.loss.max() - 1e-12
     # the colour bar of the path says what it counts
-    assert line.marker.colorbar.title.text == "recorded snapshot"
+    assert line.marker.colorbar.title.text.replace("<br>", " ") == "recorded snapshot"  # wrapped above the bar
     assert plot.surface3d(s, path=path, path_label="epoch").data[1].marker.colorbar.title.text == "epoch"
     # start and end are labelled beside their markers (offset in pixels), not on top of them
     notes = {a.text.replace("<b>", "").replace("</b>", ""): a for a in fig.layout.scene.annotations}
@@ -165,10 +169,12 @@ def test_surface3d_camera_looks_over_the_valley_not_the_plateau():
     bowl = 0.1 + 0.5 * (x[:, None] + 0.4) ** 2 + 0.3 * y[None, :] ** 2
     plateau = np.where(x[:, None] > 0.3, 50.0, bowl)  # a high wall on the +x side, valley at x = -0.4
     s = Surface(coords=[x, y], loss=plateau + 0 * y[None, :])
-    eye = plot.surface3d(s, zmax=None).layout.scene.camera.eye
-    assert eye.x < 0 and abs(eye.x) > abs(eye.y)  # the eye stands on the valley's side
+    cam = plot.surface3d(s, zmax=None).layout.scene.camera
+    # in front of the plane (the contour's orientation), swung to the valley's side, away from the wall
+    assert cam.eye.y < cam.center.y and cam.eye.x < cam.center.x
     mirrored = Surface(coords=[x, y], loss=s.loss[::-1].copy())
-    assert plot.surface3d(mirrored, zmax=None).layout.scene.camera.eye.x > 0
+    cam = plot.surface3d(mirrored, zmax=None).layout.scene.camera
+    assert cam.eye.y < cam.center.y and cam.eye.x > cam.center.x
     # the path's end decides when given: it ends on the -y side of a surface high at +y
     tilted = Surface(coords=[x, y], loss=np.exp(3 * y)[None, :] + 0 * x[:, None])
     end_low = np.array([[0.0, 0.9], [0.0, -0.8]])
@@ -412,31 +418,79 @@ def test_volume_isosurface_and_slices_hold_the_loss():
         plot.volume(_plane())
 
 
+def _shells(fig):
+    return [t for t in fig.data if t.type == "isosurface"]
+
+
 def test_volume_shells_are_labelled_with_their_loss_and_the_minimum_is_marked():
     v = _volume()
     finite = v.loss[np.isfinite(v.loss)]
     fig = plot.volume(v, levels=4, zmax=None, log=False)
-    iso = fig.data[0]
-    # plotly draws `surface_count` shells evenly from isomin to isomax: those are the colour-bar ticks
-    shells = np.linspace(iso.isomin, iso.isomax, iso.surface.count)
-    assert iso.surface.count == 4
-    assert finite.min() < shells[0] and shells[-1] < finite.max()  # none hugs the minimum or the box
-    np.testing.assert_allclose(iso.colorbar.tickvals, shells)
-    assert list(iso.colorbar.ticktext) == [f"{s:.3g}" for s in shells]
-    assert "shell" in iso.colorbar.title.text
+    shells = _shells(fig)
+    values = np.array([s.isomin for s in shells])
+    assert all(s.isomin == s.isomax and s.surface.count == 1 for s in shells)  # one trace, one shell
+    assert 2 <= len(shells) <= 4
+    assert finite.min() < values.min() and values.max() < finite.max()  # none hugs the minimum or the box
+    # on round values (matplotlib's 1-2-2.5-5 steps), ticked on the colour bar as printed
+    np.testing.assert_allclose(values, np.round(values * 4) / 4)
+    bar = shells[0].colorbar
+    np.testing.assert_allclose(sorted(bar.tickvals), sorted(values))
+    assert list(bar.ticktext) == [f"{s:g}" for s in sorted(values)]
+    assert "shell" in bar.title.text and [s.showscale for s in shells].count(True) == 1
     best = np.unravel_index(np.nanargmin(np.where(np.isfinite(v.loss), v.loss, np.nan)), v.loss.shape)
     mark = next(t for t in fig.data if t.name.startswith("minimum"))
     assert (mark.x[0], mark.y[0], mark.z[0]) == tuple(c[i] for c, i in zip(v.coords, best))
     assert f"{finite.min():.3g}" in mark.name
-    # log colours: ticks still read in loss units
-    iso = plot.volume(v, levels=3, log=True, zmax=None).data[0]
-    np.testing.assert_allclose([float(t) for t in iso.colorbar.ticktext],
-                               10 ** np.linspace(iso.isomin, iso.isomax, 3), rtol=5e-3)
+    # log colours: shells on 1-2-5 values, ticks read in loss units
+    shells = _shells(plot.volume(v, levels=3, log=True, zmax=None))
+    printed = [float(t) for t in shells[0].colorbar.ticktext]
+    np.testing.assert_allclose(printed, 10 ** np.array(shells[0].colorbar.tickvals), rtol=1e-9)
+    assert set(printed) <= {m * 10.0**d for d in range(-2, 3) for m in (1, 2, 5)}
     # the matplotlib drawing: rings per shell, the shells' values on its colour bar, the minimum labelled
     ax = plot.volume(v, levels=4, zmax=None, backend="matplotlib", log=False)
     cb = next(a for a in ax.figure.axes if a.get_label() == "<colorbar>")
-    np.testing.assert_allclose(cb.get_yticks(), shells)
+    np.testing.assert_allclose(cb.get_yticks(), sorted(values))
     assert any("minimum" in t.get_text() and f"{finite.min():.3g}" in t.get_text() for t in ax.texts)
+
+
+def test_volume_shells_can_be_told_apart():
+    """One colour per shell on a stepped colour bar (the continuous scale's colour at the shell's value),
+    inner shells more opaque than those around them."""
+    from plotly.colors import get_colorscale, sample_colorscale
+
+    v = _volume()
+    fig = plot.volume(v, levels=4, zmax=None, log=False)
+    shells = _shells(fig)
+    values = np.array([s.isomin for s in shells])
+    lo, hi = shells[0].cmin, shells[0].cmax
+    assert all((s.cmin, s.cmax) == (lo, hi) for s in shells)
+    np.testing.assert_array_equal(values, np.sort(values))  # innermost (lowest loss) first
+    assert all(a.opacity > b.opacity for a, b in zip(shells, shells[1:]))
+    scale = shells[0].colorscale
+    pos = [float(p) for p, _ in scale]
+    colors = [c for _, c in scale]
+    want = sample_colorscale(get_colorscale("Viridis"), list((values - lo) / (hi - lo)))
+    for value, color in zip(values, want):  # the band around each shell holds the shell's colour
+        band = [c for p, c in zip(pos, colors) if p == pytest.approx((value - lo) / (hi - lo), abs=0.5 / len(values))]
+        assert color in band
+    assert len(set(colors)) == len(values)  # steps, not a gradient
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_volume_slices_and_shells_share_one_colour_scale(log):
+    v = _volume()
+    iso = _shells(plot.volume(v, kind="isosurface", zmax=None, log=log))
+    slices = [t for t in plot.volume(v, kind="slices", zmax=None, log=log).data if t.type == "surface"]
+    finite = v.loss[np.isfinite(v.loss)]
+    lo = np.log10(finite.min()) if log else finite.min()
+    for t in [*iso, *slices]:
+        assert (t.cmin, t.cmax) == pytest.approx((lo, np.log10(finite.max()) if log else finite.max()))
+    ok = np.isfinite(v.loss[3])
+    drawn = np.asarray(slices[0].surfacecolor)[ok]
+    np.testing.assert_allclose(drawn, np.log10(v.loss[3][ok]) if log else v.loss[3][ok])  # the same transform
+    bar = slices[0].colorbar
+    printed = np.array([float(t) for t in bar.ticktext])
+    np.testing.assert_allclose(10 ** np.array(bar.tickvals) if log else bar.tickvals, printed, rtol=1e-9)
 
 
 # ----------------------------------------------------------------------------- animations

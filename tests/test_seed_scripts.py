@@ -85,3 +85,16 @@ def test_linear_regression_minimum_matches_sklearn(runs):
     # the quadratic through the nine grid points around it hits the fit between grid points
     assert summary["quadratic_min"]["w"] == pytest.approx(w, abs=1e-6)
     assert summary["quadratic_min"]["b"] == pytest.approx(b, abs=1e-6)
+
+
+def test_error_surface_frames_a_basin_the_path_descends_into(runs):
+    """seed000 draws the basin, not the whole-data shelf: SGD ends near the noise floor (MSE 1, the
+    noise's variance) and the grid's lowest point lies inside the frame, not on its edge."""
+    import re
+
+    out, code, stdout, stderr = runs["seed000"]
+    assert code == 0, stderr[-3000:]
+    final = float(re.search(r"final test MSE ([0-9.]+)", stdout).group(1))
+    lowest = float(re.search(r"lowest grid point .*MSE ([0-9.]+)", stdout).group(1))
+    assert final < 1.5 and lowest < 1.5  # the shelf of the whole data sat at MSE ~130
+    assert "inside the frame" in stdout

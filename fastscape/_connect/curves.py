@@ -127,17 +127,23 @@ def _train_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _shuffled_batches(data, batch_size: int, device, dtype, gen: torch.Generator):
-    """A function ``epoch() -> list of (args, y)``: the samples reshuffled each epoch."""
-    given = Batches(data, device=device, dtype=dtype)
+def _shuffled_batches(data, model: nn.Module, batch_size: int, device, dtype, gen: torch.Generator):
+    """A function ``epoch() -> list of (args, y)``: the samples reshuffled each epoch; inputs
+    given by name (a Hugging Face collator's dicts) bound to ``model.forward``'s parameters, with
+    ``None`` where a parameter between them keeps its default."""
+    given = Batches(data, device=device, dtype=dtype).bind(model)
     xs, ys = zip(*[(x, y) for x, y, _ in given])
 
     def cat(parts):
+        if parts[0] is None:
+            return None
         if isinstance(parts[0], torch.Tensor):
             return torch.cat(parts)
         return tuple(cat([p[i] for p in parts]) for i in range(len(parts[0])))
 
     def take(t, idx):
+        if t is None:
+            return None
         return t[idx] if isinstance(t, torch.Tensor) else tuple(take(u, idx) for u in t)
 
     x, y = cat(list(xs)), cat(list(ys))
@@ -186,7 +192,7 @@ def train_curve(model_a: nn.Module, model_b: nn.Module, data, *, loss_fn: Callab
     bend = {k: ((a[k] + b[k]) / 2).clone() for k in a}
     theta = {k: bend[k].requires_grad_(True) for k in pkeys}
     gen = torch.Generator().manual_seed(seed)
-    epoch_batches = _shuffled_batches(data, batch_size, dev, dtype, gen)
+    epoch_batches = _shuffled_batches(data, model_a, batch_size, dev, dtype, gen)
     net = _train_copy(model_a).to(dev)
     opt = torch.optim.SGD(list(theta.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     history, steps = [], 0

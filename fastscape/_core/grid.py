@@ -77,6 +77,9 @@ def make_axes(grid, k: int) -> list[np.ndarray]:
         return [_axis(grid, i) for i in range(k)]
     if isinstance(grid, np.ndarray) and grid.ndim == 1 and k == 1:
         return [_axis(grid, 0)]
+    if isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(v, numbers.Real) for v in grid):
+        raise ValueError(f"`grid` {tuple(grid)!r} gives the span but not the number of points: use a (min, max, num) "
+                         f"triple, e.g. ({grid[0]}, {grid[1]}, 51).")
     if not isinstance(grid, (tuple, list)) or len(grid) != k:
         raise ValueError(
             f"`grid` must be an int, a (min, max, num) triple, or a list of {k} per-direction "

@@ -88,7 +88,11 @@ def check_directions(model: nn.Module, directions, *, name: str = "directions") 
 
     Returns the directions as a list of detached dicts.
     """
-    if isinstance(directions, Mapping) or isinstance(directions, torch.Tensor):
+    if isinstance(directions, torch.Tensor):  # loss_surface(model, X, y, ...): the targets where directions go
+        raise TypeError(f"`{name}` must be a list of direction dicts (one per axis); got a Tensor. If it holds "
+                        "your targets, pass the data as one pair: loss_surface(model, (inputs, targets), directions, "
+                        "loss_fn=...).")
+    if isinstance(directions, Mapping):
         raise TypeError(
             f"`{name}` must be a list of direction dicts (one per axis); got a single "
             f"{type(directions).__name__}. Wrap it in a list: [{name}]."

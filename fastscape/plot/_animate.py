@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import (
-    PATH_LABEL,
     attach_mpl,
     axis_titles,
     check_path,
@@ -21,21 +20,26 @@ from ._common import (
     finite,
     log10_floor,
     new_figure,
+    path_unit,
     require,
     resolve_value,
 )
 from ._common import use_log as log_rule
+from ._contour import round_ticks, tick_text
 from ._display import displays
 from ._marks import path_heights, stored_path
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
 
-__all__ = ["animate_path", "animate_fit", "frame_indices"]
+__all__ = ["animate_path", "animate_fit", "frame_indices", "change_frames", "HOLD_MS"]
 
 
-def _controls(fig, names, duration_ms, prefix):
+def _controls(fig, names, duration_ms, prefix, labels=None):
     """Play/pause buttons at the left and a slider to their right whose label sits at its right end.
+
+    ``names`` are the frames' names; ``labels`` what the slider prints for each
+    (default the names): the same count the frame's title prints.
 
     The slider starts at a fifth of the width, so the two buttons (about 120
     pixels together) never cover the slider's current-value label.
@@ -52,12 +56,49 @@ def _controls(fig, names, duration_ms, prefix):
         sliders=[dict(
             x=0.2, len=0.8, y=0.0, xanchor="left", yanchor="top", pad=dict(t=40, b=10),
             currentvalue=dict(prefix=prefix, xanchor="right", font=dict(size=13)),
-            steps=[dict(label=n, method="animate",
+            steps=[dict(label=lab, method="animate",
                         args=[[n], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
-                   for n in names],
+                   for n, lab in zip(names, names if labels is None else labels)],
         )],
         margin=dict(b=115),
     )
+
+
+#: a GIF holds its last frame this long (ms), so the end of the animation can be read before it loops
+HOLD_MS = 1500
+
+#: a fit that moves less than this share of the picture's height (RMS) is the same picture
+SAME_FIT = 0.002
+
+
+def change_frames(curves: np.ndarray, max_frames: int, height: float) -> np.ndarray:
+    """At most ``max_frames`` indices into the (T, N) ``curves``, spread evenly over how much the curve moves.
+
+    The cumulative RMS change of the curve from snapshot to snapshot is split
+    into equal parts, so frames fall where the fit changes and none is spent on
+    a fit that no longer moves; the first and the last snapshot are kept, and a
+    frame whose curve differs from the one before by less than :data:`SAME_FIT`
+    of ``height`` is dropped (the last snapshot replaces its look-alike).
+    """
+    t = len(curves)
+    if not isinstance(max_frames, (int, np.integer)) or isinstance(max_frames, bool) or max_frames < 1:
+        raise ValueError(f"`max_frames` must be a positive integer; got {max_frames!r}.")
+    c = np.where(np.isfinite(curves), curves, 0.0)
+    move = np.sqrt(np.mean(np.diff(c, axis=0) ** 2, axis=1)) if t > 1 else np.zeros(0)
+    walked = np.concatenate([[0.0], np.cumsum(move)])
+    if t == 1 or max_frames == 1 or walked[-1] == 0.0:
+        return np.array([t - 1] if max_frames == 1 or walked[-1] == 0.0 else [0])
+    targets = np.linspace(0.0, walked[-1], max_frames - 1, endpoint=False)
+    picks = np.unique(np.concatenate([np.searchsorted(walked, targets, side="left"), [t - 1]]))
+    tol = SAME_FIT * (height if height > 0 else 1.0)
+    kept = [int(picks[0])]
+    for i in picks[1:]:
+        if np.sqrt(np.mean((c[i] - c[kept[-1]]) ** 2)) < tol:
+            if i == t - 1:
+                kept[-1] = int(i)  # the end replaces the frame that already looked like it
+            continue
+        kept.append(int(i))
+    return np.array(kept)
 
 
 def frame_indices(t: int, max_frames: int) -> np.ndarray:
@@ -70,7 +111,7 @@ def frame_indices(t: int, max_frames: int) -> np.ndarray:
 @displays
 def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log: bool = True, axis_labels=None,
                  explained_variance=None, title: str = "Optimiser path", max_frames: int = 60,
-                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str = PATH_LABEL) -> go.Figure:
+                 duration_ms: int = 120, colorscale: str = "Viridis", path_label: str | None = None) -> go.Figure:
     """The optimiser's path crawling over a plane's contours, one frame per recorded snapshot.
 
     Parameters
@@ -90,8 +131,11 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
         what the contours read under the marker).
     max_frames : int
         At most this many frames (snapshots are subsampled evenly; the last is kept).
-    path_label : str
-        What one snapshot is, in the titles and the slider (default "recorded snapshot").
+    path_label : str, optional
+        What one snapshot is, in the titles and the slider. Default: the unit
+        the path carries ("epoch" for :func:`fastscape.project` of a
+        :func:`fastscape.train` trajectory, numbered by its epochs), else
+        "recorded snapshot".
 
     Returns
     -------
@@ -105,9 +149,12 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     go = require("plotly.graph_objects", "`fastscape.plot.animate_path`")
     check_surface(surface, 2, "animate_path")
     v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
+    path = stored_path(surface, path)
+    path_label, counts = path_unit(path, path_label)
+    path = check_path(path)
     if path is None:
         raise ValueError("`path` is required: pass the (T, 2) plane coordinates, or a surface with `surface.path`.")
+    counts = np.arange(len(path)) if counts is None else counts
     if path_loss is None:
         path_loss, which = path_heights(surface, path, value), f"{v.label} on the plane"
     else:
@@ -119,13 +166,13 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
     use_log = log_rule(vals, log, v.is_loss)
     zc = log10_floor(z) if use_log else z
     colorbar = dict(title=dict(text=f"{v.label} (log scale)" if use_log else v.label))
-    if use_log:  # ticks read in loss units, placed on the log10 heights
-        ticks = np.linspace(np.nanmin(zc), np.nanmax(zc), 7)
-        colorbar.update(tickvals=ticks.tolist(), ticktext=[f"{10.0**t:.3g}" for t in ticks])
+    if use_log:  # round ticks read in loss units, placed on the log10 heights
+        ticks = round_ticks(10.0 ** float(np.nanmin(zc)), 10.0 ** float(np.nanmax(zc)), True)
+        colorbar.update(tickvals=np.log10(ticks).tolist(), ticktext=[tick_text(t) for t in ticks])
     xl, yl = axis_titles(surface, axis_labels, explained_variance)
 
     def caption(i):
-        return f"{title}: {path_label} {i}, {which} {path_loss[i]:.4g}"
+        return f"{title}: {path_label} {counts[i]}, {which} {path_loss[i]:.4g}"
 
     pad = 0.02 * (np.ptp(path, axis=0) + 1e-12)
     xr = [min(surface.coords[0].min(), path[:, 0].min() - pad[0]), max(surface.coords[0].max(), path[:, 0].max() + pad[0])]
@@ -151,7 +198,8 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
         xaxis=dict(title=dict(text=xl), range=xr), yaxis=dict(title=dict(text=yl), range=yr),
         legend=dict(x=0.01, y=0.99, bgcolor="rgba(255,255,255,0.7)"),
     )
-    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ")
+    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix=f"{path_label} ",
+              labels=[str(counts[i]) for i in steps])
 
     def make():
         from ._contour import contour
@@ -174,7 +222,7 @@ def animate_path(surface, path=None, *, value: str = "loss", path_loss=None, log
         update(int(steps[-1]))
         return mfig, update
 
-    return attach_mpl(fig, make, frames=steps.tolist(), size=(900, 760))
+    return attach_mpl(fig, make, frames=steps.tolist(), size=(900, 760), hold_ms=HOLD_MS)
 
 
 @displays
@@ -191,13 +239,17 @@ def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: in
     data : pair (x, y) of arrays of shape (N,) or (N, 1), optional
         The training data, drawn as points.
     max_frames : int
-        At most this many frames (snapshots subsampled evenly; the last is kept).
+        At most this many frames, spread over how much the fit moves
+        (:func:`change_frames`): many where it changes, none where it no longer
+        does; the first and last snapshot are always shown.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        Traces ``"data"`` (when given) and ``"fit"``; frame ``f`` holds the fit of
-        snapshot ``int(frame.name)``. Saved as ``.gif``, frames are drawn by matplotlib.
+        Traces ``"data"`` (when given, drawn over the fit) and ``"fit"``; frame
+        ``f`` holds the fit of snapshot ``int(frame.name)``; its title and the
+        slider both count the snapshot's step. Saved as ``.gif``, frames are
+        drawn by matplotlib and the last one is held for :data:`HOLD_MS`.
     """
     go = require("plotly.graph_objects", "`fastscape.plot.animate_fit`")
     for attr in ("x", "outputs", "steps"):
@@ -212,7 +264,6 @@ def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: in
     pred = out.reshape(out.shape[0], len(xs), -1)[:, :, 0]
     order = np.argsort(xs, kind="stable")
     xs, pred = xs[order], pred[:, order]
-    t = pred.shape[0]
     steps = list(predictions.steps)
     losses = getattr(predictions, "losses", None)
     if data is not None:
@@ -233,28 +284,30 @@ def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: in
     pad = 0.05 * (hi - lo + 1e-12)
     yr = [lo - pad, hi + pad]
     traces = []
-    if data is not None:
-        traces.append(go.Scatter(x=xd, y=yd, mode="markers", name="data",
-                                 marker=dict(size=4, color="steelblue", opacity=0.6)))
+    if data is not None:  # over the fit (zorder), dark dots on a lighter, wider line: both stay visible
+        traces.append(go.Scatter(x=xd, y=yd, mode="markers", name="data", zorder=2,
+                                 marker=dict(size=4, color="#08306b", opacity=0.85)))
     fit_index = len(traces)
-    traces.append(go.Scatter(x=xs, y=pred[0], mode="lines", name="fit", line=dict(color="crimson", width=3)))
+    traces.append(go.Scatter(x=xs, y=pred[0], mode="lines", name="fit", zorder=1,
+                             line=dict(color="#ff7f0e", width=4)))
     fig = go.Figure(traces)
-    frames = frame_indices(t, max_frames)
+    frames = change_frames(pred, max_frames, yr[1] - yr[0])
     fig.frames = [go.Frame(name=str(i), traces=[fit_index], data=[go.Scatter(x=xs, y=pred[i])],
                            layout=go.Layout(title=dict(text=caption(i)))) for i in frames]
     fig.update_layout(
-        title=dict(text=caption(0)), template="plotly_white", autosize=True,
+        title=dict(text=caption(int(frames[0]))), template="plotly_white", autosize=True,
         xaxis=dict(title=dict(text="x"), range=[xs[0], xs[-1]]),
         yaxis=dict(title=dict(text="y"), range=yr),
     )
-    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix="snapshot ")
+    # the slider counts what the titles count: the snapshot's step
+    _controls(fig, [f.name for f in fig.frames], duration_ms, prefix="step ", labels=[str(steps[i]) for i in frames])
 
     def make():
         mfig = new_figure((7.4, 4.8))
         ax = mfig.add_subplot()
         if data is not None:
-            ax.scatter(xd, yd, s=8, color="steelblue", alpha=0.6, label="data", edgecolors="none")
-        (fit,) = ax.plot(xs, pred[0], color="crimson", linewidth=2.5, label="fit")
+            ax.scatter(xd, yd, s=9, color="#08306b", alpha=0.85, label="data", edgecolors="none", zorder=3)
+        (fit,) = ax.plot(xs, pred[0], color="#ff7f0e", linewidth=3.5, label="fit", zorder=2)
         ax.set_xlim(xs[0], xs[-1])
         ax.set_ylim(*yr)
         ax.set_xlabel("x")
@@ -268,4 +321,4 @@ def animate_fit(predictions, *, data=None, max_frames: int = 60, duration_ms: in
         update(int(frames[-1]))
         return mfig, update
 
-    return attach_mpl(fig, make, frames=frames.tolist(), size=(900, 600))
+    return attach_mpl(fig, make, frames=frames.tolist(), size=(900, 600), hold_ms=HOLD_MS)

@@ -18,11 +18,34 @@ from .. import _optional
 
 __all__ = ["require", "finite", "check_surface", "check_path", "check_points", "Value", "resolve_value",
            "axis_titles", "auto_zmax", "new_axes", "new_figure", "MplForm", "attach_mpl", "mpl_form",
-           "check_backend", "BACKENDS", "PATH_LABEL", "LOG_SPAN",
+           "check_backend", "BACKENDS", "PATH_LABEL", "path_unit", "LOG_SPAN",
            "use_log"]
 
-#: what the colour of a path's markers counts, unless the caller says otherwise.
+#: what the colour of a path's markers counts when neither the caller nor the path says
+#: (a path from ``fastscape.project`` of a ``train()`` trajectory says "epoch").
 PATH_LABEL = "recorded snapshot"
+
+
+def path_unit(path, path_label: str | None = None) -> tuple[str, np.ndarray | None]:
+    """What a path's points count, and each point's count: ``(label, counts)``.
+
+    The label is ``path_label`` when given; otherwise the unit the path carries
+    (``path.unit`` of what :func:`fastscape.project` returns: "epoch" for a
+    ``train()`` trajectory, "step"); otherwise :data:`PATH_LABEL`. ``counts``
+    are the path's own epoch or step numbers (``path.counts``) when the label
+    is its unit, else None: the views then number the points 0, 1, 2, ..., so
+    a caller's own label never sits over numbers of another unit. Read it
+    before :func:`check_path`, which keeps only the coordinates.
+    """
+    if path_label is not None and not isinstance(path_label, str):
+        raise TypeError(f"`path_label` must be a string such as 'epoch', or None to read it from the path; "
+                        f"got {path_label!r}.")
+    unit, counts = getattr(path, "unit", None), getattr(path, "counts", None)
+    if counts is not None:
+        counts = np.asarray(counts).reshape(-1)
+        if unit is None or len(counts) != len(path) or (path_label is not None and path_label != unit):
+            unit = counts = None
+    return (path_label or (f"{unit}" if unit else PATH_LABEL)), counts
 
 #: every view's ``log=True`` (the default) draws a loss on a log scale when its finite positive values
 #: span more than this factor; a narrower range, a metric or a non-positive value stays linear.
@@ -282,7 +305,8 @@ def new_axes(figsize=(6.4, 5.0), projection=None):
 
 
 def fmt(v: float) -> str:
-    return f"{v:.3g}"
+    """A number as views print it: 3 significant digits, a true minus sign (as on the ticks)."""
+    return f"{v:.3g}".replace("-", "\u2212")
 
 
 # ----------------------------------------------------------------------------- the native form of a plotly view
@@ -295,21 +319,23 @@ class MplForm:
     ``make()`` returns ``(figure, update)``: a new matplotlib Figure showing the
     view, and ``update(i)`` which redraws it as animation frame ``frames[i]``
     (None for a still view). ``size`` is the pixel size kaleido should use for
-    the plotly figure when the layout does not fix one.
+    the plotly figure when the layout does not fix one; ``hold_ms`` how much
+    longer a GIF shows its last frame (so its end can be read before it loops).
     """
 
     make: Callable[[], tuple[object, Callable[[int], None] | None]]
     frames: Sequence[int] = ()
     size: tuple[int, int] = (1000, 800)
+    hold_ms: int = 0
 
 
-def attach_mpl(fig, make, *, frames: Sequence[int] = (), size=(1000, 800)):
+def attach_mpl(fig, make, *, frames: Sequence[int] = (), size=(1000, 800), hold_ms: int = 0):
     """Record on plotly figure ``fig`` the matplotlib drawing of the same data; returns ``fig``.
 
     The record lives on the figure object the view returned (a copy made with
     ``go.Figure(fig)`` does not carry it).
     """
-    fig._fastscape_mpl = MplForm(make=make, frames=tuple(frames), size=tuple(size))
+    fig._fastscape_mpl = MplForm(make=make, frames=tuple(frames), size=tuple(size), hold_ms=int(hold_ms))
     return fig
 
 

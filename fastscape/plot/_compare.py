@@ -14,11 +14,24 @@ from ._display import displays
 if TYPE_CHECKING:  # the return annotations only
     from matplotlib.axes import Axes
 
-__all__ = ["optimizer_comparison", "RUN_COLORS", "RUN_DASHES", "OFF_PLANE", "off_plane_share"]
+__all__ = ["optimizer_comparison", "RUN_COLORS", "RUN_DASHES", "BACKGROUND", "OFF_PLANE", "off_plane_share"]
 
-#: run colours: saturated, none close to viridis's own greens and yellows, each drawn
-#: with a dark outline so it reads on the dark and the light end of the colour map alike.
-RUN_COLORS = ("#ff2d2d", "#ff9f1c", "#ff4fd8", "#4dd2ff", "#c77dff", "#b15928")
+#: run colours: matplotlib's qualitative ``tab10`` palette in its order, so neighbouring runs get
+#: hues far apart (blue, orange, green, red, ...); each drawn with a dark outline, and over a
+#: grey map of the loss (:data:`BACKGROUND`) so no run's colour is also a loss colour.
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#bcbd22", "#17becf")
+#: the loss under several runs: matplotlib's ``Greys`` from white (low loss) to a mid grey (high loss), so every
+#: run's colour reads on it and none is also a loss colour; ``cmap=`` overrides it
+BACKGROUND = ("Greys", 0.0, 0.55)
+
+
+def _background():
+    from matplotlib import colormaps
+    from matplotlib.colors import LinearSegmentedColormap
+
+    name, lo, hi = BACKGROUND
+    return LinearSegmentedColormap.from_list(f"{name}_{lo}_{hi}", colormaps[name](np.linspace(lo, hi, 256)))
 #: one dash pattern per run, so a run on another's track still shows through its gaps
 RUN_DASHES = ("-", (0, (5, 2)), (0, (1.5, 1.5)), (0, (6, 2, 1.5, 2)), (0, (3, 3)), (0, (8, 3)))
 #: an end point is drawn hollow when more than this share of its distance from the origin lies off the plane
@@ -53,9 +66,10 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
     Returns
     -------
     matplotlib.axes.Axes
-        One line per run (labelled with its name and, when the comparison
-        holds residuals, its end's distance from the plane), each with its own
-        colour and dash, ending in a star of its colour: filled when the end
+        The loss in greys (:data:`BACKGROUND`; ``cmap=`` overrides it) under one
+        line per run (labelled with its name and, when the comparison holds
+        residuals, its end's distance from the plane), each with its own
+        colour of the qualitative ``tab10`` palette (:data:`RUN_COLORS`) and dash, ending in a star of its colour: filled when the end
         lies near the plane, hollow when more than :data:`OFF_PLANE` of its
         distance from the origin is off the plane (there, the contours under
         the star do not give its loss); a start shared by every run is one neutral marker
@@ -73,6 +87,7 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
     if ratio is not None and "axis_labels" not in contour_kw:
         contour_kw["axis_labels"] = tuple(f"PC{i + 1} ({100 * r:.1f}% of variance)" for i, r in enumerate(ratio[:2]))
     contour_kw.setdefault("legend", False)
+    contour_kw.setdefault("cmap", _background())
     ax = contour(surface, ax=ax, title=title, **contour_kw)
     paths = {name: np.asarray(c, dtype=float) for name, c in coords.items()}
     starts = np.array([c[0] for c in paths.values()])
@@ -93,8 +108,10 @@ def optimizer_comparison(comparison, surface, *, ax=None, title: str | None = No
                 path_effects=outline)
         if not shared:
             ax.plot(c[0, 0], c[0, 1], "o", color=color, mec="k", ms=7, zorder=5)
+        # earlier runs' end stars larger too, so a later run ending at the same place leaves a rim of them
+        ms = 13 + 4 * (len(paths) - 1 - i)
         ax.plot(c[-1, 0], c[-1, 1], "*", color="none" if far else color, mec=color if far else "k",
-                mew=2.0 if far else 1.0, ms=15 if far else 13, zorder=6)
+                mew=2.5 if far else 1.0, ms=ms + 2 if far else ms, zorder=6 + 0.01 * i)
     if shared:
         ax.plot(*starts[0], "o", color="white", mec="k", mew=1.5, ms=9, zorder=7, label="shared start")
     legend_below(ax, ncols=len(paths) + int(shared))

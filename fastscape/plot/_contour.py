@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._common import (
-    PATH_LABEL,
     axis_titles,
     check_path,
     check_points,
     check_surface,
     finite,
     new_axes,
+    path_unit,
     require,
     resolve_value,
 )
-from ._marks import draw_best, draw_path, draw_points, legend_below, stored_path
+from ._marks import best_point, draw_best, draw_path, draw_points, legend_below, stored_path
 from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
@@ -64,6 +64,62 @@ def round_ticks(lo: float, hi: float, is_log: bool) -> np.ndarray:
     return np.array([float(f"{q:.6g}") for q in t])
 
 
+#: room along x per tick label, in multiples of the label font size (a 5-character label and a gap)
+TICK_ROOM = 4.5
+
+
+def spaced_xticks(ax) -> None:
+    """Round x ticks no closer than :data:`TICK_ROOM` font sizes, however wide the Axes ends up:
+    matplotlib's default allows 3, and labels like "−2.75" then touch."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import MaxNLocator
+
+    size = FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points()
+
+    class _Spaced(MaxNLocator):
+        def __call__(self):
+            width = self.axis.axes.bbox.width * 72.0 / self.axis.axes.figure.dpi  # points
+            self.set_params(nbins=max(2, int(width // (TICK_ROOM * size))))
+            return super().__call__()
+
+    ax.xaxis.set_major_locator(_Spaced(steps=[1, 2, 2.5, 5, 10]))
+
+
+#: contour labels sit at least this share of the Axes away from its edges (at an edge, the stub of
+#: line before "20" reads as a minus sign)
+LABEL_MARGIN = 0.08
+
+
+def label_spots(ax, lines, avoid=None) -> list[tuple[float, float]]:
+    """Where to label each level of ``lines``: on its longest piece, at a point along it staggered from
+    level to level (half-way, 0.3, 0.7, ... of its length), never within :data:`LABEL_MARGIN` of the edges
+    and, where the piece allows, not within :data:`LABEL_MARGIN` of any of the (n, 2) ``avoid`` points
+    (the path, named points: a label there hides under their markers)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    away = np.empty((0, 2)) if avoid is None else (np.asarray(avoid, dtype=float).reshape(-1, 2) - [x0, y0]) / [
+        x1 - x0, y1 - y0]
+    spots = []
+    for k, path in enumerate(lines.get_paths()):
+        best = None
+        starts = np.flatnonzero(path.codes == 1) if path.codes is not None else np.array([0])  # MOVETO
+        for seg in np.split(path.vertices, starts[1:]):  # its pieces, unsimplified (to_polygons drops points)
+            fx, fy = (seg[:, 0] - x0) / (x1 - x0), (seg[:, 1] - y0) / (y1 - y0)
+            inside = (fx > LABEL_MARGIN) & (fx < 1 - LABEL_MARGIN) & (fy > LABEL_MARGIN) & (fy < 1 - LABEL_MARGIN)
+            if len(seg) < 2 or not inside.any():
+                continue
+            arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(fx), np.diff(fy)))])
+            if best is None or arc[-1] > best[0]:
+                want = (0.5, 0.3, 0.7, 0.4, 0.6)[k % 5] * arc[-1]
+                gap = np.hypot(fx[:, None] - away[:, 0], fy[:, None] - away[:, 1]).min(axis=1, initial=np.inf)
+                clear = inside & (gap >= LABEL_MARGIN)
+                cost = np.where(clear if clear.any() else inside, np.abs(arc - want), np.inf)
+                best = (arc[-1], seg[int(np.argmin(cost))])
+        if best is not None:
+            spots.append((float(best[1][0]), float(best[1][1])))
+    return spots
+
+
 def tick_text(q: float) -> str:
     """A round value as printed on ticks and contour labels alike, with a true minus sign."""
     return f"{q:g}".replace("-", "\u2212")
@@ -82,7 +138,7 @@ def tidy_colorbar(cb, ticks):
 @displays
 def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, levels=30, log: bool = True,
             filled: bool = True, labels: bool = True, axis_labels=None, explained_variance=None, title=None,
-            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str = PATH_LABEL,
+            cmap: str = "viridis", path_cmap: str = "plasma", path_label: str | None = None,
             colorbar: bool = True, legend: bool = True, minimum: bool = True, norm=None) -> Axes:
     """Contours of a plane, with a path coloured by snapshot and named positions.
 
@@ -114,9 +170,12 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     axis_labels, explained_variance :
         Axis titles; PCA explained-variance ratios (given, or read from
         ``surface.meta["directions"]``) are appended, e.g. "PC1 (87.3% of variance)".
-    path_label : str
-        Title of the path's colour bar: what the colour counts (default
-        "recorded snapshot"; e.g. "epoch" for :func:`fastscape.train`'s default).
+    path_label : str, optional
+        Title of the path's colour bar: what the colour counts. Default: the
+        unit the path carries ("epoch" for :func:`fastscape.project` of a
+        :func:`fastscape.train` trajectory, whose colours are then its epoch
+        numbers), else "recorded snapshot". A label of your own numbers the
+        points 0, 1, 2, ... unless it is the path's own unit.
     legend : bool
         Put a legend for the path and points under the Axes.
     minimum : bool
@@ -134,7 +193,9 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
     require("matplotlib", "`fastscape.plot.contour`")
     check_surface(surface, 2, "contour")
     v = resolve_value(surface, value)
-    path = check_path(stored_path(surface, path))
+    path = stored_path(surface, path)
+    path_label, counts = path_unit(path, path_label)
+    path = check_path(path)
     pts = check_points(points)
     if ax is None:
         ax = new_axes((6.4, 5.6))
@@ -165,12 +226,19 @@ def contour(surface, *, value: str = "loss", path=None, points=None, ax=None, le
         lines = ax.contour(X, Y, zm, levels=ticks, colors="k", linewidths=0.5)
     else:
         cs = lines = ax.contour(X, Y, zm, levels=lv, cmap=cmap, norm=norm, linewidths=0.9)
-    if labels and len(lines.levels):
-        ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2)
     ax.set_xlim(X[0], X[-1])
     ax.set_ylim(Y[0], Y[-1])
+    along = None if path is None else np.concatenate([path[:1], *(  # the path's segments too, not only its dots
+        a + np.linspace(0, 1, 9)[1:, None] * (b - a) for a, b in zip(path[:-1], path[1:]))])
+    best_xy = best_point(surface, v) if minimum else None  # its cross is drawn last, over any label
+    marks = [q for q in (along, None if pts is None else np.array([c for _, c in pts]),
+                         None if best_xy is None else np.array([best_xy["xy"]])) if q is not None]
+    spots = label_spots(ax, lines, np.concatenate(marks) if marks else None) if labels and len(lines.levels) else []
+    if spots:
+        ax.clabel(lines, inline=True, fontsize=7, fmt=tick_text, inline_spacing=2, manual=spots)
+    spaced_xticks(ax)
     if path is not None:  # its colour bar first: constrained layout puts the last one next to the Axes
-        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label)
+        draw_path(ax, path, cmap=path_cmap, colorbar=colorbar, path_label=path_label, counts=counts)
     if colorbar:
         tidy_colorbar(ax.figure.colorbar(cs, ax=ax, label=cbar_label), ticks)
     if pts is not None:

@@ -106,10 +106,35 @@ def clip_segment(p0, p1, lo, hi):
     return p0 + t0 * d, p0 + t1 * d
 
 
+#: half the gap between neighbouring arrows where they leave "now", as a share of the Axes' width:
+#: every alternative starts inside the "now" marker, side by side, so none reads as the next of another
+LANE = 0.011
+
+
+def _lanes(start, ends, lo, hi) -> np.ndarray:
+    """Where each step's arrow leaves "now": side by side across the (shared) step direction, in data units.
+
+    The steps all run along the gradient, so drawn from one point they lie on one line and read as a
+    chain; each gets its own tail, offset across that line by ``LANE`` of the Axes per neighbour.
+    """
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    d = (ends - start) / scale  # in Axes fractions
+    longest = d[np.argmax(np.hypot(*d.T))] if len(d) else np.zeros(2)
+    norm = float(np.hypot(*longest))
+    across = np.array([-longest[1], longest[0]]) / norm if norm > 0 else np.array([0.0, 1.0])
+    k = np.arange(len(ends)) - (len(ends) - 1) / 2
+    return start + (2 * LANE * k[:, None] * across[None, :]) * scale
+
+
 @displays
-def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step per learning rate",
+def lr_steps(steps, surface, *, ax=None, title: str | None = "Alternatives from now: one gradient step per learning rate",
              **contour_kw) -> Axes:
-    """The step each learning rate would take from the model, drawn on the plane's contours.
+    """The step each learning rate would take from the model's current point, drawn on the plane's contours.
+
+    Every learning rate is an alternative taken from the same point ("now"),
+    not a chain of steps: each arrow leaves the "now" marker in its own lane
+    (side by side across the gradient's direction, which all the steps share)
+    and ends exactly at its landing point, labelled with its learning rate.
 
     Parameters
     ----------
@@ -127,10 +152,14 @@ def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step 
     Returns
     -------
     matplotlib.axes.Axes
-        One marker per learning rate labelled ``"lr=...: loss ..."``; the
-        legend sits under the Axes, clear of the landing points.
+        One arrow per learning rate (an annotation whose ``xy`` is the landing
+        point, clipped to the grid, and ``xyann`` its tail beside "now"), one
+        marker per landing labelled ``"lr=...: loss ..."``; the legend sits
+        under the Axes, clear of the landing points.
     """
     require("matplotlib", "`fastscape.plot.lr_steps`")
+    from matplotlib import patheffects
+
     for attr in ("lrs", "start", "ends", "loss", "losses"):
         if not hasattr(steps, attr):
             raise TypeError(f"`steps` must be the result of fastscape.lr_steps; got {type(steps).__name__}.")
@@ -139,30 +168,35 @@ def lr_steps(steps, surface, *, ax=None, title: str | None = "One gradient step 
     lo = np.array([surface.coords[0][0], surface.coords[1][0]], dtype=float)
     hi = np.array([surface.coords[0][-1], surface.coords[1][-1]], dtype=float)
     start = np.asarray(steps.start, dtype=float)
-    ax.scatter(*np.clip(start, lo, hi), s=90, color="white", edgecolors="k", linewidths=1.5, zorder=6,
-               label=f"now: loss {fmt(steps.loss)}")
     ends = np.asarray(steps.ends, float)
-    # every step runs along the gradient: shorter arrows on top of longer ones, longer ones wider
+    tails = _lanes(start, ends, lo, hi)
+    ax.scatter(*np.clip(start, lo, hi), s=220, color="white", edgecolors="k", linewidths=1.5, zorder=6,
+               label=f"now: loss {fmt(steps.loss)} (every step starts here)")
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+    # shorter arrows on top of longer ones
     rank = np.argsort(np.argsort(-np.hypot(*(ends - start).T)))
     for i, (lr, end, loss) in enumerate(zip(steps.lrs, ends, steps.losses)):
         color = f"C{(i + 1) % 10}"
-        z = 6 + 0.01 * rank[i]
+        z = 6.5 + 0.01 * rank[i]
         inside = bool(np.all(end >= lo) and np.all(end <= hi))
         label = f"lr={lr:g}: loss {fmt(loss)}"
-        seg = clip_segment(start, end, lo, hi)
+        seg = clip_segment(start, end, lo, hi)  # the step itself, on the grid
         if seg is None:  # neither the start nor the step is on this grid
             ax.scatter([], [], marker=">", color=color, label=label + f" (off the grid, at {fmt(end[0])}, {fmt(end[1])})")
             continue
-        a, b = seg
-        width = 2.0 + 1.5 * (len(ends) - 1 - rank[i]) / max(len(ends) - 1, 1)
+        a, b = seg[0] + (tails[i] - start), seg[1]  # its arrow leaves from its own lane, ends where it lands
         ax.annotate("", xy=b, xytext=a, zorder=z, annotation_clip=False,
-                    arrowprops=dict(arrowstyle="-|>", color=color, linewidth=width, shrinkA=0, shrinkB=0,
-                                    linestyle="-" if inside else (0, (4, 2))))
+                    arrowprops=dict(arrowstyle="-|>", color=color, linewidth=2.2, shrinkA=0, shrinkB=0,
+                                    mutation_scale=14, linestyle="-" if inside else (0, (4, 2)),
+                                    path_effects=[patheffects.Stroke(linewidth=3.6, foreground="k"),
+                                                  patheffects.Normal()]))
         if inside:
-            ax.scatter(*b, s=45, color=color, edgecolors="k", linewidths=0.8, zorder=7, label=label)
+            ax.scatter(*b, s=55, color=color, edgecolors="k", linewidths=0.9, zorder=7.5, label=label)
         else:  # a dashed arrow to the grid's edge, ending in an open circle: the step goes on from there
-            ax.scatter(*b, s=70, facecolors="white", edgecolors=color, linewidths=2.0, zorder=7, clip_on=False,
+            ax.scatter(*b, s=70, facecolors="white", edgecolors=color, linewidths=2.0, zorder=7.5, clip_on=False,
                        label=label + f"; lands off the grid at ({fmt(end[0])}, {fmt(end[1])})")
+        ax.annotate(f"lr={lr:g}", b, textcoords="offset points", xytext=(8, -4 if i % 2 else 6), fontsize=8,
+                    fontweight="bold", color=color, path_effects=halo, zorder=8, annotation_clip=False)
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     legend_below(ax, ncols=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import PATH_LABEL, check_path, check_surface, finite, resolve_value
+from ._common import PATH_LABEL, check_path, check_surface, finite, fmt, resolve_value
 
 __all__ = ["stored_path", "path_heights", "legend_below", "draw_path", "draw_points", "POINT_COLORS", "POINT_MARKERS",
            "best_point", "best_label", "draw_best"]
@@ -67,14 +67,14 @@ def legend_below(ax, handles=None, labels=None, *, ncols=None, fontsize=8):
                      fontsize=fontsize, frameon=False)
 
 
-def draw_path(ax, path, *, cmap="plasma", colorbar=True, label="path", path_label=PATH_LABEL):
-    """A (T, 2) path on 2-D Axes: a line, markers coloured by snapshot number, start and end marked.
+def draw_path(ax, path, *, cmap="plasma", colorbar=True, label="path", path_label=PATH_LABEL, counts=None):
+    """A (T, 2) path on 2-D Axes: a line, markers coloured by ``counts``, start and end marked.
 
-    The colour bar says what the colour counts (``path_label``: by default the
-    recorded snapshots, which are epochs for :func:`fastscape.train`, not
-    optimizer steps).
+    ``counts`` (T,): each point's epoch or step (:func:`path_unit`); default the
+    snapshot number 0, 1, 2, ... The colour bar says what the colour counts
+    (``path_label``).
     """
-    steps = np.arange(len(path))
+    steps = np.arange(len(path)) if counts is None else np.asarray(counts)
     ax.plot(path[:, 0], path[:, 1], color="crimson", linewidth=1.2, zorder=3, label=label)
     sc = ax.scatter(path[:, 0], path[:, 1], c=steps, cmap=cmap, s=16, zorder=4, edgecolors="none")
     if colorbar and len(path) > 1:
@@ -126,7 +126,7 @@ def best_point(surface, v) -> dict | None:
 
 def best_label(best: dict, v) -> str:
     """Legend text of the best point: "grid min 0.0123", with "(on the grid's edge)" where it is."""
-    text = f"grid {v.best} {v.label} {best['value']:.3g}"
+    text = f"grid {v.best} {v.label} {fmt(best['value'])}"
     return text + (" (on the grid's edge)" if best["edge"] else "")
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import PATH_LABEL, check_path, new_figure, require
+from ._common import check_path, new_figure, path_unit, require
 from ._display import displays
 
 __all__ = ["pca_fidelity"]
 
 
 @displays
-def pca_fidelity(coords, residuals, explained_variance_ratio, *, path_label: str = PATH_LABEL,
+def pca_fidelity(coords, residuals, explained_variance_ratio, *, path_label: str | None = None,
                  title: str | None = "How much of the path the PCA plane shows") -> np.ndarray:
     """Explained variance per component, and every snapshot's distance from the plane against its
     distance within it.
@@ -30,6 +30,10 @@ def pca_fidelity(coords, residuals, explained_variance_ratio, *, path_label: str
     residuals : array of shape (T,)
         Each snapshot's distance from the plane, in the same parameter units
         (``fastscape.project(..., return_residuals=True)``).
+    path_label : str, optional
+        The x axis: what a snapshot is. Default: the unit ``coords`` carry
+        ("epoch" for a :func:`fastscape.train` trajectory, plotted at its epoch
+        numbers), else "recorded snapshot".
     explained_variance_ratio : array of shape (k,)
         Share of the trajectory's variance per principal component (the first
         two span the plane), e.g. ``directions.info["explained_variance_ratio"]``.
@@ -42,6 +46,7 @@ def pca_fidelity(coords, residuals, explained_variance_ratio, *, path_label: str
         ``"off the plane"`` (``residuals_t``) against the snapshot index.
     """
     require("matplotlib", "`fastscape.plot.pca_fidelity`")
+    path_label, counts = path_unit(coords, path_label)
     c = check_path(coords, name="coords")
     r = np.asarray(residuals, dtype=float).reshape(-1)
     if r.shape[0] != c.shape[0]:
@@ -60,7 +65,7 @@ def pca_fidelity(coords, residuals, explained_variance_ratio, *, path_label: str
     left.set_ylabel("share of the path's variance (%)")
     left.set_ylim(0, 110)
     left.set_title(f"the plane (PC1 + PC2) explains {100 * ev[:2].sum():.1f}%", fontsize=10)
-    t = np.arange(len(c))
+    t = np.arange(len(c)) if counts is None else counts
     right.plot(t, np.hypot(c[:, 0], c[:, 1]), color="#1f77b4", linewidth=1.8, label="within the plane")
     right.plot(t, r, color="#d62728", linewidth=1.8, linestyle="--", label="off the plane")
     right.set_xlabel(path_label)

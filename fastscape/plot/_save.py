@@ -145,16 +145,25 @@ def _write_html(fig, out: Path) -> None:
     out.write_text(html, encoding="utf-8")
 
 
-def _write_gif(figure, update, frames, out: Path, dpi: int, frame_ms: int) -> None:
-    animation = require("matplotlib.animation", "writing a GIF")
-    require("PIL", "writing a GIF")
-    # PillowWriter stores int(1000 / fps) ms per frame: nudge fps so that is exactly frame_ms, not frame_ms - 1
-    writer = animation.PillowWriter(fps=1000.0 / (frame_ms + 1e-6))
-    with writer.saving(figure, str(out), dpi):
-        for i in frames or (None,):
-            if i is not None and update is not None:
-                update(i)
-            writer.grab_frame()
+def _write_gif(figure, update, frames, out: Path, dpi: int, frame_ms: int, hold_ms: int = 0) -> None:
+    """One GIF frame per entry of ``frames`` (``frame_ms`` each), the last shown ``hold_ms`` longer."""
+    import io
+
+    require("matplotlib", "writing a GIF")
+    Image = require("PIL.Image", "writing a GIF")
+    images = []
+    for i in frames or (None,):
+        if i is not None and update is not None:
+            update(i)
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=dpi)  # the figure's own dpi is left as it was
+        buf.seek(0)
+        images.append(Image.open(buf).convert("RGB"))
+    durations = [int(frame_ms)] * len(images)
+    durations[-1] += int(hold_ms)
+    # each frame its own palette (a GIF holds 256 colours a frame); loop forever
+    images[0].save(out, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False,
+                   disposal=1)
 
 
 def save(fig, out, *, dpi: int = 150, scale: float = 2.0, fallback: bool = True, frame_ms: int = 120,
@@ -222,7 +231,7 @@ def save(fig, out, *, dpi: int = 150, scale: float = 2.0, fallback: bool = True,
                 "as '.html', or draw a matplotlib figure and save that."
             )
         figure, update = form.make()
-        _write_gif(figure, update, form.frames, out, dpi, frame_ms)
+        _write_gif(figure, update, form.frames, out, dpi, frame_ms, form.hold_ms)
         return out
 
     if not _has_finite_values(fig):

@@ -20,26 +20,62 @@ from ._common import (
     resolve_value,
     use_log,
 )
+from ._contour import round_ticks, tick_text
 from ._display import displays
 
 if TYPE_CHECKING:  # the return annotations only
     import plotly.graph_objects as go
     from matplotlib.axes import Axes
 
-__all__ = ["volume", "VOLUME_KINDS", "shell_levels"]
+__all__ = ["volume", "VOLUME_KINDS", "shell_levels", "INNER_OPACITY", "SHELL_SHARE"]
 
 #: how :func:`volume` draws a 3-direction surface.
 VOLUME_KINDS = ("isosurface", "slices")
 
 
-def shell_levels(lo: float, hi: float, n: int) -> np.ndarray:
-    """``n`` shell values evenly inside (lo, hi), ends excluded: no shell hugs the minimum or the box."""
-    return lo + (hi - lo) * np.arange(1, n + 1) / (n + 1)
+#: least share of the grid's finite points a shell encloses
+SHELL_SHARE = 0.01
+#: opacity of the innermost shell (the best values); shells further out fade to ``opacity``
+INNER_OPACITY = 0.8
+
+
+def shell_levels(lo: float, hi: float, n: int, log: bool = False) -> np.ndarray:
+    """At most ``n`` shell values strictly inside (lo, hi), on round values where there are any.
+
+    ``lo`` and ``hi`` are in drawn units (log10 of the value when ``log``). The
+    shells sit on the round values the colour bars tick (1-2-5 per decade on a
+    log scale) nearest to ``n`` evenly spaced ones (so their colours spread over
+    the scale), none within 2% of either end (no shell hugs the minimum or the
+    box); without such values, the ``n`` evenly spaced ones.
+    """
+    margin = 0.02 * (hi - lo)
+    if log:
+        candidates = np.log10(round_ticks(10.0**lo, 10.0**hi, True))
+    else:
+        candidates = round_ticks(lo, hi, False)
+    candidates = candidates[(candidates > lo + margin) & (candidates < hi - margin)]
+    if len(candidates) == 0:
+        return lo + (hi - lo) * np.arange(1, n + 1) / (n + 1)
+    targets = lo + (hi - lo) * np.arange(1, n + 1) / (n + 1)  # evenly spread colours
+    pick = np.unique([int(np.argmin(np.abs(candidates - t))) for t in targets])
+    return candidates[pick]
+
+
+def _stepped(colorscale, shells, lo, hi) -> list:
+    """A plotly colour scale over [lo, hi] that is constant around each shell (its colour on
+    ``colorscale`` at the shell's value): the colour bar reads as one band per shell."""
+    from plotly.colors import get_colorscale, sample_colorscale
+
+    scale = get_colorscale(colorscale) if isinstance(colorscale, str) else colorscale
+    pos = np.clip((np.asarray(shells) - lo) / (hi - lo), 0.0, 1.0)
+    colors = sample_colorscale(scale, pos.tolist())
+    edges = [0.0, *((pos[1:] + pos[:-1]) / 2).tolist(), 1.0]
+    return [[float(e), c] for k, c in enumerate(colors) for e in (edges[k], edges[k + 1])]
 
 
 @displays
-def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = True, levels: int = 6,
-           opacity: float = 0.3, at=None, zmax="auto", axis_labels=None, explained_variance=None,
+def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool = True, levels: int = 4,
+           opacity: float = 0.15, at=None, zmax="auto", axis_labels=None, explained_variance=None,
            title: str | None = "Loss volume", colorscale: str = "Viridis", backend: str = "plotly",
            ax=None) -> go.Figure | Axes:
     """A value along three directions, as nested shells of equal value or as three orthogonal slices.
@@ -52,19 +88,24 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
     value : str
         ``"loss"`` or a metric of the surface; names the colour bar.
     kind : {"isosurface", "slices"}
-        "isosurface": ``levels`` shells of equal value evenly spaced strictly
-        between the minimum and the top of the colour range (:func:`shell_levels`),
-        the colour bar ticked at each shell's value; "slices": the planes
-        through ``at`` parallel to each pair of directions, coloured by value.
-        Either way the best grid point (the lowest loss, the highest accuracy)
-        is marked and labelled with its value.
+        "isosurface": at most ``levels`` shells of equal value on round values
+        strictly between the minimum and the top of the colour range, each
+        enclosing at least :data:`SHELL_SHARE` of the grid (:func:`shell_levels`), each one colour, with a stepped colour bar (one
+        band per shell, ticked at its value); "slices": the planes through
+        ``at`` parallel to each pair of directions, coloured by value. Both kinds
+        share one colour scale: the same transform (``log``) and range, so a
+        shell and a slice at the same value have the same colour. Either way the
+        best grid point (the lowest loss, the highest accuracy) is marked and
+        labelled with its value.
     log : bool
         Colour by log10 of a loss spanning more than 20 times (the rule every
         view shares; colour-bar ticks still read in loss units).
     levels : int
-        Number of shells.
+        Most shells drawn (fewer when the range holds fewer round values).
     opacity : float
-        Shell opacity (inner shells show through).
+        Opacity of the outermost shell; shells further in are more opaque, up
+        to :data:`INNER_OPACITY` for the innermost, so each shows through the
+        ones around it.
     at : 3 coordinates, optional
         Where the slices cross (snapped to the grid); default: the lowest point.
     zmax : float, None or "auto"
@@ -108,8 +149,12 @@ def volume(surface, *, value: str = "loss", kind: str = "isosurface", log: bool 
                "minimum" if best == "min" else "maximum")
     labels = [*axis_titles(surface, axis_labels, explained_variance), val.label]
     unlog = (lambda q: 10.0**q) if log else (lambda q: q)
-    args = dict(surface=surface, v=v, lo=lo, hi=hi, labels=labels, levels=int(levels), opacity=float(opacity),
-                colorscale=colorscale, at=at, minimum=minimum, unlog=unlog, title=title, log=log)
+    # shells enclose at least SHELL_SHARE of the grid: a smaller one hides inside the minimum's marker
+    inner = float(np.quantile(vals, SHELL_SHARE if best == "min" else 1 - SHELL_SHARE))
+    shells = shell_levels(max(lo, inner), hi, int(levels), log) if best == "min" else \
+        shell_levels(lo, min(hi, inner), int(levels), log)
+    args = dict(surface=surface, v=v, lo=lo, hi=hi, labels=labels, shells=shells, opacity=float(opacity),
+                colorscale=colorscale, at=at, minimum=minimum, unlog=unlog, title=title, log=log, best=best)
     if kind == "slices":
         args["idx"] = _slice_index(surface, at)
     if backend == "matplotlib":
@@ -142,22 +187,26 @@ def _slice_index(surface, at):
     return [int(np.argmin(np.abs(np.asarray(c, dtype=float) - a))) for c, a in zip(surface.coords, at)]
 
 
-def _iso_plotly(go, *, surface, v, lo, hi, labels, levels, opacity, colorscale, unlog, **_):
+def _iso_plotly(go, *, surface, v, lo, hi, labels, shells, opacity, colorscale, unlog, best, **_):
     X, Y, Z = np.meshgrid(*surface.coords, indexing="ij")
-    shells = shell_levels(lo, hi, levels)
     # NaN/inf (diverged) points sit above every shell, so they never close a surface
     filled = np.where(np.isfinite(v), v, hi + abs(hi - lo) + 1.0)
-    return [go.Isosurface(
-        x=X.ravel(), y=Y.ravel(), z=Z.ravel(), value=filled.ravel(), name=labels[3],
-        isomin=float(shells[0]), isomax=float(shells[-1]), surface_count=levels, opacity=opacity,
-        cmin=float(shells[0]), cmax=float(shells[-1]),
-        colorscale=colorscale, caps=dict(x_show=False, y_show=False, z_show=False),
-        colorbar=dict(title=dict(text=f"{labels[3]} of each shell"), tickvals=shells.tolist(),
-                      ticktext=[fmt(unlog(s)) for s in shells]),
-    )]
+    scale = _stepped(colorscale, shells, lo, hi)
+    inward = shells if best == "min" else shells[::-1]  # innermost first: the best values
+    fade = np.linspace(max(INNER_OPACITY, opacity), opacity, len(shells))
+    traces = []
+    for k, (s, alpha) in enumerate(zip(inward, fade)):
+        traces.append(go.Isosurface(
+            x=X.ravel(), y=Y.ravel(), z=Z.ravel(), value=filled.ravel(), name=f"{labels[3]} {tick_text(unlog(s))}",
+            isomin=float(s), isomax=float(s), surface_count=1, opacity=float(alpha), cmin=lo, cmax=hi,
+            colorscale=scale, caps=dict(x_show=False, y_show=False, z_show=False), showscale=k == 0,
+            colorbar=dict(title=dict(text=f"{labels[3]} of each shell"), tickvals=shells.tolist(),
+                          ticktext=[tick_text(unlog(s)) for s in shells]),
+        ))
+    return traces
 
 
-def _slices_plotly(go, *, surface, v, lo, hi, labels, colorscale, idx, minimum, unlog, **_):
+def _slices_plotly(go, *, surface, v, lo, hi, labels, colorscale, idx, minimum, unlog, log, **_):
     c0, c1, c2 = (np.asarray(c, dtype=float) for c in surface.coords)
     if idx is None:
         idx = [int(np.argmin(np.abs(c - m))) for c, m in zip((c0, c1, c2), minimum[0])]
@@ -167,7 +216,7 @@ def _slices_plotly(go, *, surface, v, lo, hi, labels, colorscale, idx, minimum, 
         (v[:, idx[1], :], lambda a, b: (a, np.full_like(a, c1[idx[1]]), b), (c0, c2)),
         (v[:, :, idx[2]], lambda a, b: (a, b, np.full_like(a, c2[idx[2]])), (c0, c1)),
     )
-    ticks = np.linspace(lo, hi, 6)
+    ticks = _round_ticks(lo, hi, log)
     for k, (color, place, (ca, cb)) in enumerate(planes):
         A, B = np.meshgrid(ca, cb, indexing="ij")
         x, y, z = place(A, B)
@@ -175,9 +224,15 @@ def _slices_plotly(go, *, surface, v, lo, hi, labels, colorscale, idx, minimum, 
         traces.append(go.Surface(
             x=x, y=y, z=z, surfacecolor=np.minimum(color, hi), cmin=lo, cmax=hi,
             colorscale=colorscale, opacity=1.0, showscale=k == 0, name=f"slice {k + 1}",
-            colorbar=dict(title=dict(text=labels[3]), tickvals=ticks.tolist(), ticktext=[fmt(unlog(t)) for t in ticks]),
+            colorbar=dict(title=dict(text=labels[3]), tickvals=ticks.tolist(),
+                          ticktext=[tick_text(unlog(t)) for t in ticks]),
         ))
     return traces
+
+
+def _round_ticks(lo, hi, log) -> np.ndarray:
+    """Colour-bar ticks on round values inside [lo, hi], in drawn units (log10 of the value when ``log``)."""
+    return np.log10(round_ticks(10.0**lo, 10.0**hi, True)) if log else round_ticks(lo, hi, False)
 
 
 def _mpl_axes(ax):
@@ -200,17 +255,16 @@ def _finish_mpl(ax, labels, minimum, title, label):
     return ax
 
 
-def _iso_mpl(*, ax, surface, v, lo, hi, labels, levels, colorscale, minimum, unlog, title, **_):
+def _iso_mpl(*, ax, surface, v, lo, hi, labels, shells, colorscale, minimum, unlog, title, **_):
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import BoundaryNorm
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
 
     ax = _mpl_axes(ax)
-    shells = shell_levels(lo, hi, levels)
-    cmap = colormaps[colorscale.lower() if isinstance(colorscale, str) else "viridis"]
-    step = shells[1] - shells[0] if levels > 1 else (hi - lo) / 2
-    bounds = np.concatenate([[shells[0] - step / 2], shells + step / 2])
-    norm = BoundaryNorm(bounds, cmap.N)
+    base = colormaps[colorscale.lower() if isinstance(colorscale, str) else "viridis"]
+    # one band per shell, in the colour the continuous scale over [lo, hi] gives its value (as the slices)
+    cmap = ListedColormap(base(Normalize(lo, hi)(shells)))
+    norm = BoundaryNorm([lo, *((shells[1:] + shells[:-1]) / 2), hi], len(shells))
     c0, c1, c2 = surface.coords
     X, Y = np.meshgrid(c0, c1)
     filled = np.where(np.isfinite(v), v, hi + abs(hi - lo) + 1.0)
@@ -224,11 +278,11 @@ def _iso_mpl(*, ax, surface, v, lo, hi, labels, levels, colorscale, minimum, unl
     ax.set_zlim(float(c2[0]), float(c2[-1]))
     sm = ScalarMappable(norm=norm, cmap=cmap)
     cb = ax.figure.colorbar(sm, ax=ax, shrink=0.6, pad=0.1, label=f"{labels[3]} of each shell")
-    cb.set_ticks(shells, labels=[fmt(unlog(s)) for s in shells])
+    cb.set_ticks(shells, labels=[tick_text(unlog(s)) for s in shells])
     return _finish_mpl(ax, labels, minimum, title, labels[3])
 
 
-def _slices_mpl(*, ax, surface, v, lo, hi, labels, colorscale, idx, minimum, unlog, title, **_):
+def _slices_mpl(*, ax, surface, v, lo, hi, labels, colorscale, idx, minimum, unlog, title, log, **_):
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -252,6 +306,6 @@ def _slices_mpl(*, ax, surface, v, lo, hi, labels, colorscale, idx, minimum, unl
     A, B = np.meshgrid(c0, c1, indexing="ij")
     ax.plot_surface(A, B, np.full_like(A, c2[idx[2]]), facecolors=faces(v[:, :, idx[2]]), shade=False)
     cb = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.6, pad=0.1, label=labels[3])
-    ticks = np.linspace(lo, hi, 6)
-    cb.set_ticks(ticks, labels=[fmt(unlog(t)) for t in ticks])
+    ticks = _round_ticks(lo, hi, log)
+    cb.set_ticks(ticks, labels=[tick_text(unlog(t)) for t in ticks])
     return _finish_mpl(ax, labels, minimum, title, labels[3])
