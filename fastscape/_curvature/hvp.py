@@ -10,8 +10,9 @@ A chunk of points is computed one of two ways (its *plan*):
   otherwise, so that memory never holds more than one point's graph per batch).
 
 On CPU the convolutions of a ``vmap`` over points become grouped kernels whose double
-backward costs several times one point's plain kernels, and reusing the linearisation saves
-the forward and backward of every later product; on a GPU one ``vmap`` over the chunk wins.
+backward costs more per point than one point's plain kernels, and reusing the linearisation
+saves the forward and backward of every later product; on a GPU one ``vmap`` over the chunk
+should win (untested here).
 Neither is right everywhere, so the first chunk's first product is computed both ways and
 timed (:func:`pick_plan`); the measured cases are in benchmarks/README.md, "Curvature".
 """
