@@ -148,3 +148,45 @@ def test_train_curve_from_collator_dicts_keeps_its_ends():
                                rtol=2e-5)
     assert_unchanged(a, snaps[0])
     assert_unchanged(b, snaps[1])
+
+
+class _Positional(torch.nn.Module):
+    """The same GPT-2 called with positional inputs: the reference way of feeding it."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids, mask):
+        return self.lm(input_ids=ids, attention_mask=mask)
+
+
+def _pairs(loader):
+    return [((b["input_ids"], b["attention_mask"]), b["labels"]) for b in loader]
+
+
+@pytest.mark.filterwarnings("ignore::fastscape.curvature.ConvergenceWarning")  # 6 steps on both sides, alike
+def test_curvature_and_sharpness_take_collator_dicts():
+    """curvature_surface's losses are a direct loop's; its curvature and the sharpness measures
+    equal the same model fed positionally (the attention mask reaches ``attention_mask``)."""
+    from fastscape.curvature import adaptive_sharpness, curvature_surface, epsilon_sharpness
+
+    model = _gpt2()
+    wrapped = _Positional(model).eval()
+    loader = _loader()
+    dirs = fastscape.random_directions(model, 1, seed=0, params="transformer.h.1.mlp")
+    kw = dict(loss_fn=lm_loss, grid=(-0.5, 0.5, 2), max_iter=6, trace_probes=2)
+    s = curvature_surface(model, loader, dirs, **kw)
+    ref = curvature_surface(wrapped, _pairs(loader), [{f"lm.{k}": v for k, v in dirs[0].items()}], **kw)
+    for i, c in enumerate(s.coords[0]):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in m.named_parameters():
+                p += float(c) * dirs[0][k]
+        np.testing.assert_allclose(s.loss[i], _mean_loss(m, loader), rtol=1e-5)
+    for name in ("lambda_max", "lambda_min", "trace"):
+        np.testing.assert_allclose(s.metrics[name], ref.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    for fn in (epsilon_sharpness, adaptive_sharpness):
+        got = fn(model, loader, loss_fn=lm_loss, samples=4, steps=1, starts=1)
+        want = fn(wrapped, _pairs(loader), loss_fn=lm_loss, samples=4, steps=1, starts=1)
+        assert got == pytest.approx(want, rel=1e-4), fn.__name__

@@ -53,6 +53,16 @@ def test_epsilon_sharpness_closed_form():
     assert 0 < epsilon_sharpness(model, data, loss_fn=F.mse_loss, epsilon=1e-2, steps=0, **F64) < expected
 
 
+def test_a_single_ascent_start_reaches_the_closed_form():
+    """``starts=1``: the one ascent path ends at one point, evaluated alone (a job of one point,
+    where nothing differs between points)."""
+    model, data, s, theta, L0 = _quadratic()
+    r = 1e-2 * (theta.abs() + 1)
+    expected = 100 * float((s * r ** 2).sum()) / (1 + L0)
+    got = epsilon_sharpness(model, data, loss_fn=F.mse_loss, epsilon=1e-2, starts=1, **F64)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize("p", ["2", "inf"])
 def test_adaptive_sharpness_closed_form(p):
     model, data, s, theta, _ = _quadratic()

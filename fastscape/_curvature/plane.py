@@ -144,7 +144,7 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     o, D, shapes = _flat_directions(model, directions, check_origin(model, origin, list(directions[0])))
     buffers = model_buffers(origin) if isinstance(origin, nn.Module) else model_buffers(model)
     buffers = {k: (b.to(dev, dt) if b.is_floating_point() else b.to(dev)) for k, b in buffers.items()}
-    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt)
+    batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt).bind(model)
     coords = torch.from_numpy(mesh(axes))
     points = (o + coords @ D).to(dev, dt)
     hvp = PointHVP(model, batches, loss_fn, buffers, shapes, products=max_iter + trace_probes,

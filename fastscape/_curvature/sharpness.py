@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.data import Batches, as_args
 from .._core.evaluator import evaluate
@@ -58,7 +59,7 @@ class _Problem:
         shapes = {k: p.shape for k, p in model.named_parameters()}
         buffers = {k: (b.to(dev, dt) if b.is_floating_point() else b.to(dev)) for k, b in model_buffers(model).items()}
         w = flatten(dict(model.named_parameters()), list(shapes), dtype=dt, device=dev)
-        return cls(model, Batches(data, batch_size=batch_size, device=dev, dtype=dt), loss_fn, buffers, shapes, w)
+        return cls(model, Batches(data, batch_size=batch_size, device=dev, dtype=dt).bind(model), loss_fn, buffers, shapes, w)
 
     def losses(self, P: torch.Tensor) -> np.ndarray:
         """The loss at each row of ``P`` (S, n), by the batched evaluator; float64 (S,)."""
@@ -70,7 +71,8 @@ class _Problem:
         """Gradient and loss at each row of ``P`` (S, n): one ``vmap`` per data batch."""
         G = torch.zeros(P.shape, dtype=torch.float64, device=P.device)
         L = torch.zeros(P.shape[0], dtype=torch.float64, device=P.device)
-        with model_state_guard(self.model):
+        # the fused attention kernels have no batching rule: vmap would fall back to a slow loop
+        with model_state_guard(self.model), sdpa_kernel([SDPBackend.MATH]):
             for x, y, n in self.batches:
                 g, v = vmap(grad_and_value(flat_loss(self.model, self.buffers, self.shapes, self.loss_fn,
                                                      as_args(x), y)))(P)
