@@ -217,7 +217,8 @@ def _sharpness_figure(sharpness, gap):
 def _interpolation_figure(line):
     """Train and test loss (solid, log scale) and accuracy (dashed) from the small- to the large-batch model."""
     return fastscape.plot.line(line, metric="accuracy", log=True, marks={"small batch": 0, "large batch": 1},
-                               xlabel="α  (θ = θ_small + α (θ_large − θ_small))")
+                               xlabel=r"$\alpha$  ($\theta = \theta_{\mathrm{small}}"
+                                      r" + \alpha\,(\theta_{\mathrm{large}} - \theta_{\mathrm{small}})$)")
 
 
 def _random_lines_figure(rand):

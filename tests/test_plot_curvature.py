@@ -75,6 +75,28 @@ def test_sharpness_generalization_places_each_model():
         fastscape.plot.sharpness_generalization({"a": 1.0, "b": 2.0}, {"a": 0.1})
 
 
+def test_sharpness_labels_stay_inside_the_axes():
+    """Long model names at the right edge (the sharp-vs-flat figure's "large-batch") stay inside
+    the frame: measured on the drawn figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = {"small-batch": (0.0005, 0.0244), "large-batch with a long name": (0.0011, 0.0222),
+             "batch 64": (0.001, 0.0244), "batch 256": (0.0011, 0.0267)}
+    ax = fastscape.plot.sharpness_generalization({k: v[0] for k, v in names.items()},
+                                                 {k: v[1] for k, v in names.items()})
+    fig = ax.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    frame = ax.get_window_extent(renderer)
+    texts = [t for t in ax.texts if t.get_text() in names]
+    assert len(texts) == len(names)
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()
+    plt.close(fig)
+
+
 def test_edge_of_stability_draws_two_over_lr():
     ax = fastscape.plot.edge_of_stability([0, 10, 20], [1.0, 5.0, 9.0], lr=0.25)
     assert ax.lines[1].get_ydata()[0] == pytest.approx(8.0)

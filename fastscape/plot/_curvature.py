@@ -155,11 +155,15 @@ def sharpness_generalization(sharpness: Mapping[str, float], generalization: Map
         raise ValueError(f"`sharpness` and `generalization` must have the same labels; unmatched: {missing}.")
     if ax is None:
         ax = new_axes((6.0, 4.4))
+    xs = [float(sharpness[label]) for label in sharpness]
+    middle = (min(xs) + max(xs)) / 2
     for label in sharpness:
         x, y = float(sharpness[label]), float(generalization[label])
         ax.scatter([x], [y], s=40, zorder=3)
-        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.margins(0.2)  # room for the labels right of the points
+        right = x <= middle  # a label reads away from the nearer side of the frame, never into it
+        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5 if right else -5, 4),
+                    ha="left" if right else "right", fontsize=8)
+    ax.margins(0.2)  # room for the labels beside the points
     ax.xaxis.set_major_locator(require("matplotlib.ticker").MaxNLocator(4))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
