@@ -76,16 +76,18 @@ def test_sharpness_generalization_places_each_model():
 
 
 def test_sharpness_labels_stay_inside_the_axes():
-    """Long model names at the right edge (the sharp-vs-flat figure's "large-batch") stay inside
-    the frame: measured on the drawn figure."""
-    import matplotlib.pyplot as plt
+    """Model names near the sides stay inside the frame and clear of each other (the sharp-vs-flat
+    figure's "large-batch" ran into the frame, then "small-batch" into "batch 64"): measured on the
+    drawn figure, in the script's geometry."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    names = {"small-batch": (0.0005, 0.0244), "large-batch with a long name": (0.0011, 0.0222),
-             "batch 64": (0.001, 0.0244), "batch 256": (0.0011, 0.0267)}
+    # the sharp-vs-flat figure's middle panel: two models at one height, one midway, one at the right
+    names = {"small-batch": (0.000286, 0.0244), "large-batch": (0.000163, 0.0222),
+             "batch 64": (0.00041, 0.0244), "batch 256": (0.000194, 0.0267)}
+    fig = Figure(figsize=(12, 4), layout="constrained")  # the script's three panels
     ax = fastscape.plot.sharpness_generalization({k: v[0] for k, v in names.items()},
-                                                 {k: v[1] for k, v in names.items()})
-    fig = ax.figure
+                                                 {k: v[1] for k, v in names.items()}, ax=fig.subplots(1, 3)[1])
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     frame = ax.get_window_extent(renderer)
@@ -94,7 +96,10 @@ def test_sharpness_labels_stay_inside_the_axes():
     for t in texts:
         box = t.get_window_extent(renderer)
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()
-    plt.close(fig)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
 
 
 def test_edge_of_stability_draws_two_over_lr():

@@ -156,13 +156,16 @@ def sharpness_generalization(sharpness: Mapping[str, float], generalization: Map
     if ax is None:
         ax = new_axes((6.0, 4.4))
     xs = [float(sharpness[label]) for label in sharpness]
-    middle = (min(xs) + max(xs)) / 2
+    lo, span = min(xs), (max(xs) - min(xs)) or 1.0
     for label in sharpness:
         x, y = float(sharpness[label]), float(generalization[label])
         ax.scatter([x], [y], s=40, zorder=3)
-        right = x <= middle  # a label reads away from the nearer side of the frame, never into it
-        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5 if right else -5, 4),
-                    ha="left" if right else "right", fontsize=8)
+        # above its point: centred, or running inward from a point near a side (never into the frame,
+        # never sideways into a neighbour at the same height)
+        f = (x - lo) / span
+        ha = "left" if f < 0.2 else "right" if f > 0.8 else "center"
+        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(0, 6), ha=ha, va="bottom",
+                    fontsize=8)
     ax.margins(0.2)  # room for the labels beside the points
     ax.xaxis.set_major_locator(require("matplotlib.ticker").MaxNLocator(4))
     ax.set_xlabel(xlabel)
