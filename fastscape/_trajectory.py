@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from ._core import objective
-from ._core.objective import scalar_of
 from ._core.data import Batches, batch_args, warn_nonfinite
 from ._core.params import (ParamDict, check_loss_fn, check_model, flatten, model_parameters, positive_int,
                            resolve_dtype, unflatten)
@@ -423,7 +422,7 @@ def train(model: nn.Module, data, *, loss_fn: Callable, optimizer: torch.optim.O
             for i, item in enumerate(data):
                 args, y = batch_args(model, item, i, device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = scalar_of(loss_fn, model(*args), y, "loss_fn")
+                loss = objective.scalar_of(loss_fn, model(*args), y, "loss_fn")
                 loss.backward()
                 optimizer.step()
                 rec.step()

@@ -294,3 +294,17 @@ def test_zero_directions_give_the_origin_loss_everywhere(gen):
     with torch.no_grad():
         own = F.mse_loss(model(x), y).item()
     np.testing.assert_allclose(surf.loss, own, rtol=1e-6)
+
+
+@pytest.mark.parametrize("grid, strategy", [((0.0, 0.0, 1), "auto"), ((-1, 1, 3), "vmap"), ((0.0, 0.0, 1), "vmap")])
+def test_zero_directions_on_any_grid_and_strategy_give_the_origin_loss(gen, grid, strategy):
+    """Nothing moves: a one-point grid, or a named vectorised strategy, still evaluates the origin
+    (vmap had no tensor to map over)."""
+    model = WithBuffer()
+    x, y = torch.randn(9, 4, generator=gen), torch.randn(9, 1, generator=gen)
+    zero = [{n: torch.zeros_like(p) for n, p in model.named_parameters()}]
+    surf = fastscape.loss_surface(model, (x, y), zero, loss_fn=F.mse_loss, grid=grid, strategy=strategy,
+                                  device="cpu", progress=False)
+    with torch.no_grad():
+        own = F.mse_loss(model(x), y).item()
+    np.testing.assert_allclose(surf.loss, own, rtol=1e-6)

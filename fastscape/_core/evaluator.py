@@ -87,10 +87,12 @@ def evaluate(model: nn.Module, batches: Batches | NamedBatches, points, *, loss_
     report : EvalReport
     """
     metrics = check_metrics(metrics)
-    if not points.moving and points.n > 1:
-        return _repeated(model, batches, points, loss_fn, metrics, strategy, buffers, progress)
     if strategy not in strategy_names():
         raise ValueError(f"`strategy` must be one of {strategy_names()}; got {strategy!r}.")
+    if not points.moving:
+        if points.n > 1:
+            return _repeated(model, batches, points, loss_fn, metrics, strategy, buffers, progress)
+        strategy = "loop"  # no tensor to map over: one plain forward, which every strategy computes
     device, dtype = batches.device, batches.dtype
     batches = batches.bind(model)  # inputs given by name, in the forward's positional places
     points.to(device, dtype)
@@ -158,8 +160,7 @@ def value_names(batches, metrics) -> list[str]:
 def _repeated(model, batches, points, loss_fn, metrics, strategy, buffers, progress):
     """Every point has the same parameters (all directions zero): evaluate one, repeat it."""
     values, report = evaluate(model, batches, points.first_only(), loss_fn=loss_fn, metrics=metrics,
-                              chunk_size=1, strategy="loop" if strategy == "auto" else strategy,
-                              buffers=buffers)
+                              chunk_size=1, strategy=strategy, buffers=buffers)
     if progress is not None:
         progress(points.n)
     report.n_points = points.n

@@ -106,10 +106,7 @@ class ExplicitPoints:
             raise ValueError("`points` must hold at least one parameter dict.")
         self.points = points
         keys = list(points[0])
-        # a single point moves all its tensors: a strategy maps over the moving ones, so a job of one
-        # point with nothing "moving" would give it nothing to map over
-        self.moving = keys if len(points) == 1 else [
-            k for k in keys if any(not torch.equal(p[k], points[0][k]) for p in points)]
+        self.moving = [k for k in keys if any(not torch.equal(p[k], points[0][k]) for p in points)]
         self.fixed = {k: points[0][k] for k in keys if k not in self.moving}
         self.n = len(points)
 
