@@ -126,6 +126,7 @@ def test_curvature_surface_matches_a_per_point_loop(kind, gen):
             assert s.metrics["ratio"][i, j] == pytest.approx(abs(low / top), rel=1e-5)
             assert abs(s.metrics["trace"][i, j] - float(torch.trace(H))) <= 4 * s.metrics["trace_stderr"][i, j]
             assert s.loss[i, j] == pytest.approx(float(loss_fn(m.eval()(x), y).detach()), rel=1e-10)
+    np.testing.assert_array_equal(s.metrics["converged"], np.ones((3, 2)))  # 51 steps: tol reached
     for name in ("lambda_max", "ratio", "trace"):  # every value is drawable by name
         assert s.value(name).data.shape == (3, 2)
 
@@ -148,14 +149,16 @@ def test_curvature_surface_diverging_points_are_nan(gen):
     s = curvature_surface(model, (x, y), dirs, loss_fn=loss_fn, grid=[np.array([0.0, 1e38])], max_iter=20,
                           tol=1e-2, device="cpu")
     assert np.isfinite(s.metrics["lambda_max"][0]) and np.isnan(s.metrics["lambda_max"][1])
+    assert s.metrics["converged"][0] in (0.0, 1.0) and np.isnan(s.metrics["converged"][1])
 
 
 def test_curvature_surface_warns_when_lanczos_stops_early(gen):
     model, data, loss_fn = _case("cnn-ce", gen)
     dirs = fastscape.random_directions(model, 1, seed=0)
     with pytest.warns(ConvergenceWarning, match="2 of 2 points reached `max_iter`=3"):
-        curvature_surface(model, data, dirs, loss_fn=loss_fn, grid=(-1, 1, 2), max_iter=3, tol=1e-12,
-                          device="cpu", dtype=torch.float64)
+        s = curvature_surface(model, data, dirs, loss_fn=loss_fn, grid=(-1, 1, 2), max_iter=3, tol=1e-12,
+                              device="cpu", dtype=torch.float64)
+    np.testing.assert_array_equal(s.metrics["converged"], [0.0, 0.0])  # where they are: both points
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -23,6 +23,47 @@ def test_pick_plan_weighs_the_build_against_the_products_it_saves():
     assert hvp.pick_plan({"vmap": float("inf"), "build": 1.0, "pull": 9.0}, products=3) == "per-point"
 
 
+def test_pick_workers_takes_the_threads_only_when_they_were_faster():
+    assert hvp.pick_workers({"pull": 1.0, "pull-threads": 0.6}, threads=2) == 2
+    assert hvp.pick_workers({"pull": 1.0, "pull-threads": 1.0}, threads=4) == 1  # a tie keeps one thread
+    assert hvp.pick_workers({"pull": 1.0}, threads=2) == 1  # not timed (one thread, or graphs not kept)
+    # the faster pull is the one pick_plan weighs against vmap
+    assert hvp.pick_plan({"vmap": 1.0, "build": 0.0, "pull": 2.0, "pull-threads": 0.5}, products=4) == "per-point"
+
+
+@pytest.mark.parametrize("plan", ["auto", "per-point"])
+@pytest.mark.parametrize("threaded", [True, False])
+def test_pulls_in_threads_follow_the_injected_timings_and_match_the_loop(plan, threaded, gen, monkeypatch):
+    """Kept linearisations pulled in two threads (or one, as timed) give the loop's extremes;
+    the process's operator threads are what they were before the call."""
+    model, data, loss_fn = _case("cnn-ce", gen)
+    seconds = {"vmap": 10.0, "build": 0.0, "pull": 1.0, "pull-threads": 0.5 if threaded else 2.0}
+    monkeypatch.setattr(hvp, "_time", lambda label, fn, device: (seconds[label], fn()))
+    calls = []
+    real = hvp._operator_threads
+    monkeypatch.setattr(hvp, "_operator_threads", lambda count: calls.append(count) or real(count))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        dirs = fastscape.random_directions(model, 2, seed=0)
+        s = curvature_surface(model, data, dirs, loss_fn=loss_fn, grid=[(-0.5, 0.5, 2), (-0.5, 0.5, 3)],
+                              max_iter=51, tol=1e-6, trace_probes=2, device="cpu", dtype=torch.float64, plan=plan)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    meta = s.meta["curvature"]
+    assert meta["plan"] == "per-point" and meta["workers"] == (2 if threaded else 1)
+    assert {k: meta["plan_seconds"][k] for k in ("pull", "pull-threads")} == {k: seconds[k] for k in ("pull", "pull-threads")}
+    # the timing round pulls in threads either way; after it, only a threaded plan does
+    assert calls and all(c == 1 for c in calls)
+    assert len(calls) > hvp.ROUNDS if threaded else len(calls) == hvp.ROUNDS
+    for i, a in enumerate(s.coords[0]):
+        for j, b in enumerate(s.coords[1]):
+            top, low = _loop_extremes(model, data, loss_fn, dirs, (a, b))
+            assert s.metrics["lambda_max"][i, j] == pytest.approx(top, rel=1e-6, abs=1e-9)
+            assert s.metrics["lambda_min"][i, j] == pytest.approx(low, rel=1e-6, abs=1e-9)
+
+
 def _loop_extremes(model, data, loss_fn, dirs, coords):
     m = _shifted(model, dirs, coords)
     kw = dict(loss_fn=loss_fn, n=1, max_iter=60, device="cpu", dtype=torch.float64)
@@ -32,13 +73,15 @@ def _loop_extremes(model, data, loss_fn, dirs, coords):
 @pytest.mark.parametrize("fast", ["vmap", "per-point"])
 def test_auto_plan_follows_the_injected_timings_and_matches_the_loop(fast, gen, monkeypatch):
     model, data, loss_fn = _case("cnn-ce", gen)
-    seconds = {"vmap": 1.0, "build": 0.0, "pull": 0.1 if fast == "per-point" else 10.0}
+    pull = 0.1 if fast == "per-point" else 10.0
+    seconds = {"vmap": 1.0, "build": 0.0, "pull": pull, "pull-threads": 2 * pull}
     monkeypatch.setattr(hvp, "_time", lambda label, fn, device: (seconds[label], fn()))
     dirs = fastscape.random_directions(model, 2, seed=0)
     s = curvature_surface(model, data, dirs, loss_fn=loss_fn, grid=[np.array([0.5]), (-0.5, 0.5, 2)], max_iter=51,
                           tol=1e-6, trace_probes=2, device="cpu", dtype=torch.float64)
     assert s.meta["curvature"]["plan"] == fast
-    assert s.meta["curvature"]["plan_seconds"] == seconds
+    timed = s.meta["curvature"]["plan_seconds"]
+    assert timed == {k: seconds[k] for k in timed} and set(timed) >= {"vmap", "build", "pull"}
     for i, a in enumerate(s.coords[0]):
         for j, b in enumerate(s.coords[1]):
             top, low = _loop_extremes(model, data, loss_fn, dirs, (a, b))

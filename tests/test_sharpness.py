@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from fastscape._curvature import sharpness
 from fastscape.curvature import adaptive_sharpness, epsilon_sharpness, mc_sharpness
 from tests.models import assert_unchanged, snapshot
 from tests.test_curvature import _case
@@ -88,10 +91,10 @@ def test_mc_sharpness_matches_a_per_point_loop(kind, gen):
     snap = snapshot(model)
     mean, err = mc_sharpness(model, (x, y), loss_fn=loss_fn, sigma=0.05, samples=6, seed=3, **F64)
     assert_unchanged(model, snap)
-    # the loop: the same draws, loaded into a copy of the model one by one
-    g = torch.Generator().manual_seed(3)
+    # the loop: the same draws (sample i from a generator seeded base + i), loaded into a copy of the model
+    base = sharpness.seed_base(3)
     n = sum(p.numel() for p in model.parameters())
-    D = torch.randn(6, n, generator=g, dtype=torch.float64)
+    D = [torch.randn(n, generator=torch.Generator().manual_seed(base + i), dtype=torch.float64) for i in range(6)]
     ref = copy.deepcopy(model).eval()
     base = float(loss_fn(ref(x), y).detach())
     rises = []
@@ -131,3 +134,49 @@ def test_bad_arguments(fn, kw, match):
     model, data, *_ = _quadratic()
     with pytest.raises(ValueError, match=match):
         fn(model, data, loss_fn=F.mse_loss, **kw)
+
+
+class _Largest(TorchDispatchMode):
+    """Records the most elements of any tensor an operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.most = max([self.most, *sizes])
+        return out
+
+
+@pytest.mark.parametrize("fn, kw", [(mc_sharpness, {}), (epsilon_sharpness, dict(steps=1)),
+                                    (adaptive_sharpness, dict(steps=0))])
+def test_samples_are_made_a_chunk_at_a_time(fn, kw):
+    """64 samples of a 10k-parameter model, 4 a chunk: no tensor ever holds all of them (a
+    ResNet-18's 256 samples would be 11 GB at once)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(200, 50), nn.Tanh(), nn.Linear(50, 1))
+    x, y = torch.randn(32, 200), torch.randn(32, 1)
+    n = sum(p.numel() for p in model.parameters())
+    with _Largest() as seen:
+        value = fn(model, (x, y), loss_fn=F.mse_loss, samples=64, chunk_size=4, device="cpu", **kw)
+    assert np.all(np.isfinite(value))
+    assert seen.most <= 8 * n, f"a tensor of {seen.most} elements: {seen.most / n:.0f} samples at once"
+
+
+def test_draws_have_their_distributions_and_do_not_depend_on_the_chunk():
+    base, n, count = sharpness.seed_base(0), 3, 4000
+    ball = torch.stack([sharpness.draw("2", n, base, i, torch.float64) for i in range(count)])
+    radii = ball.norm(dim=1)
+    assert float(radii.max()) <= 1.0
+    # uniform in the unit 3-ball: P(|u| < 1/2) = 1/8; within 5 binomial standard errors
+    assert abs(float((radii < 0.5).double().mean()) - 0.125) < 5 * (0.125 * 0.875 / count) ** 0.5
+    box = torch.stack([sharpness.draw("inf", n, base, i, torch.float64) for i in range(count)])
+    assert float(box.abs().max()) <= 1.0 and abs(float(box.mean())) < 5 * (1 / 3 / (count * n)) ** 0.5
+    normal = torch.stack([sharpness.draw("normal", n, base, i, torch.float64) for i in range(count)])
+    assert abs(float(normal.mean())) < 5 / (count * n) ** 0.5 and abs(float(normal.var()) - 1) < 0.05
+    # a chunk of two samples at a time gives the same estimate as the evaluator's own chunks
+    model, data, _, _, _ = _quadratic()
+    kw = dict(loss_fn=F.mse_loss, sigma=0.1, samples=9, **F64)
+    assert mc_sharpness(model, data, chunk_size=2, **kw) == pytest.approx(mc_sharpness(model, data, **kw), rel=1e-12)

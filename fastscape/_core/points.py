@@ -1,6 +1,6 @@
 """Sets of points in weight space, handed to the evaluator a chunk at a time.
 
-Both kinds expose the same small protocol: ``n`` points, the names that
+Every kind exposes the same small protocol: ``n`` points, the names that
 ``moving`` between points, the ``fixed`` tensors shared by all, ``to(device,
 dtype)``, ``stack(start, stop)`` (the moving tensors of a chunk, stacked along a
 leading point dimension), ``moving_numel()`` and ``first_only()``.
@@ -9,16 +9,20 @@ leading point dimension), ``moving_numel()`` and ``first_only()``.
 quadratic) its device tables: :attr:`~AffinePoints.device_coords`, :meth:`~AffinePoints.origin_of`,
 :meth:`~AffinePoints.direction_of` and :meth:`~AffinePoints.at` (the moving tensors at any rows of
 coordinates along some of the directions). :func:`distinct_rows` finds the distinct rows of
-coordinates and each point's row.
+coordinates and each point's row. :class:`SampledPoints` makes its points a chunk at a time
+(random perturbations of one origin, for sharpness), so that no more than a chunk of them is
+ever in memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from .params import ParamDict
 
-__all__ = ["AffinePoints", "ExplicitPoints", "distinct_rows"]
+__all__ = ["AffinePoints", "ExplicitPoints", "SampledPoints", "distinct_rows"]
 
 
 class AffinePoints:
@@ -127,6 +131,43 @@ class ExplicitPoints:
 
     def first_only(self) -> "ExplicitPoints":
         return ExplicitPoints(self.points[:1])
+
+
+class SampledPoints:
+    """``count`` points ``origin + perturb(rows)``, made a chunk at a time.
+
+    Parameters
+    ----------
+    origin : Tensor of shape (numel,)
+        The flat parameters, in the order of ``shapes``.
+    shapes : dict name -> torch.Size
+        The parameters ``origin`` holds; every one of them moves.
+    perturb : callable ``range -> Tensor (len(rows), numel)``
+        The flat perturbations of those points (the same whichever chunk asks for a row).
+    count : int
+    """
+
+    def __init__(self, origin: torch.Tensor, shapes: dict, perturb: Callable[[range], torch.Tensor], count: int):
+        self.origin, self.shapes, self.perturb, self.n = origin, dict(shapes), perturb, count
+        self.moving, self.fixed = list(self.shapes), {}
+
+    def to(self, device, dtype):
+        self.origin = self.origin.to(device, dtype)
+        return self
+
+    def stack(self, start: int, stop: int) -> ParamDict:
+        P = self.origin + self.perturb(range(start, stop)).to(self.origin.device, self.origin.dtype)
+        out, i = {}, 0
+        for k, shape in self.shapes.items():
+            out[k] = P[:, i: i + shape.numel()].reshape(stop - start, *shape)
+            i += shape.numel()
+        return out
+
+    def moving_numel(self) -> int:
+        return self.origin.numel()
+
+    def first_only(self) -> "SampledPoints":
+        return SampledPoints(self.origin, self.shapes, self.perturb, 1)
 
 
 def distinct_rows(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,12 @@ A chunk of points is computed one of two ways (its *plan*):
 - ``"per-point"``: each point's linearisation (the ``vjp`` of its gradient, one forward and
   backward with the graph kept) is built once per chunk and every later product at that point
   is one double-backward through it (reused while the data is one batch; rebuilt per product
-  otherwise, so that memory never holds more than one point's graph per batch).
+  otherwise, so that memory never holds more than one point's graph per batch). The products
+  of kept linearisations can run in ``torch.get_num_threads()`` Python threads, one operator
+  thread each (a recorded graph's backward is thread-safe; building one is not, since
+  ``functional_call`` swaps the module's parameters), where that was timed faster than one
+  thread of calls with the threads inside each operator: the small kernels of a small model
+  use a core each better than they share two.
 
 On CPU the convolutions of a ``vmap`` over points become grouped kernels whose double
 backward costs more per point than one point's plain kernels, and reusing the linearisation
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +41,7 @@ from .._core.memory import is_out_of_memory
 from .._core.objective import check_scalar
 from .._core.params import unflatten
 
-__all__ = ["PointHVP", "flat_loss", "pick_plan", "PLANS", "PLAN_NAMES"]
+__all__ = ["PointHVP", "flat_loss", "pick_plan", "pick_workers", "PLANS", "PLAN_NAMES"]
 
 #: the ``plan=`` names of :func:`fastscape.curvature.curvature_surface`: "auto" times the other two
 PLAN_NAMES = ("auto", "vmap", "per-point")
@@ -64,11 +70,31 @@ def pick_plan(seconds: dict[str, float], products: int) -> str:
 
     ``seconds["vmap"]``: one vmapped product of the chunk; ``seconds["build"]``: building the
     chunk's linearisations (once per chunk); ``seconds["pull"]``: one product of every point
-    through them. A tie keeps ``"vmap"`` (no graphs held).
+    through them, and ``seconds["pull-threads"]`` (optional) the same in threads
+    (:func:`pick_workers`), the faster of the two counting. A tie keeps ``"vmap"`` (no graphs held).
     """
     vmapped = seconds["vmap"] * products
-    per_point = seconds["build"] + seconds["pull"] * products
+    per_point = seconds["build"] + min(seconds["pull"], seconds.get("pull-threads", float("inf"))) * products
     return "per-point" if per_point < vmapped else "vmap"
+
+
+def pick_workers(seconds: dict[str, float], threads: int) -> int:
+    """How many threads pull products through kept linearisations: ``threads`` (one operator
+    thread each) where ``seconds["pull-threads"]`` beat ``seconds["pull"]`` (one thread of
+    calls, ``threads`` inside each operator), else 1. A tie keeps 1."""
+    return threads if seconds.get("pull-threads", float("inf")) < seconds["pull"] else 1
+
+
+@contextlib.contextmanager
+def _operator_threads(count: int):
+    """``torch.set_num_threads(count)`` for the block, restored after (a thread started inside
+    it takes ``count`` too)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class AffineBatchNorm(TorchFunctionMode):
@@ -125,7 +151,9 @@ class PointHVP:
     weighted by their sample counts (float64 sums). :meth:`chunk` fixes the points and
     returns the operator that :func:`fastscape._curvature.lanczos.lockstep_lanczos` calls.
     ``plan`` is None until the first chunk of more than one point chose one
-    (:func:`pick_plan`, ``products`` per point expected), or the name it was given.
+    (:func:`pick_plan`, ``products`` per point expected), or the name it was given;
+    ``workers`` (threads pulling kept linearisations) is None until the per-point plan's first
+    chunk of more than one point timed it (:func:`pick_workers`).
     Must run inside ``model_state_guard(model)`` (eval mode).
     """
 
@@ -134,6 +162,7 @@ class PointHVP:
         self.model, self.batches, self.loss_fn = model, batches, loss_fn
         self.buffers, self.shapes = buffers, shapes
         self.products, self.plan = products, plan
+        self.workers: int | None = None
         self.mode = PLANS[0]
         self.seconds: dict[str, float] = {}
 
@@ -192,7 +221,10 @@ class PointHVP:
             if self.plan is None and P.shape[0] > 1:
                 return self._choose(kept, rows, V)
             if self.plan == "per-point":
-                return kept(rows, V)
+                if self.workers is None and len(rows) > 1:
+                    kept.build(rows)
+                    return self._time_pulls(kept, rows, V)
+                return kept(rows, V, self.workers or 1)
             return self(P[rows], V)
         return matvec
 
@@ -215,14 +247,30 @@ class PointHVP:
             if is_out_of_memory(err):
                 raise
             vmap_ok = False
-        t_vmap = t_pull = float("inf")
+        t_vmap = float("inf")
         for _ in range(ROUNDS):
             if vmap_ok:
                 t_vmap = min(t_vmap, _time("vmap", lambda: self(P, V), device)[0])
-            t, out = _time("pull", lambda: kept(rows, V), device)
-            t_pull = min(t_pull, t)
-        self.seconds = {"vmap": t_vmap, "build": t_build, "pull": t_pull}
+        out = self._time_pulls(kept, rows, V)
+        self.seconds = {"vmap": t_vmap, "build": t_build, **self.seconds}
         self.plan = "vmap" if kept.failed else pick_plan(self.seconds, self.products)
+        return out
+
+    def _time_pulls(self, kept: "_Linearised", rows: torch.Tensor, V: torch.Tensor):
+        """One product of every point through its built linearisation, in one thread of calls
+        and in ``torch.get_num_threads()`` threads, each timed :data:`ROUNDS` times interleaved
+        (fastest round counts); ``workers`` picked from the timings (:func:`pick_workers`)."""
+        threads = torch.get_num_threads() if kept.keep else 1
+        seconds = {"pull": float("inf")}
+        if threads > 1:
+            seconds["pull-threads"] = float("inf")
+        for _ in range(ROUNDS):
+            for label, workers in (("pull", 1), ("pull-threads", threads)):
+                if label in seconds:
+                    t, out = _time(label, lambda: kept(rows, V, workers), V.device)
+                    seconds[label] = min(seconds[label], t)
+        self.seconds.update(seconds)
+        self.workers = pick_workers(seconds, threads)
         return out
 
 
@@ -262,17 +310,31 @@ class _Linearised:
                     self.failed = True
                     return
 
-    def __call__(self, rows: torch.Tensor, V: torch.Tensor):
+    def __call__(self, rows: torch.Tensor, V: torch.Tensor, workers: int = 1):
+        """Products at ``rows`` of ``V`` (len(rows), n) and the losses there; with ``workers`` > 1
+        and the linearisations kept, pulled in that many threads (built first, in this one)."""
         if self.failed:
             return self.hvp._sum(lambda b, args, y: self.hvp._batch(args, y, self.P[rows], V, False), len(rows), V)
 
+        def product(i: int, v: torch.Tensor, b: int, args, y):
+            pull, value = self._pull(i, b, args, y)
+            return pull((v, torch.zeros_like(value)))[0], value
+
         def per_batch(b, args, y):
-            hs, values = [], []
-            for i, v in zip(rows.tolist(), V):
-                pull, value = self._pull(i, b, args, y)
-                hs.append(pull((v, torch.zeros_like(value)))[0])
-                values.append(value)
-            return torch.stack(hs), torch.stack(values)
+            pairs = list(zip(rows.tolist(), V))
+            if workers > 1 and self.keep and len(pairs) > 1:
+                self.build(rows)
+                if self.failed:
+                    raise RuntimeError("a linearisation could not be built")
+                share = [pairs[k::workers] for k in range(workers)]
+                with _operator_threads(1), ThreadPoolExecutor(workers) as pool:
+                    done = list(pool.map(lambda part: [product(i, v, b, args, y) for i, v in part], share))
+                out = [None] * len(pairs)
+                for k, part in enumerate(done):
+                    out[k::workers] = part
+            else:
+                out = [product(i, v, b, args, y) for i, v in pairs]
+            return torch.stack([h for h, _ in out]), torch.stack([value for _, value in out])
         try:
             return self.hvp._sum(per_batch, len(rows), V)
         except (RuntimeError, NotImplementedError) as err:

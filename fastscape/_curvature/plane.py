@@ -82,7 +82,8 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     ``chunk_size`` points): a piece's Lanczos runs advance in lockstep (a point leaves when
     both extremes converge), each step one batched Hessian-vector product of the piece
     (:class:`fastscape._curvature.hvp.PointHVP`: one ``vmap`` over the points, or each
-    point's kept linearisation, whichever the first piece timed faster). Points where the
+    point's kept linearisation, whichever the first piece timed faster; kept linearisations
+    are pulled in ``torch.get_num_threads()`` threads where that timed faster). Points where the
     loss or its derivatives are not finite hold NaN.
 
     Parameters
@@ -123,9 +124,10 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
     -------
     Surface
         ``loss`` shaped like the grid, and ``metrics`` ``"lambda_max"``,
-        ``"lambda_min"``, ``"ratio"``, ``"trace"``, ``"trace_stderr"`` of the same
-        shape; ``meta["curvature"]`` holds the settings, the plan used, its probe timings
-        and the mean Lanczos steps a point took.
+        ``"lambda_min"``, ``"ratio"``, ``"trace"``, ``"trace_stderr"`` and ``"converged"``
+        (1 where both extremes reached ``tol``, 0 where ``max_iter`` came first, NaN where
+        the loss is not finite) of the same shape; ``meta["curvature"]`` holds the settings, the plan used, the threads that pulled
+        its products (``workers``), the probe timings and the mean Lanczos steps a point took.
     """
     for value, name in ((max_iter, "max_iter"), (trace_probes, "trace_probes"), (chunk_size, "chunk_size")):
         positive_int(value, name)
@@ -171,7 +173,9 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
             kept.update({int(i): vectors[k] for k, i in enumerate(idx) if uses[i] > 0})
             parts.append(part)
     values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    unconverged = int((~values.pop("converged") & np.isfinite(values["loss"])).sum())
+    finite = np.isfinite(values["loss"])
+    unconverged = int((~values["converged"] & finite).sum())
+    values["converged"] = np.where(finite, values["converged"].astype(float), np.nan)
     steps = values.pop("steps")
     if unconverged:
         warnings.warn(f"curvature_surface: {unconverged} of {len(steps)} points reached `max_iter`={max_iter} "
@@ -182,7 +186,8 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
             "chunk_size": chunk_size, "seconds": time.perf_counter() - t0, "directions": info,
             "curvature": {"max_iter": max_iter, "tol": tol, "trace_probes": trace_probes, "seed": seed,
                           "n_params": int(o.numel()), "mean_steps": float(steps.mean()),
-                          "unconverged": unconverged, "plan": hvp.plan or "vmap", "warm_start": warm_start,
+                          "unconverged": unconverged, "plan": hvp.plan or "vmap", "workers": hvp.workers or 1,
+                          "warm_start": warm_start,
                           "plan_seconds": dict(hvp.seconds)}}
     loss = values.pop("loss").reshape(shape)
     return Surface(coords=axes, loss=loss, metrics={k: v.reshape(shape) for k, v in values.items()}, meta=meta)

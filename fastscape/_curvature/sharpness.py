@@ -28,11 +28,11 @@ from .._core.data import Batches, as_args
 from .._core.evaluator import evaluate
 from .._core.params import (flatten, model_buffers, model_state_guard, positive_int, positive_number,
                             resolve_device, resolve_dtype, unflatten)
-from .._core.points import ExplicitPoints
+from .._core.points import ExplicitPoints, SampledPoints
 from .._directions import make_generator
 from .hvp import flat_loss
 
-__all__ = ["adaptive_sharpness", "epsilon_sharpness", "mc_sharpness"]
+__all__ = ["adaptive_sharpness", "draw", "epsilon_sharpness", "mc_sharpness", "seed_base"]
 
 #: the neighbourhoods' norms: name -> how a sample is drawn, a step is taken and a point projected
 NORMS = ("inf", "2")
@@ -48,9 +48,10 @@ class _Problem:
     buffers: dict
     shapes: dict
     w: torch.Tensor
+    chunk_size: int | str = "auto"
 
     @classmethod
-    def of(cls, model, data, loss_fn, device, dtype, batch_size) -> "_Problem":
+    def of(cls, model, data, loss_fn, device, dtype, batch_size, chunk_size="auto") -> "_Problem":
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
         if not callable(loss_fn):
@@ -59,12 +60,27 @@ class _Problem:
         shapes = {k: p.shape for k, p in model.named_parameters()}
         buffers = {k: (b.to(dev, dt) if b.is_floating_point() else b.to(dev)) for k, b in model_buffers(model).items()}
         w = flatten(dict(model.named_parameters()), list(shapes), dtype=dt, device=dev)
-        return cls(model, Batches(data, batch_size=batch_size, device=dev, dtype=dt).bind(model), loss_fn, buffers, shapes, w)
+        batches = Batches(data, batch_size=batch_size, device=dev, dtype=dt).bind(model)
+        return cls(model, batches, loss_fn, buffers, shapes, w, chunk_size)
 
     def losses(self, P: torch.Tensor) -> np.ndarray:
         """The loss at each row of ``P`` (S, n), by the batched evaluator; float64 (S,)."""
-        points = ExplicitPoints([unflatten(p, self.shapes) for p in P])
-        values, _ = evaluate(self.model, self.batches, points, loss_fn=self.loss_fn, buffers=self.buffers)
+        return self._evaluate(ExplicitPoints([unflatten(p, self.shapes) for p in P]))
+
+    def sampled_losses(self, kind: str, scale: torch.Tensor | float, count: int, seed) -> np.ndarray:
+        """The loss at ``w`` and at ``count`` samples ``w + scale * u_i`` (:func:`draw` of ``kind``),
+        made a chunk at a time by the batched evaluator; float64 (count + 1,), ``w``'s first."""
+        n, dt, dev = self.w.numel(), self.w.dtype, self.w.device
+        base = seed_base(seed)
+
+        def perturb(rows: range) -> torch.Tensor:  # row 0: w itself; row r: sample r - 1
+            u = torch.stack([torch.zeros(n, dtype=dt) if r == 0 else draw(kind, n, base, r - 1, dt) for r in rows])
+            return u.to(dev) * scale
+        return self._evaluate(SampledPoints(self.w, self.shapes, perturb, count + 1))
+
+    def _evaluate(self, points) -> np.ndarray:
+        values, _ = evaluate(self.model, self.batches, points, loss_fn=self.loss_fn, buffers=self.buffers,
+                             chunk_size=self.chunk_size)
         return values["loss"]
 
     def gradients(self, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +97,26 @@ class _Problem:
         return (G / self.batches.n_samples).to(P.dtype), L / self.batches.n_samples
 
 
-def _sample(p: str, S: int, n: int, radius: float, g: torch.Generator) -> torch.Tensor:
-    """``S`` points uniform in the ``p``-norm ball of ``radius`` in R^n, float64 (S, n)."""
-    if p == "inf":
-        return (torch.rand(S, n, generator=g, dtype=torch.float64) * 2 - 1) * radius
-    u = torch.randn(S, n, generator=g, dtype=torch.float64)
-    r = torch.rand(S, 1, generator=g, dtype=torch.float64) ** (1.0 / n)
-    return u / u.norm(dim=1, keepdim=True) * r * radius
+def seed_base(seed: int | None) -> int:
+    """The base of the per-sample seeds of ``seed`` (sample ``i`` is drawn from ``base + i``)."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=make_generator(seed, None)))
+
+
+def draw(kind: str, n: int, base: int, i: int, dtype=torch.float32) -> torch.Tensor:
+    """Sample ``i`` (n,) of a seeded stream, on the CPU in ``dtype``, from its own generator
+    (seeded ``base + i``: any chunk of samples is made alone, and the same whatever the chunks).
+
+    ``kind``: ``"normal"`` N(0, I); ``"inf"`` uniform in the box ``[-1, 1]^n``; ``"2"`` uniform
+    in the unit Euclidean ball (a normal direction, radius ``U^(1/n)``).
+    """
+    g = torch.Generator().manual_seed((base + i) % (2 ** 63))
+    if kind == "normal":
+        return torch.randn(n, generator=g, dtype=dtype)
+    if kind == "inf":
+        return torch.rand(n, generator=g, dtype=dtype) * 2 - 1
+    u = torch.randn(n, generator=g, dtype=dtype)
+    r = float(torch.rand(1, generator=g, dtype=torch.float64)) ** (1.0 / n)
+    return u * (r / float(u.double().norm()))
 
 
 def _project(p: str, u: torch.Tensor, radius: float) -> torch.Tensor:
@@ -106,15 +135,14 @@ def _worst_case(prob: _Problem, scale: torch.Tensor, radius: float, p: str, samp
     per coordinate in the box (``p="inf"``), a normalised gradient step of length
     ``radius`` in the Euclidean ball (``p="2"``, SAM's ascent step, Foret et al. 2021).
     """
-    g = make_generator(seed, None)
-    n = prob.w.numel()
-    U = _sample(p, samples, n, radius, g).to(prob.w.device, prob.w.dtype)
-    S = scale.to(prob.w.dtype)
-    losses = prob.losses(torch.cat([prob.w[None], prob.w + S * U]))
+    n, dt = prob.w.numel(), prob.w.dtype
+    S = scale.to(dt)
+    losses = prob.sampled_losses(p, radius * S, samples, seed)
     base, found = float(losses[0]), losses[1:]
     best = float(np.nanmax(found)) if np.isfinite(found).any() else math.nan
-    order = np.argsort(np.nan_to_num(found, nan=-np.inf))[::-1][: min(starts, samples)].copy()
-    u = U[torch.as_tensor(order, device=U.device)]
+    order = np.argsort(np.nan_to_num(found, nan=-np.inf))[::-1][: min(starts, samples)]
+    first = seed_base(seed)
+    u = radius * torch.stack([draw(p, n, first, int(i), dt) for i in order]).to(prob.w.device)
     for _ in range(steps):
         G, L = prob.gradients(prob.w + S * u)
         best = float(np.nanmax([best, *L.cpu().numpy()]))
@@ -137,7 +165,7 @@ def _check(samples, steps, starts):
 
 def epsilon_sharpness(model: nn.Module, data, *, loss_fn: Callable, epsilon: float = 1e-3, samples: int = 256,
                       steps: int = 10, starts: int = 4, seed: int | None = 0, device=None, dtype=torch.float32,
-                      batch_size: int | None = None) -> float:
+                      batch_size: int | None = None, chunk_size: int | str = "auto") -> float:
     """Keskar et al.'s epsilon-sharpness, in percent.
 
     Keskar, Mudigere, Nocedal, Smelyanskiy and Tang, "On Large-Batch Training for
@@ -163,9 +191,11 @@ def epsilon_sharpness(model: nn.Module, data, *, loss_fn: Callable, epsilon: flo
     samples, steps, starts : int
         Random points, ascent steps (0: sampling alone), ascent starts.
     seed : int or None
-        Seeds the samples (default 0: reproducible).
-    device, dtype, batch_size
-        As for :func:`fastscape.loss_surface`.
+        Seeds the samples (default 0: reproducible). Sample ``i`` comes from its own generator
+        (:func:`draw`), in ``dtype``: the same seed and dtype give the same samples.
+    device, dtype, batch_size, chunk_size
+        As for :func:`fastscape.loss_surface`; the samples are made a chunk at a time, so memory
+        holds ``chunk_size`` of them, never all.
 
     Returns
     -------
@@ -174,7 +204,7 @@ def epsilon_sharpness(model: nn.Module, data, *, loss_fn: Callable, epsilon: flo
     """
     positive_number(epsilon, "epsilon")
     _check(samples, steps, starts)
-    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size)
+    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size, chunk_size)
     top, base = _worst_case(prob, prob.w.abs() + 1, epsilon, "inf", samples, steps, starts, seed)
     return 100.0 * (top - base) / (1.0 + base)
 
@@ -182,7 +212,7 @@ def epsilon_sharpness(model: nn.Module, data, *, loss_fn: Callable, epsilon: flo
 def adaptive_sharpness(model: nn.Module, data, *, loss_fn: Callable, rho: float = 0.05, p: str = "2",
                        eta: float = 0.01, samples: int = 256, steps: int = 10, starts: int = 4,
                        seed: int | None = 0, device=None, dtype=torch.float32,
-                       batch_size: int | None = None) -> float:
+                       batch_size: int | None = None, chunk_size: int | str = "auto") -> float:
     """Adaptive (scale-invariant) sharpness of Kwon et al.
 
     Kwon, Kim, Park and Choi, "ASAM: Adaptive Sharpness-Aware Minimization for
@@ -203,7 +233,7 @@ def adaptive_sharpness(model: nn.Module, data, *, loss_fn: Callable, rho: float 
         The norm (see :data:`NORMS`).
     eta : float
         Kwon et al.'s offset, so that zero weights may move.
-    model, data, loss_fn, samples, steps, starts, seed, device, dtype, batch_size
+    model, data, loss_fn, samples, steps, starts, seed, device, dtype, batch_size, chunk_size
         As for :func:`epsilon_sharpness`.
 
     Returns
@@ -218,14 +248,14 @@ def adaptive_sharpness(model: nn.Module, data, *, loss_fn: Callable, rho: float 
     if not (isinstance(eta, (int, float)) and eta >= 0):
         raise ValueError(f"`eta` must be a non-negative number; got {eta!r}.")
     _check(samples, steps, starts)
-    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size)
+    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size, chunk_size)
     top, base = _worst_case(prob, prob.w.abs() + eta, rho, p, samples, steps, starts, seed)
     return top - base
 
 
 def mc_sharpness(model: nn.Module, data, *, loss_fn: Callable, sigma: float = 0.01, samples: int = 256,
                  seed: int | None = 0, device=None, dtype=torch.float32,
-                 batch_size: int | None = None) -> tuple[float, float]:
+                 batch_size: int | None = None, chunk_size: int | str = "auto") -> tuple[float, float]:
     """Monte-Carlo sharpness: the mean loss increase under Gaussian weight noise.
 
     ``E_{d ~ N(0, sigma^2 I)} [L(w + d)] - L(w)``, the average-case sharpness of
@@ -239,7 +269,7 @@ def mc_sharpness(model: nn.Module, data, *, loss_fn: Callable, sigma: float = 0.
     ----------
     sigma : float
         Standard deviation of the noise on every parameter.
-    model, data, loss_fn, samples, seed, device, dtype, batch_size
+    model, data, loss_fn, samples, seed, device, dtype, batch_size, chunk_size
         As for :func:`epsilon_sharpness`.
 
     Returns
@@ -251,9 +281,7 @@ def mc_sharpness(model: nn.Module, data, *, loss_fn: Callable, sigma: float = 0.
     positive_int(samples, "samples")
     if samples < 2:
         raise ValueError(f"`samples` must be at least 2 for a standard error; got {samples}.")
-    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size)
-    g = make_generator(seed, None)
-    D = torch.randn(samples, prob.w.numel(), generator=g, dtype=torch.float64).to(prob.w.device, prob.w.dtype)
-    losses = prob.losses(torch.cat([prob.w[None], prob.w + sigma * D]))
+    prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size, chunk_size)
+    losses = prob.sampled_losses("normal", sigma, samples, seed)
     rise = losses[1:] - losses[0]
     return float(rise.mean()), float(rise.std(ddof=1) / math.sqrt(samples))
