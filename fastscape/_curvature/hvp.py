@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, jvp, vjp, vmap
+from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
@@ -53,6 +53,16 @@ def flat_loss(model: nn.Module, buffers: dict, shapes: dict, loss_fn: Callable, 
         out = functional_call(model, {**buffers, **unflatten(flat, shapes)}, args)
         return check_scalar(loss_fn(out, y), "loss_fn")
     return loss_at
+
+
+def gradient_of(loss_at: Callable) -> Callable:
+    """``flat -> (gradient, loss)`` with the loss as an auxiliary output (detached), so that a
+    ``vjp`` of it pulls back through the gradient alone: with the loss as a second output, its
+    zero cotangent still went back through the forward graph (8% of a product on the digits CNN)."""
+    def value(flat):
+        loss = loss_at(flat)
+        return loss, loss.detach()
+    return grad(value, has_aux=True)
 
 
 #: how a batch's products are computed, in the order tried: reverse-over-reverse (``vjp`` of
@@ -174,8 +184,8 @@ class PointHVP:
             if mode == "forward-over-reverse":
                 (_, value), (hv, _) = jvp(grad_and_value(loss_at), (p,), (v,))
                 return hv, value
-            (_, value), pull = vjp(grad_and_value(loss_at), p)
-            return pull((v, torch.zeros_like(value)))[0], value
+            _, pull, value = vjp(gradient_of(loss_at), p, has_aux=True)
+            return pull(v)[0], value
         return product
 
     def _batch(self, args, y, P, V, vectorised_first: bool = True):
@@ -289,7 +299,7 @@ class _Linearised:
         if i in self.pulls:
             return self.pulls[i][b]
         loss_at = flat_loss(h.model, h.buffers, h.shapes, h.loss_fn, args, y)
-        (_, value), pull = vjp(grad_and_value(loss_at), self.P[i])
+        _, pull, value = vjp(gradient_of(loss_at), self.P[i], has_aux=True)
         out = (pull, value)
         if self.keep:
             self.pulls[i] = [out]
@@ -318,7 +328,7 @@ class _Linearised:
 
         def product(i: int, v: torch.Tensor, b: int, args, y):
             pull, value = self._pull(i, b, args, y)
-            return pull((v, torch.zeros_like(value)))[0], value
+            return pull(v)[0], value
 
         def per_batch(b, args, y):
             pairs = list(zip(rows.tolist(), V))
