@@ -159,3 +159,33 @@ def test_plan_must_be_a_known_name(gen):
     dirs = fastscape.random_directions(model, 1, seed=0)
     with pytest.raises(ValueError, match="`plan` must be one of \\['auto', 'vmap', 'per-point'\\]; got 'fast'"):
         curvature_surface(model, data, dirs, loss_fn=loss_fn, plan="fast")
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("plan", ["vmap", "per-point"])
+def test_a_map_inside_no_grad_or_inference_mode_is_the_same_map(context, plan, gen):
+    """Evaluation scripts often run under ``torch.no_grad()`` or ``torch.inference_mode()``:
+    the Hessian is taken all the same, and equals the one taken outside."""
+    model, data, loss_fn = _case("cnn-ce", gen)
+    dirs = fastscape.random_directions(model, 2, seed=0)
+    kw = dict(loss_fn=loss_fn, grid=[(-0.5, 0.5, 2), (-0.5, 0.5, 2)], max_iter=51, tol=1e-6, trace_probes=2,
+              device="cpu", dtype=torch.float64, plan=plan)
+    outside = curvature_surface(model, data, dirs, **kw)
+    with context():
+        inside = curvature_surface(model, data, dirs, **kw)
+    for name in ("lambda_max", "lambda_min", "trace"):
+        np.testing.assert_allclose(inside.metrics[name], outside.metrics[name], rtol=1e-8, atol=1e-10)
+
+
+def test_a_loss_linear_in_the_parameters_has_a_zero_hessian_in_every_plan():
+    """``x @ w`` with a loss linear in its output: the gradient does not depend on the weights,
+    so every eigenvalue and the trace are 0 (the kept linearisation has no graph to pull through)."""
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    dirs = fastscape.random_directions(model, 1, seed=0)
+    for plan in ("vmap", "per-point"):
+        s = curvature_surface(model, (x, torch.zeros(8, 1, dtype=torch.float64)), dirs,
+                              loss_fn=lambda out, y: (out - y).mean(), grid=(-1, 1, 3), max_iter=3,
+                              trace_probes=2, device="cpu", dtype=torch.float64, plan=plan)
+        for name in ("lambda_max", "lambda_min", "trace"):
+            np.testing.assert_array_equal(s.metrics[name], np.zeros(3), err_msg=f"{plan}: {name}")

@@ -284,6 +284,28 @@ class PointHVP:
         return out
 
 
+def _kept_gradient(loss_at: Callable, p: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``(v -> H(p) v, loss at p)``: the gradient at ``p`` computed once with its graph kept
+    (plain autograd, ``create_graph``), each product one backward through it.
+
+    Plain autograd, not ``torch.func.vjp``: building costs 25-30% less and a product about 5%
+    less on the digits CNN (benchmarks/README.md, "Curvature"), and the kept graph may be pulled
+    from any thread. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = p.detach().clone().requires_grad_(True)
+        loss = loss_at(leaf)
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+
+    def pull(v: torch.Tensor) -> torch.Tensor:
+        if not g.requires_grad:  # the gradient does not depend on the weights: H = 0
+            return torch.zeros_like(v)
+        with torch.inference_mode(False):
+            (hv,) = torch.autograd.grad(g, leaf, v, retain_graph=True, allow_unused=True, materialize_grads=True)
+        return hv
+    return pull, loss.detach()
+
+
 class _Linearised:
     """The per-point plan for the points ``P`` of one chunk: each point's ``vjp`` of its
     gradient, built on first use and kept for the chunk while the data is one batch."""
@@ -299,8 +321,7 @@ class _Linearised:
         if i in self.pulls:
             return self.pulls[i][b]
         loss_at = flat_loss(h.model, h.buffers, h.shapes, h.loss_fn, args, y)
-        _, pull, value = vjp(gradient_of(loss_at), self.P[i], has_aux=True)
-        out = (pull, value)
+        out = _kept_gradient(loss_at, self.P[i])
         if self.keep:
             self.pulls[i] = [out]
         return out
@@ -328,7 +349,7 @@ class _Linearised:
 
         def product(i: int, v: torch.Tensor, b: int, args, y):
             pull, value = self._pull(i, b, args, y)
-            return pull(v)[0], value
+            return pull(v), value
 
         def per_batch(b, args, y):
             pairs = list(zip(rows.tolist(), V))
