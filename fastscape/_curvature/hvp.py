@@ -4,8 +4,8 @@ A chunk of points is computed one of two ways (its *plan*):
 
 - ``"vmap"``: every Lanczos step is one ``vmap`` over the chunk's (point, vector) pairs per
   data batch (reverse-over-reverse, or forward-over-reverse where that fails);
-- ``"per-point"``: each point's linearisation (the ``vjp`` of its gradient, one forward and
-  backward with the graph kept) is built once per chunk and every later product at that point
+- ``"per-point"``: each point's linearisation (its gradient computed with the graph kept, one
+  forward and backward, :func:`_kept_gradient`) is built once per chunk and every later product at that point
   is one double-backward through it (reused while the data is one batch; rebuilt per product
   otherwise, so that memory never holds more than one point's graph per batch). The products
   of kept linearisations can run in ``torch.get_num_threads()`` Python threads, one operator
@@ -307,8 +307,8 @@ def _kept_gradient(loss_at: Callable, p: torch.Tensor) -> tuple[Callable[[torch.
 
 
 class _Linearised:
-    """The per-point plan for the points ``P`` of one chunk: each point's ``vjp`` of its
-    gradient, built on first use and kept for the chunk while the data is one batch."""
+    """The per-point plan for the points ``P`` of one chunk: each point's kept gradient
+    (:func:`_kept_gradient`), built on first use and kept for the chunk while the data is one batch."""
 
     def __init__(self, hvp: PointHVP, P: torch.Tensor):
         self.hvp, self.P = hvp, P
