@@ -46,6 +46,20 @@ def test_curvature_map_draws_the_zero_line_of_lambda_min():
         fastscape.plot.surface3d(s, value=value)
 
 
+def test_curvature_map_marks_the_points_that_stopped_at_max_iter():
+    s = _curvature_surface()
+    s.metrics["converged"] = np.ones((5, 4))
+    s.metrics["converged"][1, 2] = s.metrics["converged"][4, 0] = 0.0
+    ax = fastscape.plot.curvature_map(s)
+    (marks,) = [line for line in ax.lines if line.get_marker() == "x"]
+    x, y = s.coords
+    assert sorted(zip(marks.get_xdata(), marks.get_ydata())) == sorted([(x[1], y[2]), (x[4], y[0])])
+    labels = ax.get_legend_handles_labels()[1]
+    assert "stopped at max_iter (2)" in labels and r"$\lambda_{\min} = 0$" in labels
+    s.metrics["converged"][:] = 1.0  # every point converged: nothing marked
+    assert not [line for line in fastscape.plot.curvature_map(s).lines if line.get_marker() == "x"]
+
+
 def test_curvature_map_panels_share_one_colour_scale():
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure

@@ -73,7 +73,8 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels=20, cmap: st
 
     Li et al. (NeurIPS 2018, Fig. 9) map ``|lambda_min / lambda_max|``: near 0 where the
     loss is locally convex, larger where negative curvature matters. The dashed line
-    ``lambda_min = 0`` bounds the locally convex region.
+    ``lambda_min = 0`` bounds the locally convex region; crosses mark the points whose
+    Lanczos run stopped at ``max_iter`` before ``tol`` (metric ``converged`` = 0).
 
     Parameters
     ----------
@@ -113,11 +114,17 @@ def curvature_map(surface, *, value: str = "ratio", ax=None, levels=20, cmap: st
         if lam.min() < 0 < lam.max():
             ax.contour(X, Y, lam, levels=[0.0], colors="w", linestyles="--", linewidths=1.5)
             ax.plot([], [], "w--", label=r"$\lambda_{\min} = 0$")
-            ax.legend(loc="upper right", fontsize=8, facecolor="0.5")
         elif lam.count():  # no zero line to draw: say why
             sign = "< 0" if lam.max() < 0 else "> 0" if lam.min() > 0 else "= 0"
             ax.text(0.02, 0.02, rf"$\lambda_{{\min}}$ {sign} at every point", transform=ax.transAxes, fontsize=8,
                     color="w", bbox={"facecolor": "0.3", "alpha": 0.6, "lw": 0})
+    missed = np.asarray(surface.metrics.get("converged", np.ones(np.shape(v.data))), dtype=float) == 0
+    if missed.any():  # values there are the last Ritz values, not converged to `tol`
+        a, b = np.meshgrid(X, Y, indexing="ij")
+        ax.plot(a[missed], b[missed], "x", color="0.85", ms=5, mew=1.2, ls="none",
+                label=f"stopped at max_iter ({int(missed.sum())})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8, facecolor="0.5", framealpha=0.6)  # marks beneath stay visible
     ax.plot(0, 0, "k+", ms=10)
     xl, yl = axis_titles(surface)
     ax.set_xlabel(xl)
