@@ -1,7 +1,7 @@
 """Curvature benchmarks: the batched curvature map against a per-point loop of
 ``hessian_eigenpairs``, and Monte-Carlo sharpness sampling against a set-weights loop.
 
-    PYTHONPATH=. python benchmarks/curvature.py [--grid 21] [--samples 256] [--loop-points 6]
+    PYTHONPATH=. python benchmarks/curvature.py --grid 21 --samples 128 --loop-points 16 [--reference]
 
 Model: the digits CNN of ``scripts/_digits.py`` (Conv-BN-ReLU x2, max-pool, linear;
 3.9k parameters), seeded, BatchNorm statistics from one pass in train mode, eval mode
@@ -11,8 +11,10 @@ user writes with the single-point API: load ``theta0 + a d1 + b d2`` into a copy
 ``hessian_eigenpairs(which="largest")``, ``hessian_eigenpairs(which="smallest")`` and
 ``hessian_trace`` with as many probes; it runs on a random subset of the grid
 (``--loop-points``), after one untimed point (its first-call costs), and its time per point
-is scaled to the grid. The map's time includes its own first-call costs. The ratio is measured
-in the same run. Numbers go to benchmarks/README.md ("Curvature").
+is scaled to the grid. The map's time includes its own first-call costs (the plan probe).
+The sharpness part times ``mc_sharpness`` against a set-weights-and-forward loop on the CNN and
+on the digits MLP: each side's first (cold) call, then the fastest of 3 interleaved warm rounds.
+Every ratio is measured in one run. Numbers go to benchmarks/README.md ("Curvature").
 """
 
 from __future__ import annotations
