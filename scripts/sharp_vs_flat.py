@@ -123,7 +123,8 @@ def main(argv=None) -> dict:
                      f"{_width(tr.coords[0], tr.loss):8.3f} {epochs[label]:6d} {times[label]:5.1f}s")
     pair = ("small-batch", "large-batch")  # the two in the table above (not the extra batch sizes)
     sharper = max(pair, key=top.get)
-    better = max(pair, key=lambda k: rand[k]["test"].metrics["accuracy"][int(np.argmin(np.abs(rand[k]['test'].coords[0])))])
+    centre = {k: int(np.argmin(np.abs(rand[k]["test"].coords[0]))) for k in pair}
+    better = max(pair, key=lambda k: rand[k]["test"].metrics["accuracy"][centre[k]])
     lines.append(f"in this run the {sharper} solution has the larger top Hessian eigenvalue and the {better} "
                  "solution the higher test accuracy.")
     mid = line["train"]

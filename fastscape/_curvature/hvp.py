@@ -5,8 +5,8 @@ A chunk of points is computed one of two ways (its *plan*):
 - ``"vmap"``: every Lanczos step is one ``vmap`` over the chunk's (point, vector) pairs per
   data batch (reverse-over-reverse, or forward-over-reverse where that fails);
 - ``"per-point"``: each point's linearisation (its gradient computed with the graph kept, one
-  forward and backward, :func:`_kept_gradient`) is built once per chunk and every later product at that point
-  is one double-backward through it (reused while the data is one batch; rebuilt per product
+  forward and backward, :func:`_kept_gradient`) is built once per chunk and every later product
+  at that point is one double-backward through it (reused while the data is one batch; rebuilt per product
   otherwise, so that memory never holds more than one point's graph per batch). The products
   of kept linearisations can run in ``torch.get_num_threads()`` Python threads, one operator
   thread each (a recorded graph's backward is thread-safe; building one is not, since
@@ -284,7 +284,7 @@ class PointHVP:
         return out
 
 
-def _kept_gradient(loss_at: Callable, p: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+def _kept_gradient(loss_at: Callable, p: torch.Tensor) -> tuple[Callable, torch.Tensor]:
     """``(v -> H(p) v, loss at p)``: the gradient at ``p`` computed once with its graph kept
     (plain autograd, ``create_graph``), each product one backward through it.
 

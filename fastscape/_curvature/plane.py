@@ -126,8 +126,9 @@ def curvature_surface(model: nn.Module, data, directions, *, loss_fn: Callable, 
         ``loss`` shaped like the grid, and ``metrics`` ``"lambda_max"``,
         ``"lambda_min"``, ``"ratio"``, ``"trace"``, ``"trace_stderr"`` and ``"converged"``
         (1 where both extremes reached ``tol``, 0 where ``max_iter`` came first, NaN where
-        the loss is not finite) of the same shape; ``meta["curvature"]`` holds the settings, the plan used, the threads that pulled
-        its products (``workers``), the probe timings and the mean Lanczos steps a point took.
+        the loss is not finite) of the same shape; ``meta["curvature"]`` holds the settings,
+        the plan used, the threads that pulled its products (``workers``), the probe timings
+        and the mean Lanczos steps a point took.
     """
     for value, name in ((max_iter, "max_iter"), (trace_probes, "trace_probes"), (chunk_size, "chunk_size")):
         positive_int(value, name)
