@@ -33,7 +33,8 @@ class SmallCNN(nn.Module):
 
 
 def trained_bn_stats(model: nn.Module, x: torch.Tensor, steps: int = 3) -> nn.Module:
-    """Give BatchNorm non-trivial running statistics, then switch to train mode off."""
+    """Give BatchNorm non-trivial running statistics (``steps`` forwards of ``x`` in train mode,
+    no gradients); the model is returned still in train mode, as a training script leaves it."""
     model.train()
     with torch.no_grad():
         for _ in range(steps):
