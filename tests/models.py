@@ -105,3 +105,16 @@ def small_tanh_setup(n=8, d_in=3):
     g = torch.Generator().manual_seed(0)
     model = SmallTanhNet()
     return model, torch.randn(n, d_in, generator=g), torch.randn(n, 1, generator=g)
+
+
+def linear_regression_case(seed: int, n: int, noise: float, bias: float):
+    """``y = 2x + 1 + noise * N(0, 1)`` on ``n`` points ``x`` in [0, 2] (seeded), and an
+    ``nn.Linear(1, 1)`` started away from the fit (weight -0.5, bias ``bias``): ``(model, x, y)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g) * 2
+    y = 2 * x + 1 + noise * torch.randn(n, 1, generator=g)
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(-0.5)
+        model.bias.fill_(bias)
+    return model, x, y

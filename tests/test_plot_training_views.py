@@ -15,6 +15,7 @@ from torch.nn import functional as F
 import fastscape
 from fastscape import plot
 from fastscape._surface import Surface
+from tests.models import linear_regression_case
 
 
 def _drawn(fig):
@@ -29,14 +30,7 @@ def _drawn(fig):
 
 
 def _linreg():
-    g = torch.Generator().manual_seed(7)
-    x = torch.rand(80, 1, generator=g) * 2
-    y = 2 * x + 1 + 0.2 * torch.randn(80, 1, generator=g)
-    model = nn.Linear(1, 1)
-    with torch.no_grad():
-        model.weight.fill_(-0.5)
-        model.bias.fill_(0.5)
-    return model, x, y
+    return linear_regression_case(seed=7, n=80, noise=0.2, bias=0.5)
 
 
 def test_lr_steps_are_alternatives_from_now_each_landing_where_the_closed_form_puts_it():

@@ -21,6 +21,7 @@ import fastscape
 from fastscape import plot
 from fastscape._surface import Surface
 from fastscape._views import loss_and_gradient
+from tests.models import linear_regression_case
 
 
 def _plane(nx=21, ny=15, diverge=False):
@@ -657,14 +658,7 @@ def test_thresholded_prediction_matches_numpy():
 
 
 def _linreg():
-    g = torch.Generator().manual_seed(4)
-    x = torch.rand(64, 1, generator=g) * 2
-    y = 2 * x + 1 + 0.2 * torch.randn(64, 1, generator=g)
-    model = nn.Linear(1, 1)
-    with torch.no_grad():
-        model.weight.fill_(-0.5)
-        model.bias.fill_(0.25)
-    return model, x, y
+    return linear_regression_case(seed=4, n=64, noise=0.2, bias=0.25)
 
 
 def _mse(w, b, x, y):

@@ -328,11 +328,12 @@ class _Linearised:
 
     def build(self, rows: torch.Tensor) -> None:
         """Build (and keep, for one batch) the linearisations of ``rows``."""
-        if not self.keep:
+        missing = [i for i in rows.tolist() if i not in self.pulls]
+        if not self.keep or not missing:
             return
         x, y, _ = self.hvp.batches.first()
         with _kernels():
-            for i in rows.tolist():
+            for i in missing:
                 try:
                     self._pull(i, 0, as_args(x), y)
                 except (RuntimeError, NotImplementedError) as err:

@@ -67,11 +67,10 @@ class _Problem:
         """The loss at each row of ``P`` (S, n), by the batched evaluator; float64 (S,)."""
         return self._evaluate(ExplicitPoints([unflatten(p, self.shapes) for p in P]))
 
-    def sampled_losses(self, kind: str, scale: torch.Tensor | float, count: int, seed) -> np.ndarray:
-        """The loss at ``w`` and at ``count`` samples ``w + scale * u_i`` (:func:`draw` of ``kind``),
-        made a chunk at a time by the batched evaluator; float64 (count + 1,), ``w``'s first."""
+    def sampled_losses(self, kind: str, scale: torch.Tensor | float, count: int, base: int) -> np.ndarray:
+        """The loss at ``w`` and at ``count`` samples ``w + scale * u_i`` (:func:`draw` of ``kind``
+        from ``base``), made a chunk at a time by the batched evaluator; float64 (count + 1,), ``w``'s first."""
         n, dt, dev = self.w.numel(), self.w.dtype, self.w.device
-        base = seed_base(seed)
 
         def perturb(rows: range) -> torch.Tensor:  # row 0: w itself; row r: sample r - 1
             u = torch.stack([torch.zeros(n, dtype=dt) if r == 0 else draw(kind, n, base, r - 1, dt) for r in rows])
@@ -137,12 +136,12 @@ def _worst_case(prob: _Problem, scale: torch.Tensor, radius: float, p: str, samp
     """
     n, dt = prob.w.numel(), prob.w.dtype
     S = scale.to(dt)
-    losses = prob.sampled_losses(p, radius * S, samples, seed)
+    seeds = seed_base(seed)
+    losses = prob.sampled_losses(p, radius * S, samples, seeds)
     base, found = float(losses[0]), losses[1:]
     best = float(np.nanmax(found)) if np.isfinite(found).any() else math.nan
     order = np.argsort(np.nan_to_num(found, nan=-np.inf))[::-1][: min(starts, samples)]
-    first = seed_base(seed)
-    u = radius * torch.stack([draw(p, n, first, int(i), dt) for i in order]).to(prob.w.device)
+    u = radius * torch.stack([draw(p, n, seeds, int(i), dt) for i in order]).to(prob.w.device)
     for _ in range(steps):
         G, L = prob.gradients(prob.w + S * u)
         best = float(np.nanmax([best, *L.cpu().numpy()]))
@@ -282,6 +281,6 @@ def mc_sharpness(model: nn.Module, data, *, loss_fn: Callable, sigma: float = 0.
     if samples < 2:
         raise ValueError(f"`samples` must be at least 2 for a standard error; got {samples}.")
     prob = _Problem.of(model, data, loss_fn, device, dtype, batch_size, chunk_size)
-    losses = prob.sampled_losses("normal", sigma, samples, seed)
+    losses = prob.sampled_losses("normal", sigma, samples, seed_base(seed))
     rise = losses[1:] - losses[0]
     return float(rise.mean()), float(rise.std(ddof=1) / math.sqrt(samples))
